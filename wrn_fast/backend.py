@@ -1,0 +1,100 @@
+"""Which implementation runs an op: Triton, the C++ CPU ops, or the reference.
+
+Backends
+  'auto'      (default) CUDA tensors -> Triton kernels + CUDA ops;
+              CPU tensors -> C++ CPU ops + PyTorch's CPU convolution.
+  'triton'    Triton kernels for every tensor; on CPU tensors this needs
+              TRITON_INTERPRET=1 set before triton is imported (how CI tests them).
+  'cpu'       C++ ops + PyTorch convolution, on any device (debugging).
+  'reference' the pure-PyTorch reference ops.
+
+Select with ``wrn_fast.set_backend(name)``, the ``wrn_fast.use_backend(name)``
+context manager, or the environment variable WRN_FAST_BACKEND.
+"""
+import contextlib
+import os
+import warnings
+
+import torch
+
+BACKENDS = ("auto", "triton", "cpu", "reference")
+_backend = os.environ.get("WRN_FAST_BACKEND", "auto")
+if _backend not in BACKENDS:
+    raise ValueError(f"WRN_FAST_BACKEND must be one of {BACKENDS}, got {_backend!r}")
+_said = set()
+
+
+def set_backend(name: str) -> None:
+    """Select the backend for all wrn_fast models and ops (see module doc)."""
+    global _backend
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
+    _backend = name
+
+
+def get_backend() -> str:
+    return _backend
+
+
+@contextlib.contextmanager
+def use_backend(name: str):
+    """Temporarily select a backend: ``with use_backend('reference'): ...``."""
+    old = get_backend()
+    set_backend(name)
+    try:
+        yield
+    finally:
+        set_backend(old)
+
+
+def say_once(key: str, message: str) -> None:
+    """Warn once per key: fallbacks are never silent, but never noisy."""
+    if key not in _said:
+        _said.add(key)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+def triton_usable(device: torch.device) -> bool:
+    try:
+        import triton  # noqa: F401
+    except Exception:
+        return False
+    if device.type == "cuda":
+        return True
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def resolve(device: torch.device) -> str:
+    """The concrete backend ('triton', 'cpu' or 'reference') for tensors on ``device``."""
+    from ._ext import ext_available
+
+    name = _backend
+    if name == "reference":
+        return "reference"
+    if name == "triton":
+        if not triton_usable(device):
+            raise RuntimeError(
+                "backend 'triton' on a CPU tensor needs TRITON_INTERPRET=1 set before triton "
+                "is imported (or a CUDA device); got device " + str(device)
+            )
+        if not ext_available():
+            say_once("triton-noext", "wrn_fast: extension _C unavailable; backend 'triton' needs its "
+                     "stats ops, using 'reference' instead")
+            return "reference"
+        return "triton"
+    if name == "cpu":
+        if not ext_available():
+            say_once("cpu-noext", "wrn_fast: extension _C unavailable; using the reference ops")
+            return "reference"
+        return "cpu"
+    # auto
+    if not ext_available():
+        say_once("auto-noext", "wrn_fast: extension _C unavailable; using the reference ops")
+        return "reference"
+    if device.type == "cuda":
+        if triton_usable(device):
+            return "triton"
+        say_once("auto-notriton", "wrn_fast: triton is not importable; CUDA tensors use the C++/CUDA "
+                 "ops with PyTorch's convolution")
+        return "cpu"
+    return "cpu"

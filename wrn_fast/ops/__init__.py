@@ -1,0 +1,58 @@
+"""Op wiring: every fused op as a Python function with autograd and a fake kernel.
+
+This package is the one place where ops get their autograd / torch.library
+registration; the model only calls these functions.
+
+  ext.py      C++/CUDA extension ops (torch.ops.wrn_fast.*): wrappers, fake
+              kernels, autograd registrations
+  conv.py     bn_act_conv: the Triton implicit-GEMM convolution with BN-act-dropout
+              prologue and residual/stats epilogue (custom op + autograd)
+  bn_act.py   bn_act_dropout: the Triton elementwise op (custom op + autograd)
+
+Conventions shared by every op (the contract)
+---------------------------------------------
+Tensors are logical NCHW ``[N, C, H, W]``; memory may be contiguous NCHW,
+channels_last, or any strided view (kernels take strides). Outputs of the fused
+convolution are channels_last when the input is channels_last, else contiguous.
+
+Per-channel BN statistics are fp32 ``mean`` and biased ``var`` of shape ``[C]``.
+A BatchNorm in training mode is split into differentiable pieces:
+
+    mean, var      = stats of its input x      (emitted by x's producer, or channel_stats)
+    scale, shift   = bn_finalize(mean, var, weight, bias, eps)
+                     scale = weight * rsqrt(var + eps);  shift = bias - mean * scale
+    z              = x * scale + shift          (applied in the consumer's prologue)
+
+so the gradient w.r.t. x is the sum of the consumer's direct term
+``grad_z * scale`` and the statistics term that the *producer* of x adds when it
+receives grad_mean / grad_var:  ``grad_x += grad_mean / n + 2 * (x - mean) * grad_var / n``.
+Eval mode uses running_mean / running_var in bn_finalize (no stats).
+
+Activation ``act`` is one of 'identity', 'relu', 'leaky_relu' (with
+``negative_slope``), 'silu'. Activation derivatives follow PyTorch's backward
+(relu'(0) = 0, leaky_relu'(0) = slope).
+
+Dropout: ``seed`` is an int64 tensor of shape [1] on the tensor's device, values
+in [0, 2**31), drawn from torch's generator (``new_dropout_seed``). The keep mask
+is a function of (seed, logical NCHW index) only:
+``keep = philox_uniform(seed, ((n*C + c)*H + h)*W + w) >= p`` with the
+Philox4x32-10 of ``tl.rand``; kept values are scaled by 1/(1-p). p = 0 means no
+dropout and no random numbers drawn.
+"""
+import torch
+
+ACT_CODES = {"identity": 0, "relu": 1, "leaky_relu": 2, "silu": 3}
+
+
+def check_activation(act: str) -> None:
+    if act not in ACT_CODES:
+        raise ValueError(f"activation must be one of {tuple(ACT_CODES)}, got {act!r}")
+
+
+def new_dropout_seed(device) -> torch.Tensor:
+    """A fresh dropout seed: int64 tensor [1] on ``device``, from torch's generator.
+
+    Drawn on the device itself (no host sync; a captured CUDA graph draws a new one
+    on every replay).
+    """
+    return torch.randint(0, 2**31 - 1, (1,), device=device, dtype=torch.int64)
