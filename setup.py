@@ -34,7 +34,7 @@ def _want_cuda() -> bool:
 def _extension():
     debug = os.environ.get("WRN_FAST_DEBUG", "0") == "1"
     cxx = ["-O0", "-g"] if debug else ["-O3"]
-    cxx += ["-std=c++17", "-fopenmp"]
+    cxx += ["-fopenmp"]  # the C++ standard comes from torch (C++20 for torch >= 2.13)
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")))
     cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
     if _want_cuda() and cuda_sources:
@@ -54,7 +54,7 @@ def _extension():
             sources + cuda_sources,
             include_dirs=include_dirs,
             define_macros=[("WRN_FAST_WITH_CUDA", "1")],
-            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "--use_fast_math", "-std=c++17"]},
+            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "--use_fast_math"]},
             extra_link_args=["-fopenmp"],
         )
     return CppExtension(
