@@ -32,6 +32,11 @@ def _want_cuda() -> bool:
 
 
 def _extension():
+    if os.environ.get("WRN_FAST_REQUIRE_CUDA") == "1" and not _want_cuda():
+        raise RuntimeError(
+            "WRN_FAST_REQUIRE_CUDA=1 but the CUDA kernels would not be built: need a CUDA build of "
+            f"torch (torch.version.cuda={torch.version.cuda}) and nvcc (CUDA_HOME={CUDA_HOME})"
+        )
     debug = os.environ.get("WRN_FAST_DEBUG", "0") == "1"
     cxx = ["-O0", "-g"] if debug else ["-O3"]
     cxx += ["-fopenmp"]  # the C++ standard comes from torch (C++20 for torch >= 2.13)
