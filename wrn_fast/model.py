@@ -1,22 +1,462 @@
-"""PLACEHOLDER (the lead is writing the fast model): re-exports the reference."""
+"""The fast WideResNet: the reference's modules and state_dict, fused ops in forward.
+
+``WideResNet`` subclasses ``reference.WideResNet`` and adds no parameter or
+buffer, so the two load each other's state_dicts strictly. Only ``forward``
+differs: it walks the same submodules but runs each BatchNorm as
+
+    producer epilogue -> (mean, var)           batch statistics of what it wrote
+    bn_finalize       -> (scale, shift)        per channel, fp32
+    consumer prologue -> act(x*scale + shift)  (+ dropout) inside the next conv
+
+Backends (``wrn_fast.backend``):
+  'triton'    bn_act_conv (Triton implicit GEMM: prologue BN-act-dropout, epilogue
+              residual add + partial stats) + extension ops for stats merge/finalize
+  'cpu'       extension ops (fused BN-act-dropout, stats) + PyTorch's convolution
+  'reference' the reference forward, unchanged
+
+Running statistics are updated exactly as nn.BatchNorm2d does, but only after
+the whole forward succeeded: a step that fails leaves every buffer untouched.
+"""
 import re
+from typing import List, NamedTuple, Optional, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import reference
+from .backend import resolve
+
+__all__ = [
+    "WideResNet",
+    "WideResNetBottleneck",
+    "create_model",
+    "explain",
+    "wrn_28_10",
+    "wrn_16_8",
+    "wrn_40_4",
+    "wrn_28_2",
+    "wrn_34_10",
+    "wrn_70_16",
+    "wide_resnet50_2",
+    "wide_resnet101_2",
+]
 
 
-def __getattr__(name):
-    from . import reference
-    return getattr(reference, name)
+class Stats(NamedTuple):
+    """Batch statistics of a tensor: fp32 [C] mean and biased var, and n values per channel."""
+
+    mean: torch.Tensor
+    var: torch.Tensor
+    count: int
 
 
-def create_model(name: str, **kwargs):
-    """Build a model by name: 'wrn-28-10', 'wrn-16-8', 'wrn-10-2' (any wrn-DEPTH-WIDTH), 'wide_resnet50_2'."""
-    from . import reference
-    m = re.fullmatch(r"wrn-(\d+)-(\d+)", name.lower())
+class _RunningUpdate(NamedTuple):
+    bn: nn.BatchNorm2d
+    stats: Stats
+
+
+# --------------------------------------------------------------------------- ops
+def _ext():
+    from .ops import ext
+
+    return ext
+
+
+class _Engine:
+    """One forward pass on one backend: the conv unit, BN affine and elementwise BN-act.
+
+    Collects running-stat updates and applies them in ``commit()`` after the
+    forward finished, so a failing step mutates nothing.
+    """
+
+    def __init__(self, backend: str, training: bool, compute_dtype: Optional[torch.dtype], sync_bn: bool):
+        self.backend = backend
+        self.training = training
+        self.compute_dtype = compute_dtype
+        self.sync_bn = sync_bn
+        self.pending: List[_RunningUpdate] = []
+
+    # -- convolution with optional BN-act(-dropout) prologue, residual and stats epilogue
+    def conv(
+        self,
+        x: torch.Tensor,
+        conv: nn.Conv2d,
+        padding: Tuple[int, int, int, int],
+        affine: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+        act: str = "identity",
+        negative_slope: float = 0.0,
+        dropout_p: float = 0.0,
+        residual: Optional[torch.Tensor] = None,
+        stats: bool = False,
+    ) -> Tuple[torch.Tensor, Optional[Stats]]:
+        ext = _ext()
+        weight, bias = conv.weight, conv.bias
+        if self.compute_dtype is not None:  # autocast: convs run in the autocast dtype
+            weight = weight.to(self.compute_dtype)
+            bias = None if bias is None else bias.to(self.compute_dtype)
+            if x.dtype != self.compute_dtype:
+                x = x.to(self.compute_dtype)
+            if residual is not None and residual.dtype != self.compute_dtype:
+                residual = residual.to(self.compute_dtype)
+        p = dropout_p if self.training else 0.0
+        seed = None
+        if p > 0:
+            from .ops import new_dropout_seed
+
+            seed = new_dropout_seed(x.device)
+        scale, shift = affine if affine is not None else (None, None)
+        stride = conv.stride[0]
+        if self.backend == "triton":
+            from .ops.conv import bn_act_conv
+
+            y, mean_p, m2_p, count_p = bn_act_conv(
+                x, weight, scale, shift, bias, residual, seed,
+                stride=stride, padding=list(padding),
+                act=act if affine is not None else "identity",
+                negative_slope=negative_slope, dropout_p=p, compute_stats=stats,
+            )
+            st = None
+            if stats:
+                mean, var = ext.merge_partial_stats(y, mean_p, m2_p, count_p)
+                st = Stats(mean, var, y.numel() // y.shape[1])
+        else:
+            a = x
+            if affine is not None:
+                a = ext.bn_act_dropout(x, scale, shift, act, negative_slope, p, seed)
+            top, bottom, left, right = padding
+            if top == bottom and left == right:
+                y = F.conv2d(a, weight, bias, stride, (top, left))
+            else:
+                y = F.conv2d(F.pad(a, (left, right, top, bottom)), weight, bias, stride)
+            if residual is not None:
+                y = y + residual
+            st = None
+            if stats:
+                mean, var = ext.channel_stats(y)
+                st = Stats(mean, var, y.numel() // y.shape[1])
+        if st is not None and self.sync_bn:
+            st = _sync_stats(st)
+        return y, st
+
+    # -- a BatchNorm as a per-channel affine (train: batch stats; eval: running stats)
+    def bn_affine(self, bn: nn.BatchNorm2d, stats: Optional[Stats]) -> Tuple[torch.Tensor, torch.Tensor]:
+        ext = _ext()
+        use_batch_stats = bn.training or bn.running_mean is None
+        if use_batch_stats:
+            if stats is None:
+                raise RuntimeError("internal: batch statistics were not computed for a training-mode BatchNorm")
+            if bn.training and bn.track_running_stats and bn.running_mean is not None:
+                self.pending.append(_RunningUpdate(bn, stats))
+            return ext.bn_finalize(stats.mean, stats.var, bn.weight, bn.bias, bn.eps)
+        return ext.bn_finalize(bn.running_mean, bn.running_var, bn.weight, bn.bias, bn.eps)
+
+    # -- y = dropout(act(x*scale + shift)) where no conv follows
+    def bn_act(self, x, affine, act, negative_slope):
+        scale, shift = affine
+        if self.backend == "triton":
+            from .ops.bn_act import bn_act_dropout
+
+            return bn_act_dropout(x, scale, shift, None, act=act, negative_slope=negative_slope, dropout_p=0.0)
+        return _ext().bn_act_dropout(x, scale, shift, act, negative_slope, 0.0, None)
+
+    def commit(self) -> None:
+        if not self.pending:
+            return
+        ext = _ext()
+        with torch.no_grad():
+            for bn, st in self.pending:
+                ext.bn_update_running_stats(
+                    bn.running_mean, bn.running_var, bn.num_batches_tracked,
+                    st.mean.detach(), st.var.detach(), st.count, bn.momentum,
+                )
+        self.pending.clear()
+
+
+def _sync_stats(st: Stats) -> Stats:
+    """SyncBatchNorm semantics: statistics over the global batch of all ranks."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return st
+    mean, var = _SyncStats.apply(st.mean, st.var, st.count)
+    total = st.count * dist.get_world_size()  # equal per-rank batches (checked by DDP users' samplers)
+    return Stats(mean, var, total)
+
+
+class _SyncStats(torch.autograd.Function):
+    """Merge per-rank (n, mean, var) into global stats: one all_gather forward, one all_reduce backward."""
+
+    @staticmethod
+    def forward(ctx, mean, var, count):
+        import torch.distributed as dist
+
+        world = dist.get_world_size()
+        local = torch.stack([torch.full_like(mean, float(count)), mean, var]).float()
+        gathered = torch.empty((world,) + tuple(local.shape), dtype=local.dtype, device=local.device)
+        dist.all_gather_into_tensor(gathered, local.contiguous())
+        n, m, v = gathered[:, 0], gathered[:, 1], gathered[:, 2]
+        total = n.sum(0)
+        g_mean = (n * m).sum(0) / total
+        g_var = (n * (v + (m - g_mean) ** 2)).sum(0) / total
+        ctx.save_for_backward(mean.float(), g_mean, total)
+        ctx.count = count
+        return g_mean, g_var
+
+    @staticmethod
+    def backward(ctx, grad_mean, grad_var):
+        import torch.distributed as dist
+
+        mean, g_mean, total = ctx.saved_tensors
+        grads = torch.stack([
+            torch.zeros_like(g_mean) if grad_mean is None else grad_mean.float(),
+            torch.zeros_like(g_mean) if grad_var is None else grad_var.float(),
+        ]).contiguous()
+        dist.all_reduce(grads)  # every rank's loss depends on every rank's statistics
+        gm, gv = grads[0], grads[1]
+        w = ctx.count / total
+        d_mean = w * gm + w * 2.0 * (mean - g_mean) * gv
+        d_var = w * gv
+        return d_mean, d_var, None
+
+
+# --------------------------------------------------------------------------- checks
+def _check_input(model: nn.Module, x: torch.Tensor, in_channels: int, spatial_divisor: int) -> None:
+    """Clear errors before any kernel launches (and before any buffer is touched)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"input: expected a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(f"input: expected a 4-D tensor [N, {in_channels}, H, W], got shape {tuple(x.shape)}")
+    if x.shape[1] != in_channels:
+        raise ValueError(
+            f"input: expected {in_channels} channels (shape [N, {in_channels}, H, W]), got shape {tuple(x.shape)}"
+        )
+    if not x.is_floating_point():
+        raise TypeError(f"input: expected a floating-point tensor, got dtype {x.dtype}")
+    param = next(model.parameters())
+    if x.device != param.device:
+        raise ValueError(f"input: expected a tensor on {param.device} (the model's device), got one on {x.device}")
+    if x.device.type == "cuda" and x.dtype == torch.float64:
+        raise TypeError("input: float64 is not supported by the fused CUDA path; use float32/bf16/fp16 "
+                        "or wrn_fast.set_backend('reference')")
+    if not torch.is_autocast_enabled(x.device.type) and x.dtype != param.dtype:
+        raise TypeError(f"input: dtype {x.dtype} does not match the model's parameters ({param.dtype}); "
+                        "cast the input or use torch.autocast")
+    if x.shape[0] == 0 or x.shape[2] == 0 or x.shape[3] == 0:
+        raise ValueError(f"input: expected a non-empty batch, got shape {tuple(x.shape)}")
+    if model.training:
+        h = -(-x.shape[2] // spatial_divisor)
+        w = -(-x.shape[3] // spatial_divisor)
+        if x.shape[0] * h * w <= 1:
+            raise ValueError(
+                "Expected more than 1 value per channel when training, got input size "
+                f"{tuple(x.shape)} (the last BatchNorm sees [{x.shape[0]}, C, {h}, {w}])"
+            )
+
+
+def _compute_dtype(x: torch.Tensor) -> Optional[torch.dtype]:
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return None
+
+
+# --------------------------------------------------------------------------- models
+class WideResNet(reference.WideResNet):
+    """Drop-in fast WRN: same constructor and state_dict as ``wrn_fast.reference.WideResNet``.
+
+    Extra keyword: ``sync_bn=False`` -- when True and torch.distributed is
+    initialised, BatchNorm statistics are those of the global batch (one
+    all_gather per BN in forward, one all_reduce in backward), like
+    nn.SyncBatchNorm.
+
+    Input: float tensor [N, in_channels, H, W] (NCHW or channels_last) on the
+    model's device; autocast bf16/fp16 supported (statistics stay fp32).
+    Output: logits [N, num_classes].
+    """
+
+    def __init__(self, *args, sync_bn: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.sync_bn = sync_bn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        backend = resolve(x.device) if isinstance(x, torch.Tensor) else "reference"
+        if backend == "reference":
+            return super().forward(x)
+        _check_input(self, x, self.conv1.in_channels, spatial_divisor=4)
+        eng = _Engine(backend, self.training, _compute_dtype(x), self.sync_bn)
+        if backend == "triton" and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)  # NHWC: the implicit GEMM's layout
+        # Stem. In-model normalisation (x - mean) / std is an affine prologue with no activation.
+        norm = None
+        if getattr(self, "input_mean", None) is not None:
+            inv_std = (1.0 / self.input_std.reshape(-1)).float()
+            norm = (inv_std, (-self.input_mean.reshape(-1).float() * inv_std))
+        out, st = eng.conv(x, self.conv1, _same_padding(self.conv1), affine=norm, stats=True)
+        for group in (self.block1, self.block2, self.block3):
+            for block in group.layer:
+                out, st = _basic_block(eng, block, out, st)
+        affine = eng.bn_affine(self.bn1, st)
+        a = eng.bn_act(out, affine, self.activation, self.negative_slope)
+        logits = self.fc(torch.flatten(a.mean(dim=(2, 3)), 1))
+        eng.commit()
+        return logits
+
+
+def _same_padding(conv: nn.Conv2d) -> Tuple[int, int, int, int]:
+    ph, pw = conv.padding
+    return (ph, ph, pw, pw)
+
+
+def _basic_block(eng: _Engine, block: nn.Module, x: torch.Tensor, st: Stats):
+    """One pre-activation block B(k1, ..., kl) as a chain of fused convolutions."""
+    act, slope = block.activation, block.negative_slope
+    convs = [getattr(block, f"conv{i + 1}") for i in range(len(block.kernel_sizes))]
+    bns = [getattr(block, f"bn{i + 1}") for i in range(len(block.kernel_sizes))]
+    pads = block.conv_paddings
+    a1 = eng.bn_affine(bns[0], st)  # raw_input blocks still compute bn1 (its running stats update)
+    if block.equal_in_out:
+        shortcut = x
+    elif block.shortcut == "preact" and not block.raw_input:
+        shortcut, _ = eng.conv(x, block.convShortcut, (0, 0, 0, 0), affine=a1, act=act, negative_slope=slope)
+    else:
+        shortcut, _ = eng.conv(x, block.convShortcut, (0, 0, 0, 0))
+    last = len(convs) - 1
+    if block.raw_input:
+        h, hst = eng.conv(x, convs[0], pads[0], residual=shortcut if last == 0 else None, stats=True)
+    else:
+        h, hst = eng.conv(x, convs[0], pads[0], affine=a1, act=act, negative_slope=slope,
+                          residual=shortcut if last == 0 else None, stats=True)
+    for i in range(1, len(convs)):
+        ai = eng.bn_affine(bns[i], hst)
+        h, hst = eng.conv(h, convs[i], pads[i], affine=ai, act=act, negative_slope=slope,
+                          dropout_p=block.dropout_rate, residual=shortcut if i == last else None, stats=True)
+    return h, hst
+
+
+class WideResNetBottleneck(reference.WideResNetBottleneck):
+    """Fast ImageNet WRN-50-2 / WRN-101-2 (post-activation bottleneck), torchvision names.
+
+    Convolutions run fused with the BN-ReLU of the previous conv in their
+    prologue and statistics in their epilogue; the block's last BN + residual
+    add + ReLU, the stem's BN-ReLU-maxpool and the downsample BN are
+    elementwise PyTorch ops (not fused yet; ``explain`` says so).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        backend = resolve(x.device) if isinstance(x, torch.Tensor) else "reference"
+        if backend == "reference":
+            return super().forward(x)
+        _check_input(self, x, self.conv1.in_channels, spatial_divisor=32)
+        eng = _Engine(backend, self.training, _compute_dtype(x), False)
+        if backend == "triton":
+            x = x.contiguous(memory_format=torch.channels_last)
+        h, st = eng.conv(x, self.conv1, _same_padding(self.conv1), stats=True)
+        out = eng.bn_act(h, eng.bn_affine(self.bn1, st), "relu", 0.0)
+        out = self.maxpool(out)
+        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+            for block in layer:
+                out = _bottleneck(eng, block, out)
+        logits = self.fc(torch.flatten(out.mean(dim=(2, 3)), 1))
+        eng.commit()
+        return logits
+
+
+def _bottleneck(eng: _Engine, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    h1, s1 = eng.conv(x, block.conv1, _same_padding(block.conv1), stats=True)
+    h2, s2 = eng.conv(h1, block.conv2, _same_padding(block.conv2), affine=eng.bn_affine(block.bn1, s1),
+                      act="relu", stats=True)
+    h3, s3 = eng.conv(h2, block.conv3, _same_padding(block.conv3), affine=eng.bn_affine(block.bn2, s2),
+                      act="relu", stats=True)
+    scale, shift = eng.bn_affine(block.bn3, s3)
+    out = h3 * _bcast(scale) + _bcast(shift)
+    if block.downsample is not None:
+        hd, sd = eng.conv(x, block.downsample[0], _same_padding(block.downsample[0]), stats=True)
+        dscale, dshift = eng.bn_affine(block.downsample[1], sd)
+        identity = hd * _bcast(dscale) + _bcast(dshift)
+    else:
+        identity = x
+    return F.relu(out + identity).to(h3.dtype)
+
+
+def _bcast(v: torch.Tensor) -> torch.Tensor:
+    return v.reshape(1, -1, 1, 1)
+
+
+# --------------------------------------------------------------------------- explain
+def explain(model: nn.Module, device=None) -> str:
+    """Which layers run fused on which backend, and which fall back (and why).
+
+    ``device`` defaults to the model's device. Returns a multi-line report.
+    """
+    if device is None:
+        device = next(model.parameters()).device
+    backend = resolve(torch.device(device))
+    lines = [f"wrn_fast.explain: {type(model).__name__} on {device}: backend '{backend}'"]
+    if not isinstance(model, (WideResNet, WideResNetBottleneck)):
+        lines.append("  not a wrn_fast model: runs its own forward (nothing fused)")
+        return "\n".join(lines)
+    if backend == "reference":
+        lines.append("  every layer: reference PyTorch ops (backend 'reference' or extension unavailable)")
+        return "\n".join(lines)
+    conv_impl = ("triton bn_act_conv (prologue BN-act-dropout, epilogue residual + stats)"
+                 if backend == "triton" else "C++ bn_act_dropout + torch conv2d + C++ channel_stats")
+    tail_impl = "triton bn_act_dropout" if backend == "triton" else "C++ bn_act_dropout"
+    if isinstance(model, WideResNet):
+        lines.append(f"  conv1 (stem): {conv_impl}")
+        for gname in ("block1", "block2", "block3"):
+            for i, block in enumerate(getattr(model, gname).layer):
+                ks = ",".join(str(k) for k in block.kernel_sizes)
+                sc = ("identity" if block.equal_in_out else
+                      f"convShortcut ({'preact' if block.shortcut == 'preact' and not block.raw_input else 'raw'})")
+                lines.append(f"  {gname}.layer.{i} B({ks}) stride {block.stride}, shortcut {sc}: {conv_impl}")
+        lines.append(f"  bn1 + {model.activation} (head): {tail_impl}; avgpool + fc: torch")
+    else:
+        lines.append(f"  conv1 (stem 7x7): {conv_impl}; bn1-relu: {tail_impl}; maxpool: torch")
+        lines.append(f"  bottleneck conv1/conv2/conv3, downsample conv: {conv_impl}")
+        lines.append("  bottleneck bn3 + residual add + relu, downsample bn: torch elementwise (not fused)")
+        lines.append("  avgpool + fc: torch")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- factories
+def _wrn(depth: int, widen_factor: int):
+    def make(**kwargs) -> WideResNet:
+        return WideResNet(depth=depth, widen_factor=widen_factor, **kwargs)
+
+    make.__name__ = f"wrn_{depth}_{widen_factor}"
+    make.__doc__ = f"Fast WRN-{depth}-{widen_factor} (keyword overrides go to WideResNet)."
+    return make
+
+
+wrn_28_10 = _wrn(28, 10)
+wrn_16_8 = _wrn(16, 8)
+wrn_40_4 = _wrn(40, 4)
+wrn_28_2 = _wrn(28, 2)
+wrn_34_10 = _wrn(34, 10)
+wrn_70_16 = _wrn(70, 16)
+
+
+def wide_resnet50_2(**kwargs) -> WideResNetBottleneck:
+    """Fast WRN-50-2 (ImageNet bottleneck, torchvision names)."""
+    return WideResNetBottleneck(layers=(3, 4, 6, 3), **kwargs)
+
+
+def wide_resnet101_2(**kwargs) -> WideResNetBottleneck:
+    """Fast WRN-101-2 (ImageNet bottleneck, torchvision names)."""
+    return WideResNetBottleneck(layers=(3, 4, 23, 3), **kwargs)
+
+
+def create_model(name: str, **kwargs) -> nn.Module:
+    """A fast model by name: 'wrn-28-10', 'wrn-16-8', any 'wrn-DEPTH-WIDTH', 'wide_resnet50_2', 'wide_resnet101_2'."""
+    key = name.lower().replace("_", "-")
+    if key in ("wide-resnet50-2", "wrn-50-2"):  # the ImageNet bottleneck WRN, not a 6n+4 CIFAR one
+        return wide_resnet50_2(**kwargs)
+    if key in ("wide-resnet101-2", "wrn-101-2"):
+        return wide_resnet101_2(**kwargs)
+    m = re.fullmatch(r"wrn-(\d+)-(\d+)", key)
     if m:
-        return reference.WideResNet(depth=int(m.group(1)), widen_factor=int(m.group(2)), **kwargs)
-    if name in ("wide_resnet50_2", "wrn-50-2"):
-        return reference.wide_resnet50_2(**kwargs)
-    raise ValueError(f"model: unknown name {name!r}; expected 'wrn-DEPTH-WIDTH' or 'wide_resnet50_2'")
-
-
-def explain(model):
-    return "placeholder"
+        return WideResNet(depth=int(m.group(1)), widen_factor=int(m.group(2)), **kwargs)
+    raise ValueError(
+        f"model: unknown name {name!r}; expected 'wrn-DEPTH-WIDTH' (e.g. 'wrn-28-10'), "
+        "'wide_resnet50_2' or 'wide_resnet101_2'"
+    )
