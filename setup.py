@@ -18,6 +18,13 @@ import shutil
 from setuptools import setup
 
 import torch
+
+# torch guesses CUDA_HOME from `which nvcc`; a wrapper script such as
+# /usr/local/bin/nvcc makes that /usr/local, which has no libcudart to link.
+# Prefer the real toolkit when it is there (an explicit CUDA_HOME wins).
+if not (os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")) and os.path.exists("/usr/local/cuda/bin/nvcc"):
+    os.environ["CUDA_HOME"] = "/usr/local/cuda"
+
 from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension, CUDA_HOME
 
 ROOT = os.path.dirname(os.path.abspath(__file__))

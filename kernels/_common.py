@@ -26,10 +26,11 @@ ACT_CODES = {"identity": ACT_IDENTITY, "relu": ACT_RELU, "leaky_relu": ACT_LEAKY
 @triton.jit
 def apply_act(z, ACT: tl.constexpr, slope):
     """act(z) in fp32."""
+    # tl.where(z < 0, ...) rather than tl.maximum: NaN must propagate as in torch.relu
     if ACT == 1:
-        return tl.maximum(z, 0.0)
+        return tl.where(z < 0, 0.0, z)
     elif ACT == 2:
-        return tl.where(z > 0, z, z * slope)
+        return tl.where(z < 0, z * slope, z)
     elif ACT == 3:
         return z * tl.sigmoid(z)
     else:

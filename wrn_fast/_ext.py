@@ -20,9 +20,19 @@ except Exception as e:  # pragma: no cover - exercised when the build is missing
 _warned = False
 
 
+_EXT_OK = None
+
+
 def ext_available() -> bool:
-    """True when ``wrn_fast._C`` imported and registered its ops."""
-    return _C is not None and hasattr(torch.ops, "wrn_fast") and _has_any_op()
+    """True when ``wrn_fast._C`` imported and registered its ops.
+
+    Computed once and cached: the model's forward asks on every call, and
+    torch.compile must see a constant, not a scan of the dispatcher's tables.
+    """
+    global _EXT_OK
+    if _EXT_OK is None:
+        _EXT_OK = _C is not None and _has_any_op()
+    return _EXT_OK
 
 
 def _has_any_op() -> bool:
@@ -33,13 +43,13 @@ def _has_any_op() -> bool:
 
 
 def _registered_ops():
-    ns = torch.ops.wrn_fast
-    names = []
-    for sch in torch._C._jit_get_all_schemas():
-        if sch.name.startswith("wrn_fast::"):
-            names.append(sch.name.split("::", 1)[1])
-    # custom ops registered from Python (Triton wrappers) are listed too
-    return sorted(set(names)) if names else sorted(n for n in dir(ns) if not n.startswith("_"))
+    """Names of the ops in the wrn_fast namespace (C++ schemas and Python custom ops)."""
+    names = set()
+    for qualified in torch._C._dispatch_get_all_op_names():
+        namespace, _, name = qualified.partition("::")
+        if namespace == "wrn_fast" and name:
+            names.add(name.split(".", 1)[0])  # drop an overload name
+    return sorted(names)
 
 
 def warn_ext_missing_once(what: str = "") -> None:
@@ -88,6 +98,10 @@ def build_info() -> dict:
     """
     ops = {}
     if _C is not None:
+        try:  # fake kernels and autograd are registered by the Python op wiring
+            importlib.import_module("wrn_fast.ops.ext")
+        except Exception:  # pragma: no cover - reported through the missing keys
+            pass
         for name in _registered_ops():
             ops[name] = _dispatch_keys(name)
     cuda_built = bool(_C is not None and getattr(_C, "with_cuda", lambda: False)())

@@ -25,7 +25,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import reference
+from ._ext import ext_available
 from .backend import resolve
+
+ext_available()  # prime the cached answer outside any torch.compile trace
 
 __all__ = [
     "WideResNet",

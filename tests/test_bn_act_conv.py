@@ -1,0 +1,435 @@
+"""bn_act_conv (Triton implicit GEMM: BN-act-dropout prologue, bias/residual/stats epilogue).
+
+Every case is compared with the PyTorch composition in float64
+    a = dropout(act(x*scale + shift))  (same mask)  ->  F.pad  ->  F.conv2d (+bias) (+residual)
+forward and every gradient (x, weight, scale, shift, bias, residual), errors
+measured as ||out - ref|| / ||ref||. Without a GPU the kernels run in Triton's
+interpreter (TRITON_INTERPRET=1, set below before triton is imported), so shapes
+are small.
+
+Scalars reach the kernels as fp32 (Triton passes Python floats as fp32 on the
+GPU; the launcher rounds them so the interpreter sees the same): the dropout
+threshold is fp32(p), the kept-value scale fp32(1/(1-fp32(p))) and the leaky
+slope fp32(slope). The float64 reference uses the same fp32-rounded scalars so
+that the float64 comparison can be held to 1e-10.
+"""
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
+import wrn_fast  # noqa: E402
+from wrn_fast.kernels import bn_act_conv as K  # noqa: E402
+from wrn_fast.kernels._common import dropout_keep  # noqa: E402
+from wrn_fast.ops.conv import bn_act_conv  # noqa: E402
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+
+# Tolerances on ||out - ref|| / ||ref|| (reference in float64 from the same inputs):
+#  float32: products exact ("ieee" dot), fp32 accumulation over K <= 9*20 terms:
+#           ~sqrt(K) * 2^-24 ~ 1e-6 worst case, measured ~1e-7.
+#  float64: everything in fp64, measured ~1e-16.
+#  bf16/fp16: the prologue output a is rounded to 8 (bf16) / 11 (fp16) mantissa bits
+#           before the MMA and y is rounded again on store: ~2 * 2^-9.
+TOL = {torch.float32: 1e-5, torch.float64: 1e-10, torch.bfloat16: 1e-2, torch.float16: 1e-2}
+
+
+def f32(v: float) -> float:
+    return float(np.float32(v))
+
+
+def rel(out, ref):
+    out = out.double()
+    ref = ref.double()
+    assert torch.isfinite(out).all(), "non-finite values (unwritten / poisoned output?)"
+    return ((out - ref).norm() / ref.norm().clamp_min(1e-300)).item()
+
+
+# ----------------------------------------------------------------------------- helpers
+
+@triton.jit
+def _keep_mask_kernel(seed_ptr, out_ptr, numel, p, BLOCK: tl.constexpr):
+    idx = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    seed = tl.load(seed_ptr)
+    keep = dropout_keep(seed, idx, p)
+    tl.store(out_ptr + idx, keep.to(tl.int8), mask=idx < numel)
+
+
+def keep_mask(seed, shape, p):
+    """The dropout keep mask for a logical NCHW tensor of ``shape``: the kernels'
+    pure function of (seed, ((n*C + c)*H + h)*W + w)."""
+    numel = int(np.prod(shape))
+    out = torch.full((numel,), -1, dtype=torch.int8, device=seed.device)
+    _keep_mask_kernel[(triton.cdiv(numel, 1024),)](seed, out, numel, p, BLOCK=1024)
+    assert (out >= 0).all()
+    return out.view(shape).bool()
+
+
+def make(shape, dtype, layout, *, scale=1.0):
+    """Fresh random tensor of logical ``shape`` in the given memory layout."""
+    n, c, h, w = shape
+
+    def rnd(s):
+        return (torch.randn(s, dtype=torch.float64, device=DEV) * scale).to(dtype)
+
+    if layout == "nchw":
+        t = rnd(shape)
+    elif layout == "cl":
+        t = rnd(shape).to(memory_format=torch.channels_last)
+    elif layout == "nc":  # non-contiguous view: every other channel, cropped width
+        t = rnd((n, 2 * c, h, w + 3))[:, ::2, :, 1:w + 1]
+    else:
+        raise AssertionError(layout)
+    if layout == "nc":
+        assert not t.is_contiguous() and not t.is_contiguous(memory_format=torch.channels_last)
+    return t
+
+
+def reference(x, w, scale, shift, bias, residual, *, stride, pads, act, slope, p, keep):
+    """The specification, composed from PyTorch ops (pads = (top, bottom, left, right))."""
+    if scale is not None:
+        z = x * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)
+        if act == "relu":
+            a = F.relu(z)
+        elif act == "leaky_relu":
+            a = F.leaky_relu(z, slope)
+        elif act == "silu":
+            a = F.silu(z)
+        else:
+            a = z
+        if p > 0:
+            a = a * keep.to(a.dtype) * f32(1.0 / (1.0 - f32(p)))
+    else:
+        a = x
+    pt, pb, pl, pr = pads
+    y = F.conv2d(F.pad(a, (pl, pr, pt, pb)), w, bias, stride=stride)
+    if residual is not None:
+        y = y + residual
+    return y
+
+
+def merged_stats(mean_p, m2_p, cnt):
+    """Exact merge of the per-chunk (count, mean, M2) partials (Chan et al.), float64."""
+    mean_p, m2_p, cnt = mean_p.double(), m2_p.double(), cnt.double()
+    n = cnt.sum()
+    mean = (mean_p * cnt[:, None]).sum(0) / n
+    m2 = m2_p.sum(0) + (cnt[:, None] * (mean_p - mean) ** 2).sum(0)
+    return mean, m2 / n, n
+
+
+@pytest.fixture
+def poison(monkeypatch):
+    """torch.empty returns NaN-filled tensors (ints: -1), so any output element a
+    kernel fails to write is non-finite and fails the comparisons."""
+    real_empty = torch.empty
+
+    def poisoned(*args, **kwargs):
+        t = real_empty(*args, **kwargs)
+        if t.is_floating_point():
+            t.fill_(float("nan"))
+        elif t.dtype != torch.bool:
+            t.fill_(-1)
+        return t
+
+    monkeypatch.setattr(torch, "empty", poisoned)
+    yield
+
+
+# ----------------------------------------------------------------------------- the grid
+
+# (N, Cin, Cout, H, W, k, stride, pads(top,bottom,left,right), act, layout, p, bias, residual)
+CASES = {
+    "plain3x3-s1-bias-nchw": (2, 5, 12, 9, 9, 3, 1, (1, 1, 1, 1), "identity", "nchw", 0.0, True, False),
+    "relu3x3-s1-res-cl": (2, 12, 20, 9, 7, 3, 1, (1, 1, 1, 1), "relu", "cl", 0.0, False, True),
+    "leaky3x3-s2-tfsame-drop-n1-cl": (1, 20, 12, 9, 9, 3, 2, (0, 1, 0, 1), "leaky_relu", "cl", 0.3, False, False),
+    "silu3x3-s2-sym-bias-noncontig": (2, 12, 20, 8, 8, 3, 2, (1, 1, 1, 1), "silu", "nc", 0.0, True, False),
+    "relu1x1-s1-drop-res-nchw": (2, 20, 12, 7, 9, 1, 1, (0, 0, 0, 0), "relu", "nchw", 0.3, False, True),
+    "silu1x1-s2-cl": (2, 12, 20, 9, 9, 1, 2, (0, 0, 0, 0), "silu", "cl", 0.0, False, False),
+    "stem-cin3-plain-bias-cl": (1, 3, 16, 9, 9, 3, 1, (1, 1, 1, 1), "identity", "cl", 0.0, True, False),
+    "stem-cin3-relu-s2-tfsame-drop": (2, 3, 12, 7, 7, 3, 2, (0, 1, 0, 1), "relu", "nchw", 0.3, False, False),
+    "plain1x1-s2-res-noncontig": (2, 5, 5, 7, 7, 1, 2, (0, 0, 0, 0), "identity", "nc", 0.0, False, True),
+    "all-silu3x3-drop-bias-res-cl": (1, 20, 20, 9, 9, 3, 1, (1, 1, 1, 1), "silu", "cl", 0.3, True, True),
+}
+FP64_CASES = ["relu3x3-s1-res-cl", "leaky3x3-s2-tfsame-drop-n1-cl", "stem-cin3-relu-s2-tfsame-drop",
+              "all-silu3x3-drop-bias-res-cl", "plain1x1-s2-res-noncontig"]
+
+
+def run_case(case, dtype, *, backward=True, compute_stats=True):
+    n, cin, cout, h, w, k, stride, pads, act, layout, p, has_bias, has_res = case
+    slope = 0.1
+    x = make((n, cin, h, w), dtype, layout).requires_grad_()
+    weight = (torch.randn(cout, cin, k, k, dtype=torch.float64, device=DEV) / (cin * k * k) ** 0.5).to(dtype)
+    weight.requires_grad_()
+    bn = act != "identity" or p > 0
+    sdt = torch.float64 if dtype == torch.float64 else torch.float32
+    scale = (torch.rand(cin, dtype=sdt, device=DEV) + 0.5).requires_grad_() if bn else None
+    shift = (torch.randn(cin, dtype=sdt, device=DEV) * 0.5).requires_grad_() if bn else None
+    bias = (torch.randn(cout, dtype=torch.float64, device=DEV).to(dtype)).requires_grad_() if has_bias else None
+    ho, wo = K.out_hw(h, w, k, k, stride, pads)
+    residual = make((n, cout, ho, wo), dtype, layout).requires_grad_() if has_res else None
+    seed = wrn_fast.ops.new_dropout_seed(DEV) if p > 0 else None
+
+    y, mean_p, m2_p, cnt_p = bn_act_conv(x, weight, scale, shift, bias, residual, seed, stride=stride,
+                                         padding=pads, act=act, negative_slope=slope, dropout_p=p,
+                                         compute_stats=compute_stats)
+    keep = keep_mask(seed, (n, cin, h, w), f32(p)) if p > 0 else None
+
+    def leaf(t):
+        return None if t is None else t.detach().double().requires_grad_()
+
+    rx, rw, rsc, rsh, rb, rr = map(leaf, (x, weight, scale, shift, bias, residual))
+    ref = reference(rx, rw, rsc, rsh, rb, rr, stride=stride, pads=pads, act=act, slope=f32(slope), p=p,
+                    keep=keep)
+    out = dict(y=y, ref=ref, mean_p=mean_p, m2_p=m2_p, cnt_p=cnt_p, x=x)
+    if backward:
+        gy = make(tuple(y.shape), dtype, layout)
+        y.backward(gy)
+        ref.backward(gy.double())
+        out["grads"] = {name: (t.grad, r.grad) for name, t, r in
+                        (("x", x, rx), ("weight", weight, rw), ("scale", scale, rsc), ("shift", shift, rsh),
+                         ("bias", bias, rb), ("residual", residual, rr)) if t is not None}
+    return out
+
+
+def check_case(out, dtype):
+    tol = TOL[dtype]
+    y, ref, x = out["y"], out["ref"], out["x"]
+    assert y.dtype == x.dtype and y.shape == ref.shape
+    cl = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    assert y.is_contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
+    assert rel(y, ref) < tol, f"forward rel err {rel(y, ref):.3g}"
+    for name, (g, r) in out.get("grads", {}).items():
+        assert g is not None, f"no gradient for {name}"
+        assert g.shape == r.shape
+        e = rel(g, r)
+        assert e < tol, f"grad {name}: rel err {e:.3g} (tol {tol})"
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_grid_fp32(name, poison):
+    out = run_case(CASES[name], torch.float32)
+    check_case(out, torch.float32)
+    # partial statistics of the stored output, merged here, vs torch.var_mean in float64
+    y = out["y"].detach().double()
+    var_ref, mean_ref = torch.var_mean(y, dim=(0, 2, 3), unbiased=False)
+    mean_p, m2_p, cnt = out["mean_p"], out["m2_p"], out["cnt_p"]
+    assert mean_p.dtype == m2_p.dtype == cnt.dtype == torch.float32
+    assert mean_p.shape == m2_p.shape == (K.stats_rows(y.shape[0] * y.shape[2] * y.shape[3]), y.shape[1])
+    mean, var, count = merged_stats(mean_p, m2_p, cnt)
+    assert count.item() == y.shape[0] * y.shape[2] * y.shape[3]
+    assert (cnt > 0).all() and (cnt <= K.STATS_M).all()
+    # mean error relative to the spread (the mean itself can be ~0): fp32 sums of <= 64 values
+    assert ((mean - mean_ref).norm() / var_ref.sqrt().norm()).item() < 1e-5
+    assert rel(var, var_ref) < 1e-5
+
+
+@pytest.mark.parametrize("name", FP64_CASES)
+def test_grid_fp64(name, poison):
+    check_case(run_case(CASES[name], torch.float64, compute_stats=False), torch.float64)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name", ["relu3x3-s1-res-cl", "leaky3x3-s2-tfsame-drop-n1-cl"])
+def test_half_precision(name, dtype, poison):
+    # forward and backward; the bf16 dot runs upcast in the interpreter (its bf16 dot is broken)
+    check_case(run_case(CASES[name], dtype, compute_stats=False), dtype)
+
+
+def test_stats_chunks_smaller_than_block(monkeypatch, poison):
+    """BLOCK_M spanning several stats chunks (the GPU configs with BLOCK_M = 128)."""
+    monkeypatch.setattr(K, "STATS_M", 16)
+    x = make((2, 12, 9, 7), torch.float32, "cl")
+    w = torch.randn(20, 12, 3, 3)
+    sc, sh = torch.rand(12) + 0.5, torch.randn(12)
+    y, (mean_p, m2_p, cnt) = K.bn_act_conv_fwd(x, w, sc, sh, act="relu", compute_stats=True)
+    assert mean_p.shape[0] == triton.cdiv(2 * 9 * 7, 16)
+    mean, var, count = merged_stats(mean_p, m2_p, cnt)
+    var_ref, mean_ref = torch.var_mean(y.double(), dim=(0, 2, 3), unbiased=False)
+    assert count.item() == 2 * 9 * 7
+    assert ((mean - mean_ref).norm() / var_ref.sqrt().norm()).item() < 1e-5
+    assert rel(var, var_ref) < 1e-5
+
+
+# ----------------------------------------------------------------------------- dropout mask
+
+def test_mask_matches_helper_and_seed():
+    """With a 1x1 identity weight, scale=1, shift=0, act=identity, y = keep * x / (1-p):
+    the forward kernel uses exactly the helper's mask at the logical NCHW index."""
+    n, c, h, w = 2, 5, 7, 9
+    p = 0.3
+    x = make((n, c, h, w), torch.float32, "cl") + 3.0  # nonzero everywhere
+    eye = torch.eye(c).view(c, c, 1, 1)
+    one, zero = torch.ones(c), torch.zeros(c)
+    seed = torch.tensor([12345], dtype=torch.int64)
+    y, _ = K.bn_act_conv_fwd(x, eye, one, zero, padding=0, dropout_p=p, seed=seed)
+    keep = keep_mask(seed, (n, c, h, w), f32(p))
+    assert torch.equal(y != 0, keep)
+    assert 0.5 < keep.float().mean().item() < 0.9
+    y2, _ = K.bn_act_conv_fwd(x, eye, one, zero, padding=0, dropout_p=p, seed=seed)
+    assert torch.equal(y, y2), "same seed must give the same output"
+    y3, _ = K.bn_act_conv_fwd(x, eye, one, zero, padding=0, dropout_p=p, seed=seed + 1)
+    assert not torch.equal(y != 0, y3 != 0), "different seeds must give different masks"
+
+
+def test_different_seeds_differ_through_op():
+    x = make((1, 12, 7, 7), torch.float32, "cl")
+    w = torch.randn(12, 12, 3, 3)
+    sc, sh = torch.rand(12) + 0.5, torch.randn(12)
+    ys = [bn_act_conv(x, w, sc, sh, seed=torch.tensor([s]), act="relu", dropout_p=0.3)[0] for s in (1, 2, 1)]
+    assert not torch.allclose(ys[0], ys[1])
+    assert torch.equal(ys[0], ys[2])
+
+
+# ----------------------------------------------------------------------------- wiring
+
+def test_counters_and_needs_input_grad():
+    x = make((1, 5, 7, 7), torch.float32, "cl")
+    w = torch.randn(12, 5, 3, 3, requires_grad=True)
+    wrn_fast.reset_counters()
+    y, *_ = bn_act_conv(x, w)  # x needs no grad, no BN: the backward must skip dgrad
+    y.sum().backward()
+    c = wrn_fast.counters()
+    assert c.get("bn_act_conv_fwd") == 1 and c.get("bn_act_conv_wgrad") == 1
+    assert c.get("bn_act_conv_dgrad", 0) == 0
+    assert w.grad is not None
+
+    wrn_fast.reset_counters()
+    xr = x.detach().requires_grad_()
+    sc = (torch.rand(5) + 0.5).requires_grad_()
+    sh = torch.randn(5).requires_grad_()
+    y, *_ = bn_act_conv(xr, w.detach(), sc, sh, act="relu")  # weight needs no grad: no wgrad
+    y.sum().backward()
+    c = wrn_fast.counters()
+    assert c.get("bn_act_conv_fwd") == 1 and c.get("bn_act_conv_dgrad") == 1
+    assert c.get("bn_act_conv_wgrad", 0) == 0
+    assert xr.grad is not None and sc.grad is not None and sh.grad is not None
+
+
+def test_stats_partials_not_differentiable():
+    x = make((1, 5, 7, 7), torch.float32, "cl").requires_grad_()
+    w = torch.randn(12, 5, 3, 3, requires_grad=True)
+    y, mean_p, m2_p, cnt = bn_act_conv(x, w, compute_stats=True)
+    assert y.requires_grad
+    assert not (mean_p.requires_grad or m2_p.requires_grad or cnt.requires_grad)
+
+
+def test_no_conv2d_inside(monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("fused op called F.conv2d")
+
+    monkeypatch.setattr(F, "conv2d", boom)
+    monkeypatch.setattr(torch, "conv2d", boom)
+    x = make((1, 5, 7, 7), torch.float32, "cl").requires_grad_()
+    w = torch.randn(12, 5, 3, 3, requires_grad=True)
+    sc, sh = (torch.rand(5) + 0.5).requires_grad_(), torch.randn(5).requires_grad_()
+    y, *_ = bn_act_conv(x, w, sc, sh, act="relu", compute_stats=True)
+    y.sum().backward()
+
+
+def test_fake_kernel_matches():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    x = make((2, 5, 9, 7), torch.float32, "cl")
+    w = torch.randn(12, 5, 3, 3)
+    real = bn_act_conv(x, w, stride=2, padding=(0, 1, 0, 1), compute_stats=True)
+    with FakeTensorMode() as mode:
+        fx, fw = mode.from_tensor(x), mode.from_tensor(w)
+        fake = bn_act_conv(fx, fw, stride=2, padding=(0, 1, 0, 1), compute_stats=True)
+    for r, f in zip(real, fake):
+        assert r.shape == f.shape and r.dtype == f.dtype and r.stride() == f.stride()
+
+
+def test_torch_compile_traces():
+    """fullgraph tracing through the fake kernels + autograd (aot_eager: no inductor
+    codegen, which would only add minutes of CPU compile time here)."""
+    x = make((1, 5, 7, 7), torch.float32, "cl")
+    w = torch.randn(8, 5, 3, 3)
+    sc, sh = torch.rand(5) + 0.5, torch.randn(5)
+    seed = torch.tensor([3])
+
+    def f(x, w, sc, sh):
+        y, mean_p, m2_p, cnt = bn_act_conv(x, w, sc, sh, seed=seed, act="relu", dropout_p=0.3,
+                                           compute_stats=True)
+        return (y * y).sum(), mean_p
+
+    leaves = [t.detach().requires_grad_() for t in (x, w, sc, sh)]
+    leaves_c = [t.detach().requires_grad_() for t in (x, w, sc, sh)]
+    loss, mean_p = f(*leaves)
+    loss.backward()
+    loss_c, mean_p_c = torch.compile(f, backend="aot_eager", fullgraph=True)(*leaves_c)
+    loss_c.backward()
+    assert torch.equal(loss, loss_c) and torch.equal(mean_p, mean_p_c)
+    for a, b in zip(leaves, leaves_c):
+        assert torch.equal(a.grad, b.grad)
+
+
+def test_opcheck():
+    x = make((1, 5, 5, 5), torch.float32, "cl").requires_grad_()
+    w = (torch.randn(6, 5, 3, 3) * 0.3).requires_grad_()
+    sc, sh = (torch.rand(5) + 0.5).requires_grad_(), torch.randn(5).requires_grad_()
+    b = torch.randn(6).requires_grad_()
+    res = torch.randn(1, 6, 2, 2).requires_grad_()
+    seed = torch.tensor([7], dtype=torch.int64)
+    args = (x, w, sc, sh, b, res, seed, 2, [0, 1, 0, 1], "silu", 0.0, 0.3, True, False)
+    # all four utils (aot_dispatch_dynamic re-runs forward + backward under tracing: ~10 s interpreted)
+    utils = ["test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic"]
+    torch.library.opcheck(torch.ops.wrn_fast.bn_act_conv.default, args, test_utils=utils)
+    gy = torch.randn(1, 6, 2, 2)
+    bargs = (gy, x.detach(), w.detach(), sc.detach(), sh.detach(), seed, 2, [0, 1, 0, 1], "silu", 0.0, 0.3,
+             False, True, True, True)
+    torch.library.opcheck(torch.ops.wrn_fast.bn_act_conv_backward.default, bargs,
+                          test_utils=["test_schema", "test_faketensor"])
+
+
+# ----------------------------------------------------------------------------- bad inputs
+
+def _good():
+    return dict(x=torch.randn(1, 5, 7, 7), weight=torch.randn(8, 5, 3, 3), scale=torch.ones(5),
+                shift=torch.zeros(5))
+
+
+@pytest.mark.parametrize("mutate, match", [
+    (lambda a: a.update(x=torch.randn(5, 7, 7)), r"x must be 4-D"),
+    (lambda a: a.update(weight=torch.randn(8, 4, 3, 3)), r"weight Cin .*4.* x channels .*5"),
+    (lambda a: a.update(weight=torch.randn(8, 5, 3)), r"weight must be 4-D"),
+    (lambda a: a.update(scale=torch.ones(4)), r"scale must have shape \[Cin\] = \[5\]"),
+    (lambda a: a.update(shift=torch.zeros(5, dtype=torch.bfloat16)), r"shift dtype"),
+    (lambda a: a.update(scale=None), r"scale and shift must be given together"),
+    (lambda a: a.update(x=torch.randn(1, 5, 7, 7).to(torch.bfloat16)), r"weight dtype must match x"),
+    (lambda a: a.update(x=torch.randint(0, 3, (1, 5, 7, 7))), r"x dtype"),
+    (lambda a: a.update(residual=torch.randn(1, 8, 6, 7)), r"residual shape must equal the output shape"),
+    (lambda a: a.update(bias=torch.randn(7)), r"bias must have shape \[Cout\] = \[8\]"),
+    (lambda a: a.update(act="gelu"), r"act must be one of"),
+    (lambda a: a.update(dropout_p=1.0, seed=torch.tensor([1])), r"dropout_p must be in \[0, 1\)"),
+    (lambda a: a.update(dropout_p=0.3), r"seed .* is required when dropout_p > 0"),
+    (lambda a: a.update(dropout_p=0.3, seed=torch.tensor([1.0])), r"seed dtype"),
+    (lambda a: a.update(scale=None, shift=None, act="relu"), r"needs the BN prologue"),
+    (lambda a: a.update(weight=torch.randn(8, 5, 3, 3, device="meta")), r"weight must be on"),
+    (lambda a: a.update(stride=0), r"stride must be a positive int"),
+    (lambda a: a.update(padding=(1, 1, 1)), r"padding must be"),
+    (lambda a: a.update(x=torch.randn(1, 5, 1, 1), padding=0), r"output would be empty"),
+])
+def test_bad_inputs(mutate, match):
+    a = _good()
+    mutate(a)
+    x, w = a.pop("x"), a.pop("weight")
+    wrn_fast.reset_counters()
+    with pytest.raises(ValueError, match=match):
+        K.bn_act_conv_fwd(x, w, a.pop("scale"), a.pop("shift"), **a)
+    assert wrn_fast.counters().get("bn_act_conv_fwd", 0) == 0  # raised before launching
+
+
+def test_bad_grad_y_shape():
+    x, w = torch.randn(1, 5, 7, 7), torch.randn(8, 5, 3, 3)
+    with pytest.raises(ValueError, match=r"grad_y shape must equal the output shape"):
+        K.bn_act_conv_dgrad(torch.randn(1, 8, 6, 7), w, x)
+    with pytest.raises(ValueError, match=r"grad_y shape must equal the output shape"):
+        K.bn_act_conv_wgrad(torch.randn(1, 8, 6, 7), x, weight_shape=w.shape)

@@ -1,0 +1,200 @@
+"""bn_act_dropout (fwd + bwd ops of wrn_fast._C) against the plain-torch composition
+``act(x * scale + shift) * keep / (1 - p)`` with ``keep = dropout_mask(seed, shape, p)``,
+differentiated by autograd in float64; plus mask statistics and Triton bit-equality.
+
+Named _cpu because CI runs it on CPU; it runs on CUDA too when a GPU is present.
+Tolerances (relative error vs float64): fp32 1e-6 forward / 1e-5 for the grad_scale,
+grad_shift reductions (sums of ~1e3 fp32 products); fp16 / bf16 outputs: one rounding
+(2**-11 / 2**-8) -> 1e-3 / 8e-3, reductions 1e-5 (inputs are exact in fp32, sums in fp32).
+"""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import wrn_fast
+from wrn_fast import _ext
+from wrn_fast.ops import ext
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() and wrn_fast.build_info()["extension_cuda_kernels"] else [])
+OUT_TOL = {torch.float64: 1e-12, torch.float32: 1e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3}
+ACTS = ["identity", "relu", "leaky_relu", "silu"]
+pytestmark = pytest.mark.skipif(not _ext.ext_available(), reason=f"wrn_fast._C unavailable: {_ext._C_ERROR}")
+
+
+@pytest.fixture(autouse=True)
+def poison_uninitialized_outputs():
+    """Every torch.empty (ours included) is filled with NaN: an unwritten output element fails."""
+    old = torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory
+    torch.use_deterministic_algorithms(True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    yield
+    torch.use_deterministic_algorithms(old[0])
+    torch.utils.deterministic.fill_uninitialized_memory = old[1]
+
+
+def rel_err(out, ref):
+    out, ref = out.double().cpu(), ref.double().cpu()
+    assert not torch.isnan(out).any(), "NaN in output"
+    return ((out - ref).norm() / ref.norm().clamp_min(1e-300)).item()
+
+
+def reference_act(z, act, slope):
+    return {"identity": lambda t: t, "relu": F.relu, "leaky_relu": lambda t: F.leaky_relu(t, slope),
+            "silu": F.silu}[act](z)
+
+
+def seed_tensor(value, device):
+    return torch.tensor([value], dtype=torch.int64, device=device)
+
+
+def make_case(shape, dtype, device, channels_last, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=g).to(dtype)
+    x.view(-1)[:3] = 0.0  # exact zeros hit relu'(0) / leaky'(0) when shift is 0 below
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    scale = torch.randn(shape[1], generator=g) + 0.5
+    shift = torch.randn(shape[1], generator=g) * 0.5
+    shift[0] = 0.0
+    coef = torch.float64 if dtype == torch.float64 else torch.float32
+    return x.to(device), scale.to(coef).to(device), shift.to(coef).to(device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("act", ACTS)
+@pytest.mark.parametrize("p", [0.0, 0.3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape,channels_last", [((3, 5, 6, 7), False), ((3, 5, 6, 7), True), ((33, 4), False),
+                                                 ((1, 3, 9, 9), True)])
+def test_forward_and_backward_match_composition(device, act, p, dtype, shape, channels_last):
+    slope = 0.2
+    x, scale, shift = make_case(shape, dtype, device, channels_last)
+    seed = seed_tensor(1234, device) if p > 0 else None
+    xs, ss, hs = (t.clone().requires_grad_() for t in (x, scale, shift))
+    y = ext.bn_act_dropout(xs, ss, hs, act, slope, p, seed)
+    grad_y = torch.randn(shape, generator=torch.Generator().manual_seed(9)).to(dtype).to(device)
+    y.backward(grad_y)
+
+    keep = ext.dropout_mask(seed, shape, p).cpu() if p > 0 else torch.ones(shape, dtype=torch.bool)
+    xr, sr, hr = (t.detach().double().cpu().requires_grad_() for t in (x, scale, shift))
+    view = [1, -1] + [1] * (len(shape) - 2)
+    y_ref = reference_act(xr * sr.view(view) + hr.view(view), act, slope) * keep.double() / (1.0 - p)
+    y_ref.backward(grad_y.double().cpu())
+
+    assert y.dtype == dtype and y.stride() == x.stride() and xs.grad.stride() == x.stride()
+    assert rel_err(y, y_ref) < OUT_TOL[dtype]
+    assert rel_err(xs.grad, xr.grad) < OUT_TOL[dtype]
+    assert ss.grad.dtype == torch.float32 and rel_err(ss.grad, sr.grad) < 1e-5
+    assert rel_err(hs.grad, hr.grad) < 1e-5
+
+
+def test_gradcheck_float64():
+    for act in ACTS:
+        for p in (0.0, 0.3):
+            x, scale, shift = make_case((2, 3, 3, 4), torch.float64, "cpu", False)
+            x = x + 0.05  # keep away from relu's kink, where finite differences are meaningless
+            seed = seed_tensor(77, "cpu") if p > 0 else None
+            inputs = tuple(t.clone().requires_grad_() for t in (x, scale, shift))
+            assert torch.autograd.gradcheck(lambda a, b, c: ext.bn_act_dropout(a, b, c, act, 0.1, p, seed), inputs)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_mask_keep_rate_within_binomial_bound(device):
+    n, p = 200_000, 0.3
+    keep = ext.dropout_mask(seed_tensor(5, device), [n], p)
+    kept = keep.sum().item()
+    sigma = (n * p * (1 - p)) ** 0.5
+    assert abs(kept - n * (1 - p)) < 6 * sigma  # false failure probability ~2e-9
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_same_seed_same_mask_different_seed_different_mask(device):
+    a = ext.dropout_mask(seed_tensor(11, device), [4, 3, 8, 8], 0.5)
+    b = ext.dropout_mask(seed_tensor(11, device), [4, 3, 8, 8], 0.5)
+    c = ext.dropout_mask(seed_tensor(12, device), [4, 3, 8, 8], 0.5)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert ext.dropout_mask(seed_tensor(11, device), [7], 0.0).all()  # p = 0 keeps everything
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_mask_is_a_function_of_the_logical_index_only(device):
+    """Channels-last memory must give the same dropped elements as NCHW memory."""
+    x, scale, shift = make_case((2, 4, 5, 3), torch.float32, device, False)
+    seed = seed_tensor(99, device)
+    y_nchw = ext.bn_act_dropout(x, scale, shift, "identity", 0.0, 0.5, seed)
+    y_cl = ext.bn_act_dropout(x.to(memory_format=torch.channels_last), scale, shift, "identity", 0.0, 0.5, seed)
+    assert torch.equal(y_nchw, y_cl.contiguous())
+
+
+def test_p_one_drops_everything_and_bad_args_raise():
+    x, scale, shift = make_case((2, 3, 2, 2), torch.float32, "cpu", False)
+    assert (ext.bn_act_dropout(x, scale, shift, "relu", 0.0, 1.0, seed_tensor(1, "cpu")) == 0).all()
+    with pytest.raises(RuntimeError, match=r"wrn_fast::bn_act_dropout_fwd: seed is required when p > 0"):
+        torch.ops.wrn_fast.bn_act_dropout_fwd(x, scale, shift, "relu", 0.0, 0.5, None)
+    with pytest.raises(RuntimeError, match=r"act must be one of"):
+        torch.ops.wrn_fast.bn_act_dropout_fwd(x, scale, shift, "gelu", 0.0, 0.0, None)
+    with pytest.raises(ValueError, match=r"activation must be one of"):
+        ext.bn_act_dropout(x, scale, shift, "gelu")
+    with pytest.raises(RuntimeError, match=r"scale must be a per-channel vector of shape \[3\]"):
+        ext.bn_act_dropout(x, scale[:2], shift)
+    with pytest.raises(RuntimeError, match=r"seed must be an int64 tensor with one element"):
+        ext.dropout_mask(torch.tensor([1, 2]), [3], 0.5)
+
+
+TRITON_SCRIPT = textwrap.dedent("""
+    import sys
+    import torch
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def rand_kernel(seed_ptr, out_ptr, n, BLOCK: tl.constexpr):
+        offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        seed = tl.load(seed_ptr)
+        tl.store(out_ptr + offsets, tl.rand(seed, offsets), mask=offsets < n)
+
+    seeds, n = [int(s) for s in sys.argv[2].split(",")], int(sys.argv[3])
+    results = []
+    for s in seeds:
+        out = torch.empty(n, dtype=torch.float32)
+        rand_kernel[(triton.cdiv(n, 256),)](torch.tensor([s], dtype=torch.int64), out, n, BLOCK=256)
+        results.append(out)
+    torch.save(torch.stack(results), sys.argv[1])
+""")
+
+
+def test_mask_equals_triton_tl_rand_bit_for_bit(tmp_path):
+    pytest.importorskip("triton")
+    seeds, n = [0, 1, 123456789, 2**31 - 2, 2**40 + 17], 3000  # 2**40+17 exercises the high key word
+    script = tmp_path / "triton_rand.py"
+    script.write_text(TRITON_SCRIPT)
+    env = dict(os.environ, TRITON_INTERPRET="1")  # must be set before triton is imported: a fresh process
+    subprocess.run([sys.executable, str(script), str(tmp_path / "u.pt"), ",".join(map(str, seeds)), str(n)],
+                   check=True, env=env, timeout=600)
+    uniforms = torch.load(tmp_path / "u.pt")
+    for s, u in zip(seeds, uniforms):
+        for p in (0.1, 0.3, 0.5, 0.9):
+            assert torch.equal(ext.dropout_mask(seed_tensor(s, "cpu"), [n], p), u >= torch.tensor(p).float())
+        # thresholds equal to drawn values test the exact bits: u_i >= u_i must keep element i,
+        # and the next float below must not flip anything that Triton would not flip
+        for i in (0, 17, 2999):
+            threshold = u[i].item()
+            mask = ext.dropout_mask(seed_tensor(s, "cpu"), [n], threshold)
+            assert mask[i] and torch.equal(mask, u >= u[i])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck_bn_act_dropout(device):
+    x, scale, shift = make_case((2, 3, 4, 4), torch.float32, device, False)
+    seed = seed_tensor(3, device)
+    xs, ss, hs = (t.clone().requires_grad_() for t in (x, scale, shift))
+    fwd, bwd = torch.ops.wrn_fast.bn_act_dropout_fwd.default, torch.ops.wrn_fast.bn_act_dropout_bwd.default
+    torch.library.opcheck(fwd, (xs, ss, hs, "silu", 0.0, 0.3, seed))
+    torch.library.opcheck(fwd, (xs.detach().to(memory_format=torch.channels_last).requires_grad_(), ss, hs,
+                                "leaky_relu", 0.1, 0.0, None))
+    torch.library.opcheck(bwd, (torch.randn_like(x), x, scale, shift, "relu", 0.0, 0.3, seed))

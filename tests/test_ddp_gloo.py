@@ -1,0 +1,132 @@
+"""Data-parallel training: 2 CPU processes with gloo against one process on the same global batch.
+
+BatchNorm makes the comparison subtle: each rank normalises with its own
+half-batch statistics unless --sync-bn. So:
+  - with --sync-bn, 2-rank DDP must equal plain single-process training;
+  - without it, 2-rank DDP must equal one process that runs the two half
+    batches through the model separately and averages their losses (what DDP's
+    gradient all-reduce computes).
+Parameters agree up to float32 reduction order (all-reduce sums, batch
+statistics merged from two halves): we allow 1e-5 absolute after 6 SGD steps.
+"""
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+import wrn_fast
+from wrn_fast.data import apply_augmentation, draw_augmentation, load_digits, normalize_batch
+from wrn_fast.train import TrainConfig, _generator, derive_seed, load_checkpoint, train
+
+pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
+                                reason="torch.distributed with gloo is not available")
+
+STEPS = 6
+ATOL = 1e-5
+
+
+def _config(out, **overrides):
+    values = dict(model="wrn-10-1", dataset="digits", image_size=8, epochs=1, batch_size=64, lr=0.05,
+                  schedule="step", milestones=[], dropout=0.0, seed=3, device="cpu", progress=False,
+                  max_steps=STEPS, out=str(out))
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank, world, port, out, overrides):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        train(_config(out, **overrides))
+    finally:
+        dist.destroy_process_group()
+
+
+def _run_ddp(out, **overrides):
+    mp.spawn(_worker, args=(2, _free_port(), str(out), overrides), nprocs=2, join=True)
+    return load_checkpoint(os.path.join(str(out), "checkpoint.pt"))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _assert_params_close(model_sd, ref_sd, names):
+    for name in names:
+        torch.testing.assert_close(model_sd[name], ref_sd[name], atol=ATOL, rtol=0, msg=lambda m: f"{name}: {m}")
+
+
+def _param_names():
+    model = wrn_fast.create_model("wrn-10-1", num_classes=10, in_channels=1)
+    return [n for n, _ in model.named_parameters()]
+
+
+def test_ddp_with_sync_bn_equals_single_process(tmp_path):
+    from wrn_fast.backend import resolve
+
+    if resolve(torch.device("cpu")) == "reference":
+        pytest.skip("--sync-bn on CPU needs the compiled extension (torch.nn.SyncBatchNorm is GPU-only)")
+    single = train(_config(tmp_path / "single"))
+    ref = load_checkpoint(single["checkpoint"])
+    ddp = _run_ddp(tmp_path / "ddp", sync_bn=True)
+    assert ddp["step"] == ref["step"] == STEPS and ddp["world_size"] == 2
+    _assert_params_close(ddp["model"], ref["model"], _param_names())
+    # global-batch statistics: running stats agree too
+    torch.testing.assert_close(ddp["model"]["bn1.running_var"], ref["model"]["bn1.running_var"], atol=ATOL, rtol=0)
+    # the step really changed the weights (the comparison is not vacuous)
+    assert (ddp["model"]["fc.weight"] - _initial_state()["fc.weight"]).abs().max() > 1e-3
+
+
+def _initial_state():
+    torch.manual_seed(derive_seed(3, 0x1A17))
+    return wrn_fast.create_model("wrn-10-1", num_classes=10, in_channels=1, dropout_rate=0.0).state_dict()
+
+
+def test_ddp_per_rank_bn_equals_two_half_batches(tmp_path):
+    ddp = _run_ddp(tmp_path / "ddp")
+
+    # One process doing what 2-rank DDP does: per-half BN statistics, averaged gradients.
+    cfg = _config(tmp_path / "unused")
+    train_split, _, info = load_digits(image_size=8)
+    torch.manual_seed(derive_seed(cfg.seed, 0x1A17))
+    model = wrn_fast.create_model(cfg.model, num_classes=10, in_channels=1, dropout_rate=0.0)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                          nesterov=cfg.nesterov)
+    mean, std = torch.tensor(info.mean), torch.tensor(info.std)
+    perm = torch.randperm(len(train_split), generator=_generator(cfg.seed, 0))
+    half = cfg.batch_size // 2
+    for b in range(STEPS):
+        idx = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+        dy, dx, flips = draw_augmentation(cfg.batch_size, _generator(cfg.seed, 0, b + 1), info.crop_padding, info.flip)
+        x = normalize_batch(apply_augmentation(train_split.images[idx], dy, dx, flips, info.crop_padding), mean, std)
+        y = train_split.labels[idx]
+        loss = sum(F.cross_entropy(model(x[r * half:(r + 1) * half]), y[r * half:(r + 1) * half]) for r in (0, 1)) / 2
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    _assert_params_close(ddp["model"], model.state_dict(), _param_names())
+
+
+def test_batch_not_divisible_by_world_size(tmp_path):
+    from wrn_fast.data import InputError
+    from wrn_fast.train import _Dist, _train
+
+    with pytest.raises(InputError, match="global batch 65 must be divisible by the world size 2"):
+        _train(_config(tmp_path, batch_size=65), None, _Dist(rank=0, world=2), torch.device("cpu"))
+    assert not os.path.exists(tmp_path / "checkpoint.pt")

@@ -1,0 +1,420 @@
+"""The fast WideResNet against the reference: same weights, fresh random inputs.
+
+Compared: logits, loss, every parameter gradient, and running buffers after
+three SGD steps, train and eval, for tiny configs covering every option; on the
+'cpu' backend (C++ ops + torch conv) and the 'triton' backend (Triton kernels in
+the interpreter on CPU).
+
+Tolerances (fp32, relative ||fast - ref|| / ||ref||): 1e-4 for logits/loss,
+2e-4 for gradients and buffers. Both sides accumulate in fp32 but in different
+orders (implicit GEMM vs oneDNN conv, Chan-merged vs two-pass statistics);
+through ~10 layers of BN (which divides by a batch std that is itself a
+reduction) rounding differences of ~1e-6 grow to ~1e-5 relative; 1e-4 leaves
+headroom without hiding a wrong formula (a wrong mean/var, eps, momentum or
+activation derivative gives errors of 1e-2 or more).
+"""
+import copy
+import io
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import wrn_fast
+from wrn_fast import reference
+from wrn_fast.model import WideResNet, WideResNetBottleneck, create_model, explain
+
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
+
+TOL_OUT = 1e-4
+TOL_GRAD = 2e-4
+
+
+def rel_err(a, b, floor=1e-30):
+    """||a - b|| / max(||b||, floor); NaN in ``a`` fails."""
+    a, b = a.double(), b.double()
+    assert torch.isfinite(a).all(), "non-finite values in the fast model's output"
+    return ((a - b).norm() / b.norm().clamp_min(floor)).item()
+
+
+def make_pair(seed=0, **cfg):
+    torch.manual_seed(seed)
+    ref = reference.WideResNet(**cfg)
+    # Random BN affine so that weight=1/bias=0 cannot hide a wrong formula.
+    with torch.no_grad():
+        for m in ref.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.3, 0.3)
+            if isinstance(m, torch.nn.Conv2d) and m.bias is not None:
+                m.bias.uniform_(-0.1, 0.1)
+    fast = WideResNet(**cfg)
+    fast.load_state_dict(ref.state_dict(), strict=True)
+    return fast, ref
+
+
+def run_steps(model, xs, ys, steps=3, lr=0.05):
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    losses, logits0, grads0 = [], None, None
+    for i in range(steps):
+        opt.zero_grad(set_to_none=True)
+        logits = model(xs[i])
+        loss = F.cross_entropy(logits, ys[i])
+        loss.backward()
+        if i == 0:
+            logits0 = logits.detach().clone()
+            grads0 = {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+        losses.append(loss.detach())
+        opt.step()
+    return logits0, grads0, torch.stack(losses)
+
+
+def compare_training(fast, ref, backend, shape=(4, 3, 16, 16), num_classes=10, steps=3, tol=(TOL_OUT, TOL_GRAD)):
+    TOL_OUT, TOL_GRAD = tol  # noqa: N806 (shadow the module defaults)
+    dtype = next(ref.parameters()).dtype
+    xs = [torch.randn(*shape, dtype=dtype) * 2 + 0.5 for _ in range(steps)]
+    ys = [torch.randint(0, num_classes, (shape[0],)) for _ in range(steps)]
+    fast.train()
+    ref.train()
+    with wrn_fast.use_backend(backend):
+        lf, gf, lossf = run_steps(fast, xs, ys, steps)
+    with wrn_fast.use_backend("reference"):
+        lr_, gr, lossr = run_steps(ref, xs, ys, steps)
+    assert rel_err(lf, lr_) < TOL_OUT
+    assert rel_err(lossf, lossr) < TOL_OUT
+    # A conv bias followed by BatchNorm has a true gradient of 0: both sides hold
+    # rounding noise (~1e-9) there, so relative error is measured against a floor
+    # of 1e-3 x the norm of the whole gradient (i.e. abs. error < 2e-7 x that norm).
+    floor = 1e-3 * torch.cat([g.flatten() for g in gr.values()]).norm()
+    for name in gr:
+        assert name in gf, f"no gradient for {name}"
+        assert rel_err(gf[name], gr[name], floor) < TOL_GRAD, name
+    sf, sr = fast.state_dict(), ref.state_dict()
+    for name in sr:
+        if sr[name].is_floating_point():
+            assert rel_err(sf[name], sr[name]) < TOL_GRAD, name
+        else:
+            assert torch.equal(sf[name], sr[name]), name
+    # eval mode: running statistics folded into the prologues
+    fast.eval()
+    ref.eval()
+    x = torch.randn(*shape, dtype=dtype)
+    with torch.no_grad(), wrn_fast.use_backend(backend):
+        ef = fast(x)
+    with torch.no_grad(), wrn_fast.use_backend("reference"):
+        er = ref(x)
+    assert rel_err(ef, er) < TOL_OUT
+
+
+CPU_CONFIGS = [
+    dict(depth=10, widen_factor=2),
+    dict(depth=10, widen_factor=1, activation="leaky_relu", negative_slope=0.1, bn_momentum=0.001, bn_eps=1e-3),
+    dict(depth=10, widen_factor=2, activation="silu", padding="tf_same"),
+    dict(depth=10, widen_factor=2, shortcut="raw", conv_bias=True),
+    dict(depth=10, widen_factor=2, activate_before_residual=True, activation="leaky_relu", bn_momentum=0.001),
+    dict(depth=13, widen_factor=1, block="B(3,1,3)"),
+    dict(depth=10, widen_factor=2, block="B(1,3)"),
+    dict(depth=13, widen_factor=1, block="B(3,3,3)", bn_momentum=None),
+    dict(depth=10, widen_factor=2, input_mean=(0.4, 0.5, 0.6), input_std=(0.2, 0.25, 0.3)),
+    dict(depth=16, widen_factor=1, num_classes=7),
+]
+
+
+def _needs_ext():
+    if not wrn_fast.build_info()["extension_loaded"]:
+        pytest.skip("wrn_fast._C not built")
+
+
+@pytest.mark.parametrize("cfg", CPU_CONFIGS, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
+def test_fast_matches_reference_cpu_backend(cfg):
+    _needs_ext()
+    fast, ref = make_pair(**cfg)
+    compare_training(fast, ref, "cpu", num_classes=cfg.get("num_classes", 10))
+
+
+TRITON_CONFIGS = [
+    dict(depth=10, widen_factor=1),
+    dict(depth=10, widen_factor=1, activation="silu", padding="tf_same", shortcut="raw", conv_bias=True),
+    dict(depth=10, widen_factor=1, activate_before_residual=True, activation="leaky_relu",
+         input_mean=(0.4, 0.5, 0.6), input_std=(0.2, 0.25, 0.3)),
+]
+
+
+@pytest.mark.parametrize("cfg", TRITON_CONFIGS, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
+def test_fast_matches_reference_triton_backend(cfg):
+    _needs_ext()
+    pytest.importorskip("triton")
+    wrn_fast.reset_counters()
+    fast, ref = make_pair(**cfg)
+    compare_training(fast, ref, "triton", shape=(2, 3, 8, 8), steps=2)
+    c = wrn_fast.counters()
+    # proof the fused path ran: every conv of every step went through the Triton kernels
+    n_convs = sum(isinstance(m, torch.nn.Conv2d) for m in fast.modules())
+    assert c.get("bn_act_conv_fwd", 0) >= 2 * n_convs
+    assert c.get("bn_act_conv_wgrad", 0) >= 2 * n_convs
+
+
+def test_cpu_backend_runs_extension_ops_not_aten_batch_norm():
+    _needs_ext()
+    fast, _ = make_pair(depth=10, widen_factor=1)
+    x = torch.randn(4, 3, 8, 8)
+    with wrn_fast.use_backend("cpu"), torch.profiler.profile() as prof:
+        fast(x).sum().backward()
+    names = {e.name for e in prof.events()}
+    assert any(n.startswith("wrn_fast::bn_act_dropout") for n in names), sorted(names)
+    assert any(n.startswith("wrn_fast::channel_stats") for n in names)
+    assert not any("batch_norm" in n for n in names), [n for n in names if "batch_norm" in n]
+
+
+def test_state_dict_identical_and_loads_both_ways():
+    for cfg in CPU_CONFIGS[:4]:
+        fast, ref = make_pair(**cfg)
+        sf, sr = fast.state_dict(), ref.state_dict()
+        assert list(sf) == list(sr)
+        assert all(sf[k].shape == sr[k].shape for k in sf)
+        ref2 = reference.WideResNet(**cfg)
+        ref2.load_state_dict(fast.state_dict(), strict=True)
+        fast2 = WideResNet(**cfg)
+        fast2.load_state_dict(ref.state_dict(), strict=True)
+
+
+def test_dropout_train_is_stochastic_reproducible_and_eval_is_deterministic():
+    _needs_ext()
+    fast, ref = make_pair(depth=10, widen_factor=2, dropout_rate=0.3)
+    x = torch.randn(4, 3, 16, 16)
+    with wrn_fast.use_backend("cpu"):
+        torch.manual_seed(1)
+        a = fast(x)
+        torch.manual_seed(1)
+        b = fast(x)
+        c = fast(x)
+        assert torch.equal(a, b), "same torch seed must give the same dropout masks"
+        assert not torch.equal(a, c)
+        fast.eval()
+        ref.load_state_dict(fast.state_dict())  # running stats moved during the 3 forwards
+        ref.eval()
+        with torch.no_grad():
+            assert rel_err(fast(x), ref(x)) < TOL_OUT
+
+
+def test_dropout_gradients_match_reference_with_the_same_mask():
+    """Dropout p>0 in training: the fast model equals the reference given the same masks.
+
+    The reference's F.dropout is replaced by the mask our ops draw (recorded from
+    the seeds the fast forward drew, regenerated with ext.dropout_mask).
+    """
+    _needs_ext()
+    from wrn_fast.ops import ext
+
+    fast, ref = make_pair(depth=10, widen_factor=1, dropout_rate=0.4)
+    fast.train()
+    ref.train()
+    x = torch.randn(4, 3, 8, 8)
+    seeds = []
+    import wrn_fast.ops as ops_pkg
+
+    orig = ops_pkg.new_dropout_seed
+
+    def recording_seed(device):
+        s = orig(device)
+        seeds.append(s.clone())
+        return s
+
+    ops_pkg.new_dropout_seed = recording_seed
+    try:
+        with wrn_fast.use_backend("cpu"):
+            out_f = fast(x)
+            out_f.square().mean().backward()
+    finally:
+        ops_pkg.new_dropout_seed = orig
+    assert len(seeds) == 3  # one per block (B(3,3): dropout before conv2)
+
+    it = iter(seeds)
+
+    def fixed_dropout(inp, p=0.5, training=True, inplace=False):
+        if not training or p == 0:
+            return inp
+        keep = ext.dropout_mask(next(it), list(inp.shape), p)
+        return inp * keep.to(inp.dtype) / (1 - p)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(F, "dropout", fixed_dropout)
+    try:
+        with wrn_fast.use_backend("reference"):
+            out_r = ref(x)
+            out_r.square().mean().backward()
+    finally:
+        mp.undo()
+    assert rel_err(out_f, out_r) < TOL_OUT
+    for (n, pf), (_, pr) in zip(fast.named_parameters(), ref.named_parameters()):
+        assert rel_err(pf.grad, pr.grad) < TOL_GRAD, n
+
+
+def test_bad_input_errors_and_running_stats_untouched():
+    _needs_ext()
+    fast, _ = make_pair(depth=10, widen_factor=1)
+    fast.train()
+    before = copy.deepcopy(fast.state_dict())
+    with wrn_fast.use_backend("cpu"):
+        with pytest.raises(ValueError, match="4-D"):
+            fast(torch.randn(3, 8, 8))
+        with pytest.raises(ValueError, match="3 channels"):
+            fast(torch.randn(2, 4, 8, 8))
+        with pytest.raises(TypeError, match="floating-point"):
+            fast(torch.randint(0, 255, (2, 3, 8, 8), dtype=torch.uint8))
+        with pytest.raises(TypeError, match="float64"):
+            fast(torch.randn(2, 3, 8, 8, dtype=torch.float64))
+        with pytest.raises(ValueError, match="more than 1 value per channel"):
+            fast(torch.randn(1, 3, 4, 4))
+    after = fast.state_dict()
+    for k in before:
+        assert torch.equal(before[k], after[k]), f"{k} changed by a failed step"
+
+
+def test_nan_input_propagates_like_reference():
+    _needs_ext()
+    fast, ref = make_pair(depth=10, widen_factor=1)
+    fast.eval()
+    ref.eval()
+    x = torch.randn(2, 3, 8, 8)
+    x[0, 0, 3, 3] = float("nan")
+    with torch.no_grad(), wrn_fast.use_backend("cpu"):
+        of = fast(x)
+    with torch.no_grad():
+        orr = ref(x)
+    assert torch.equal(torch.isnan(of), torch.isnan(orr))
+
+
+def test_channels_last_and_nchw_give_the_same_result():
+    _needs_ext()
+    fast, _ = make_pair(depth=10, widen_factor=2)
+    x = torch.randn(4, 3, 16, 16)
+    with wrn_fast.use_backend("cpu"):
+        a = fast(x)
+        b = fast.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
+    assert rel_err(b, a) < TOL_OUT
+
+
+def test_autocast_bf16_cpu_close_to_fp32():
+    _needs_ext()
+    fast, ref = make_pair(depth=10, widen_factor=2)
+    fast.eval()
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad(), wrn_fast.use_backend("cpu"):
+        full = fast(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            half = fast(x)
+    # bf16 has 8 mantissa bits (rel. rounding 2^-9 ~ 2e-3 per op); ~10 convs deep: a few 1e-2
+    assert rel_err(half.float(), full) < 5e-2
+
+
+def test_torch_compile_no_graph_breaks_and_same_result():
+    _needs_ext()
+    fast, ref = make_pair(depth=10, widen_factor=1)
+    x = torch.randn(4, 3, 8, 8)
+    torch._dynamo.reset()
+    with wrn_fast.use_backend("cpu"):
+        compiled = torch.compile(fast, backend="aot_eager", fullgraph=True)
+        out = compiled(x)
+        out.sum().backward()
+    with wrn_fast.use_backend("reference"):
+        r = ref(x)
+        r.sum().backward()
+    assert rel_err(out, r) < TOL_OUT
+    assert rel_err(fast.conv1.weight.grad, ref.conv1.weight.grad) < TOL_GRAD
+    assert rel_err(fast.block1.layer[0].bn1.running_mean, ref.block1.layer[0].bn1.running_mean) < TOL_GRAD
+
+
+def test_gradient_checkpointing_matches():
+    _needs_ext()
+    from torch.utils.checkpoint import checkpoint
+
+    fast, ref = make_pair(depth=10, widen_factor=1)
+    fast.eval()  # recomputation would update running stats twice in train mode (as in PyTorch)
+    ref.eval()
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)
+    with wrn_fast.use_backend("cpu"):
+        out = checkpoint(fast, x, use_reentrant=False)
+        out.sum().backward()
+    gx = x.grad.clone()
+    x.grad = None
+    ref(x).sum().backward()
+    assert rel_err(gx, x.grad) < TOL_GRAD
+
+
+def test_save_load_deepcopy_and_to_float64():
+    _needs_ext()
+    fast, ref = make_pair(depth=10, widen_factor=1)
+    fast.eval()
+    x = torch.randn(2, 3, 8, 8)
+    with wrn_fast.use_backend("cpu"), torch.no_grad():
+        y = fast(x)
+        buf = io.BytesIO()
+        torch.save(fast, buf)
+        buf.seek(0)
+        loaded = torch.load(buf, weights_only=False)
+        assert torch.equal(loaded(x), y)
+        assert torch.equal(copy.deepcopy(fast)(x), y)
+        f64 = copy.deepcopy(fast).to(torch.float64)
+        assert rel_err(f64(x.double()), y) < TOL_OUT
+
+
+def test_short_training_run_loss_curves_agree():
+    """50 SGD steps on one fixed synthetic batch: the loss curves of fast and reference agree."""
+    _needs_ext()
+    fast, ref = make_pair(depth=10, widen_factor=1, num_classes=4)
+    torch.manual_seed(5)
+    x = torch.randn(16, 3, 8, 8)
+    y = torch.randint(0, 4, (16,))
+    curves = []
+    for model, backend in ((fast, "cpu"), (ref, "reference")):
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        losses = []
+        with wrn_fast.use_backend(backend):
+            for _ in range(50):
+                opt.zero_grad()
+                loss = F.cross_entropy(model(x), y)
+                loss.backward()
+                opt.step()
+                losses.append(loss.item())
+        curves.append(torch.tensor(losses))
+    assert curves[1][-1] < 0.5 * curves[1][0], "the reference did not learn: the test would be vacuous"
+    # Chaotic growth of rounding differences over 50 steps: 1e-3 relative on the whole curve.
+    assert rel_err(curves[0], curves[1]) < 1e-3
+
+
+def test_bottleneck_matches_reference_cpu_backend():
+    """In float64: the post-activation bottleneck has ReLUs right before BN over few
+    values (layer4: 2x2x2 per channel here), where fp32 rounding can flip a ReLU whose
+    input is ~1e-6 and move one channel's gradient by 1% (seen with seed 0). float64
+    checks the formulas exactly; fp32 is checked on the forward only."""
+    _needs_ext()
+    torch.manual_seed(0)
+    cfg = dict(layers=(1, 1, 1, 1), num_classes=5)
+    ref = reference.WideResNetBottleneck(**cfg)
+    fast = WideResNetBottleneck(**cfg)
+    fast.load_state_dict(ref.state_dict(), strict=True)
+    x = torch.randn(2, 3, 64, 64)
+    with wrn_fast.use_backend("cpu"), torch.no_grad():
+        assert rel_err(fast(x), ref(x)) < TOL_OUT
+    compare_training(fast.double(), ref.double(), "cpu", shape=(2, 3, 64, 64), num_classes=5, steps=2,
+                     tol=(1e-6, 1e-6))  # not 1e-12: batch statistics are fp32 (as the ops define them)
+
+
+def test_create_model_and_factories():
+    m = create_model("wrn-10-2", num_classes=3)
+    assert isinstance(m, WideResNet) and m.fc.out_features == 3
+    assert sum(p.numel() for p in wrn_fast.wrn_28_10().parameters()) == 36_479_194
+    assert isinstance(create_model("wide_resnet50_2"), WideResNetBottleneck)
+    with pytest.raises(ValueError, match="unknown name"):
+        create_model("resnet18")
+
+
+def test_explain_lists_fused_layers():
+    _needs_ext()
+    fast, _ = make_pair(depth=10, widen_factor=1)
+    with wrn_fast.use_backend("cpu"):
+        text = explain(fast)
+    assert "block1.layer.0" in text and "block3.layer.0" in text and "backend 'cpu'" in text
+    with wrn_fast.use_backend("reference"):
+        assert "reference" in explain(fast)

@@ -1,0 +1,216 @@
+"""Command line: ``python -m wrn_fast train|eval|bench|info`` (also the ``wrn-fast`` script).
+
+    python -m wrn_fast train                         # WRN-16-2 on the bundled digits, about a minute on 2 CPU cores
+    python -m wrn_fast train --dataset cifar10 --data-dir ~/data          # the paper's WRN-28-10 recipe
+    torchrun --nproc-per-node 8 -m wrn_fast train --dataset cifar10 --data-dir ~/data --sync-bn
+    python -m wrn_fast train --resume runs/.../checkpoint.pt
+    python -m wrn_fast eval --checkpoint runs/.../checkpoint.pt
+    python -m wrn_fast info [--json]
+    python -m wrn_fast bench [bench options]         # from the repository root
+"""
+import argparse
+import json
+import os
+import sys
+from typing import Any, Dict, List, Optional
+
+from .data import DATASETS, InputError
+
+_TRAIN_EPILOG = """\
+defaults per dataset (the WRN paper's recipes; every option overrides):
+  cifar10, cifar100  wrn-28-10, 200 epochs, batch 128, SGD Nesterov 0.9, lr 0.1, wd 5e-4,
+                     lr x0.2 at epochs 60,120,160, dropout 0.3, crop (4 px reflect) + flip
+  svhn               wrn-16-8, 160 epochs, lr 0.01, x0.1 at 80,120, dropout 0.4, no augmentation
+  imagefolder        as cifar10 with wrn-16-8, images resized to --image-size (32)
+  digits             wrn-16-2, 25 epochs, batch 64, lr 0.1 cosine, 16x16 crop (2 px) -- no files needed
+
+data layout under --data-dir (never downloaded):
+  cifar10      cifar-10-batches-py/data_batch_1..5, test_batch
+  cifar100     cifar-100-python/train, test
+  svhn         train_32x32.mat, test_32x32.mat
+  imagefolder  train/CLASS/*.png|jpg and val/CLASS/... (or test/)
+
+output (--out, default runs/DATASET-MODEL-TIME): checkpoint.pt (every epoch, atomic),
+log.jsonl (one line per epoch), curves.png. Ctrl-C saves a checkpoint; --resume continues
+bit-for-bit. Multi-GPU / multi-node: launch with torchrun; --batch-size is the global batch.
+"""
+
+
+def _milestones(text: str) -> List[int]:
+    if text.strip() in ("", "none"):
+        return []
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated epochs such as 60,120,160, got {text!r}")
+
+
+def _amp(text: str) -> str:
+    if text not in ("bf16", "fp16", "none", "auto"):
+        raise argparse.ArgumentTypeError(f"expected bf16, fp16, none or auto, got {text!r}")
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wrn-fast", description="Wide Residual Networks on fused kernels.")
+    sub = parser.add_subparsers(dest="command", metavar="{train,eval,bench,info}")
+
+    t = sub.add_parser("train", help="train a WRN (default: a small one on the bundled digits)",
+                       epilog=_TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # Every hyper-parameter defaults to None = "the dataset's recipe" (see the epilog).
+    t.add_argument("--model", help="'wrn-DEPTH-WIDTH' (e.g. wrn-28-10) or wide_resnet50_2")
+    t.add_argument("--dataset", choices=DATASETS, help="default: digits")
+    t.add_argument("--data-dir", help="directory holding the dataset files")
+    t.add_argument("--image-size", type=int, help="imagefolder resize / digits upscale (default 32 / 16)")
+    t.add_argument("--epochs", type=int)
+    t.add_argument("--lr", type=float, help="initial learning rate (for the global batch)")
+    t.add_argument("--batch-size", type=int, help="global batch size (all ranks together)")
+    t.add_argument("--wd", dest="weight_decay", type=float, help="weight decay")
+    t.add_argument("--momentum", type=float)
+    t.add_argument("--nesterov", dest="nesterov", action="store_true", default=None)
+    t.add_argument("--no-nesterov", dest="nesterov", action="store_false")
+    t.add_argument("--schedule", choices=("step", "cosine"))
+    t.add_argument("--milestones", type=_milestones, help="step schedule epochs, e.g. 60,120,160")
+    t.add_argument("--gamma", type=float, help="step schedule factor")
+    t.add_argument("--dropout", type=float, help="dropout rate between the convolutions of a block")
+    t.add_argument("--label-smoothing", type=float)
+    t.add_argument("--ema", type=float, metavar="DECAY", help="also keep an EMA of the weights (e.g. 0.999)")
+    t.add_argument("--amp", type=_amp, help="bf16 | fp16 | none (default: bf16 on CUDA, none on CPU)")
+    t.add_argument("--channels-last", action="store_true", default=None)
+    t.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    t.add_argument("--sync-bn", action="store_true", default=None,
+                   help="BatchNorm statistics over the global batch (data-parallel runs)")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda when available)")
+    t.add_argument("--out", help="output directory (default runs/DATASET-MODEL-TIME)")
+    t.add_argument("--resume", metavar="PATH", help="continue the run saved in this checkpoint")
+    t.add_argument("--workers", type=int, help="threads decoding imagefolder images (default 2)")
+    t.add_argument("--max-steps", type=int, metavar="N", help="stop after N optimizer steps in total")
+    t.add_argument("--no-progress", dest="progress", action="store_false", default=None,
+                   help="no progress bars (epoch lines are still printed)")
+    t.add_argument("--json", action="store_true", help="print the final result as JSON")
+
+    e = sub.add_parser("eval", help="test accuracy and loss of a checkpoint")
+    e.add_argument("--checkpoint", required=True, help="a wrn_fast checkpoint or a state_dict (converter formats)")
+    e.add_argument("--dataset", choices=DATASETS, help="default: the checkpoint's")
+    e.add_argument("--data-dir")
+    e.add_argument("--image-size", type=int)
+    e.add_argument("--model", help="expected architecture (checked against the checkpoint)")
+    e.add_argument("--format", default="auto", help="state_dict format for non-wrn_fast checkpoints "
+                                                     "(see wrn_fast.convert_state_dict)")
+    e.add_argument("--ema-weights", action="store_true", help="evaluate the checkpoint's EMA weights")
+    e.add_argument("--batch-size", type=int, default=512)
+    e.add_argument("--amp", type=_amp, default="auto")
+    e.add_argument("--device")
+    e.add_argument("--workers", type=int, default=2)
+    e.add_argument("--json", action="store_true")
+
+    b = sub.add_parser("bench", help="run the benchmark harness (bench/, from the repository root)",
+                       add_help=False)
+    b.add_argument("bench_args", nargs=argparse.REMAINDER)
+
+    i = sub.add_parser("info", help="build and backend information")
+    i.add_argument("--json", action="store_true")
+    return parser
+
+
+# Options of `train` that map onto TrainConfig fields.
+_TRAIN_FIELDS = ("model", "dataset", "data_dir", "image_size", "epochs", "lr", "batch_size", "weight_decay",
+                 "momentum", "nesterov", "schedule", "milestones", "gamma", "dropout", "label_smoothing", "ema",
+                 "amp", "channels_last", "compile", "sync_bn", "seed", "device", "out", "workers", "max_steps",
+                 "progress")
+
+
+def _cmd_train(args) -> int:
+    from .train import TrainConfig, train
+
+    explicit: Dict[str, Any] = {k: getattr(args, k) for k in _TRAIN_FIELDS if getattr(args, k) is not None}
+    dataset = explicit.pop("dataset", "digits")
+    config = TrainConfig.for_dataset(dataset, **explicit)
+    if args.resume:
+        explicit["dataset"] = dataset if args.dataset is not None else None
+        explicit = {k: v for k, v in explicit.items() if v is not None}
+    result = train(config, resume=args.resume, explicit=explicit)
+    if result["rank"] != 0:  # rank 0 reports for everyone
+        return 0 if result["status"] != "interrupted" else 130
+    summary = {k: v for k, v in result.items() if k != "history"}
+    if args.json:
+        print(json.dumps(summary))
+        return 0
+    from .train import _format_duration
+
+    acc, loss = result["test_acc"], result["test_loss"]
+    line = f"final test accuracy: {100 * acc:.2f}% (loss {loss:.4f})"
+    if "ema_test_acc" in result:
+        line += f", EMA weights {100 * result['ema_test_acc']:.2f}%"
+    print(f"\n{line} after {result['epoch']} epochs / {result['step']} steps in "
+          f"{_format_duration(result['seconds'])}")
+    print(f"  checkpoint {result['checkpoint']}\n  log        {result['log']}")
+    if os.path.exists(result["plot"]):
+        print(f"  curves     {result['plot']}")
+    return 0 if result["status"] != "interrupted" else 130
+
+
+def _cmd_eval(args) -> int:
+    from .train import evaluate_checkpoint
+
+    result = evaluate_checkpoint(args.checkpoint, dataset=args.dataset, data_dir=args.data_dir,
+                                 model_name=args.model, device=args.device, format=args.format,
+                                 batch_size=args.batch_size, image_size=args.image_size, amp=args.amp,
+                                 use_ema=args.ema_weights, workers=args.workers)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        where = f" (epoch {result['epoch']}, step {result['step']})" if "epoch" in result else ""
+        print(f"{result['checkpoint']}{where}: {result['model']} ({result['weights']} weights) on "
+              f"{result['dataset']} test ({result['images']} images): accuracy {100 * result['test_acc']:.2f}%, "
+              f"loss {result['test_loss']:.4f}")
+    return 0
+
+
+def _cmd_info(args) -> int:
+    import wrn_fast
+
+    info = wrn_fast.build_info()
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+        return 0
+    print(f"wrn_fast {wrn_fast.__version__}")
+    for key, value in info.items():
+        if isinstance(value, dict):
+            print(f"{key}:")
+            for k, v in value.items():
+                print(f"  {k}: {', '.join(map(str, v)) if isinstance(v, (list, tuple)) else v}")
+        elif isinstance(value, (list, tuple)):
+            print(f"{key}: {', '.join(map(str, value)) if value else '-'}")
+        else:
+            print(f"{key}: {value}")
+    return 0
+
+
+def _cmd_bench(args) -> int:
+    # bench/ is a directory of the repository, not part of the installed package.
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        import bench.run as bench_run
+    except ImportError as e:
+        print(f"wrn-fast bench: the benchmark harness (package 'bench', bench/run.py) is not importable from "
+              f"{os.getcwd()!r} ({e}); run this command from the wrn_fast repository root", file=sys.stderr)
+        return 2
+    outcome = bench_run.main(list(args.bench_args))
+    return outcome if isinstance(outcome, int) else 0  # bench.run.main returns its results (a dict)
+
+
+def run(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    handler = {"train": _cmd_train, "eval": _cmd_eval, "info": _cmd_info, "bench": _cmd_bench}[args.command]
+    try:
+        return handler(args)
+    except InputError as e:
+        print(f"wrn-fast {args.command}: error: {e}", file=sys.stderr)
+        return 2
