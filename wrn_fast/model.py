@@ -195,9 +195,12 @@ class _SyncStats(torch.autograd.Function):
         import torch.distributed as dist
 
         world = dist.get_world_size()
-        local = torch.stack([torch.full_like(mean, float(count)), mean, var]).float()
-        gathered = torch.empty((world,) + tuple(local.shape), dtype=local.dtype, device=local.device)
-        dist.all_gather_into_tensor(gathered, local.contiguous())
+        local = torch.stack([torch.full_like(mean, float(count)), mean, var]).float().contiguous()
+        gathered = torch.empty((world * 3, local.shape[1]), dtype=local.dtype, device=local.device)
+        # all_gather_single (torch >= 2.14) is the new name of all_gather_into_tensor
+        gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+        gather(gathered, local)
+        gathered = gathered.view(world, 3, -1)
         n, m, v = gathered[:, 0], gathered[:, 1], gathered[:, 2]
         total = n.sum(0)
         g_mean = (n * m).sum(0) / total
