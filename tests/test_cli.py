@@ -70,7 +70,7 @@ def test_default_command_trains_on_the_bundled_digits(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", "--max-steps", "3", "--out", str(out), "--no-progress"]) == 0
     text = capsys.readouterr().out
-    assert "wrn-16-2" in text and "digits" in text and "final test accuracy:" in text
+    assert "wrn-16-2" in text and "digits" in text and "test accuracy (max_steps):" in text
     ckpt = load_checkpoint(str(out / "checkpoint.pt"))
     assert ckpt["step"] == 3 and ckpt["config"]["dataset"] == "digits" and ckpt["config"]["image_size"] is None
     assert ckpt["model_kwargs"]["in_channels"] == 1

@@ -130,3 +130,25 @@ def test_batch_not_divisible_by_world_size(tmp_path):
     with pytest.raises(InputError, match="global batch 65 must be divisible by the world size 2"):
         _train(_config(tmp_path, batch_size=65), None, _Dist(rank=0, world=2), torch.device("cpu"))
     assert not os.path.exists(tmp_path / "checkpoint.pt")
+
+
+def test_torchrun_cli_matches_spawned_ddp(tmp_path):
+    """The real launcher path: torchrun's env:// variables, gloo on CPU, rank-0-only output."""
+    import subprocess
+    import sys
+
+    port = _free_port()
+    out = tmp_path / "torchrun"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--nnodes", "1",
+           "--master-addr", "127.0.0.1", "--master-port", str(port),
+           "-m", "wrn_fast", "train", "--model", "wrn-10-1", "--image-size", "8", "--batch-size", "64",
+           "--epochs", "1", "--lr", "0.05", "--schedule", "step", "--milestones", "none", "--dropout", "0",
+           "--seed", "3", "--device", "cpu", "--max-steps", str(STEPS), "--no-progress", "--out", str(out)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("test accuracy (max_steps)") == 1  # rank 0 reports, rank 1 stays quiet
+    via_torchrun = load_checkpoint(str(out / "checkpoint.pt"))
+    via_spawn = _run_ddp(tmp_path / "spawn")
+    assert via_torchrun["world_size"] == 2 and via_torchrun["step"] == STEPS
+    _assert_params_close(via_torchrun["model"], via_spawn["model"], _param_names())

@@ -140,7 +140,8 @@ def _cmd_train(args) -> int:
     from .train import _format_duration
 
     acc, loss = result["test_acc"], result["test_loss"]
-    line = f"final test accuracy: {100 * acc:.2f}% (loss {loss:.4f})"
+    label = "final test accuracy" if result["status"] == "finished" else f"test accuracy ({result['status']})"
+    line = f"{label}: {100 * acc:.2f}% (loss {loss:.4f})"
     if "ema_test_acc" in result:
         line += f", EMA weights {100 * result['ema_test_acc']:.2f}%"
     print(f"\n{line} after {result['epoch']} epochs / {result['step']} steps in "

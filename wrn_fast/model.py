@@ -73,9 +73,14 @@ class _Engine:
     forward finished, so a failing step mutates nothing.
     """
 
-    def __init__(self, backend: str, training: bool, compute_dtype: Optional[torch.dtype], sync_bn: bool):
+    def __init__(self, backend: str, model: nn.Module, compute_dtype: Optional[torch.dtype], sync_bn: bool):
         self.backend = backend
-        self.training = training
+        self.training = model.training
+        # Batch statistics are needed in training, or in eval by a BN without running
+        # stats; otherwise (eval) producers skip them and sync-BN exchanges nothing.
+        self.batch_stats = model.training or any(
+            isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is None for m in model.modules()
+        )
         self.compute_dtype = compute_dtype
         self.sync_bn = sync_bn
         self.pending: List[_RunningUpdate] = []
@@ -94,6 +99,7 @@ class _Engine:
         stats: bool = False,
     ) -> Tuple[torch.Tensor, Optional[Stats]]:
         ext = _ext()
+        stats = stats and self.batch_stats
         weight, bias = conv.weight, conv.bias
         if self.compute_dtype is not None:  # autocast: convs run in the autocast dtype
             weight = weight.to(self.compute_dtype)
@@ -289,7 +295,7 @@ class WideResNet(reference.WideResNet):
         if backend == "reference":
             return super().forward(x)
         _check_input(self, x, self.conv1.in_channels, spatial_divisor=4)
-        eng = _Engine(backend, self.training, _compute_dtype(x), self.sync_bn)
+        eng = _Engine(backend, self, _compute_dtype(x), self.sync_bn)
         if backend == "triton" and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)  # NHWC: the implicit GEMM's layout
         # Stem. In-model normalisation (x - mean) / std is an affine prologue with no activation.
@@ -353,7 +359,7 @@ class WideResNetBottleneck(reference.WideResNetBottleneck):
         if backend == "reference":
             return super().forward(x)
         _check_input(self, x, self.conv1.in_channels, spatial_divisor=32)
-        eng = _Engine(backend, self.training, _compute_dtype(x), False)
+        eng = _Engine(backend, self, _compute_dtype(x), False)
         if backend == "triton":
             x = x.contiguous(memory_format=torch.channels_last)
         h, st = eng.conv(x, self.conv1, _same_padding(self.conv1), stats=True)

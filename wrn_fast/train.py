@@ -309,11 +309,6 @@ def _init_distributed(device_arg: Optional[str]) -> Tuple[_Dist, torch.device]:
 _WRN_NAME = re.compile(r"wrn-(\d+)-(\d+)")
 
 
-def _describe_arch(model_name: str) -> str:
-    m = _WRN_NAME.fullmatch(model_name.lower().replace("_", "-"))
-    return f"depth {m.group(1)}, width {m.group(2)}" if m else model_name
-
-
 def build_model(model_name: str, num_classes: int, in_channels: int, dropout: float = 0.0,
                 **extra_kwargs) -> Tuple[nn.Module, Dict[str, Any]]:
     """``wrn_fast.create_model`` with a clear error for unknown names; returns (model, constructor kwargs)."""
