@@ -4,6 +4,8 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <type_traits>
 
 #include "common.h"
 
@@ -51,6 +53,63 @@ inline void chan_merge(double& count, double& mean, double& m2, double count_b, 
   mean += delta * (count_b / total);
   m2 += m2_b + delta * delta * (count * count_b / total);
   count = total;
+}
+
+// Dropout multipliers of `count` (<= kMaskChunk) logical indices first, first +
+// step, ...: inv_keep where the contract's Philox mask keeps the element, else 0.
+// The Philox words are integer-only, so the AVX2 build of the loop (picked at
+// run time) gives the same bits as the portable one; SSE2 has no 64-bit lane
+// multiply, so only the AVX2 version vectorizes the ten rounds.
+constexpr int64_t kMaskChunk = 64;
+
+namespace detail {
+inline void philox_words_portable(uint64_t seed, uint32_t first, uint32_t step, int64_t count,
+                                  uint32_t* __restrict words) {
+  for (int64_t j = 0; j < count; ++j) words[j] = philox_first_word(seed, first + static_cast<uint32_t>(j) * step);
+}
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#define WRN_FAST_HAVE_AVX2_PATH 1
+__attribute__((target("avx2"))) inline void philox_words_avx2(uint64_t seed, uint32_t first, uint32_t step,
+                                                              int64_t count, uint32_t* __restrict words) {
+  for (int64_t j = 0; j < count; ++j) words[j] = philox_first_word(seed, first + static_cast<uint32_t>(j) * step);
+}
+inline bool cpu_has_avx2() {
+  static const bool has = __builtin_cpu_supports("avx2");
+  return has;
+}
+#endif
+}  // namespace detail
+
+inline void dropout_multipliers(uint64_t seed, int64_t first, int64_t step, int64_t count, float p, float inv_keep,
+                                float* __restrict mult) {
+  uint32_t words[kMaskChunk];
+  // the index is taken as uint32 like a 32-bit Triton offset: wrap-around arithmetic
+  const uint32_t first32 = static_cast<uint32_t>(first), step32 = static_cast<uint32_t>(step);
+#ifdef WRN_FAST_HAVE_AVX2_PATH
+  if (detail::cpu_has_avx2())
+    detail::philox_words_avx2(seed, first32, step32, count, words);
+  else
+#endif
+    detail::philox_words_portable(seed, first32, step32, count, words);
+  for (int64_t j = 0; j < count; ++j) mult[j] = uint_to_uniform_float(words[j]) >= p ? inv_keep : 0.0f;
+}
+
+// Calls f(std::integral_constant<int, act>, std::integral_constant<bool, dropout>)
+// so kernels are instantiated per activation and dropout: branch-free inner loops.
+template <typename F>
+void dispatch_act_dropout(int act, bool use_dropout, const F& f) {
+  const auto with_act = [&](auto act_c) {
+    if (use_dropout)
+      f(act_c, std::integral_constant<bool, true>());
+    else
+      f(act_c, std::integral_constant<bool, false>());
+  };
+  switch (act) {
+    case kRelu: with_act(std::integral_constant<int, kRelu>()); break;
+    case kLeakyRelu: with_act(std::integral_constant<int, kLeakyRelu>()); break;
+    case kSilu: with_act(std::integral_constant<int, kSilu>()); break;
+    default: with_act(std::integral_constant<int, kIdentity>()); break;
+  }
 }
 
 // Splits `rows` into blocks for a per-channel reduction over channels-last rows:

@@ -16,11 +16,13 @@ Error metric: ||out - ref|| / ||ref|| (norms over all elements), per dtype:
 """
 import os
 
-os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported (cuda tensors still run compiled)
+import torch
+
+if not torch.cuda.is_available():  # no GPU: the interpreter (set before triton is imported)
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
@@ -32,7 +34,7 @@ from wrn_fast.ops.bn_act import _out_format, bn_act_dropout, bn_act_dropout_back
 
 from _philox import keep_mask, rand as np_rand, randint as np_randint  # noqa: E402
 
-DEVICE = "cpu"  # the interpreter; kernels see exactly the CPU tensors
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: through the interpreter
 TOL = {torch.float32: 1e-5, torch.float64: 2e-7}
 UNIT_ROUNDOFF = {torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11}
 ACTS = [("identity", 0.0), ("relu", 0.0), ("leaky_relu", 0.1), ("leaky_relu", 0.2), ("silu", 0.0)]
