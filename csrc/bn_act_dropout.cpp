@@ -8,6 +8,7 @@
 #include <ATen/OpMathType.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "bn_act_dropout.h"
@@ -15,6 +16,65 @@
 
 namespace wrn_fast {
 namespace {
+
+constexpr int64_t kChunk = cpu::kMaskChunk;  // elements per dropout-mask chunk
+constexpr int kLanes = 8;                       // independent partial sums so the reductions vectorize
+constexpr int64_t kSubRows = 16;                // channels-last rows summed in acc_t before going to double
+
+// y = dropout(act(x * scale + shift)), instantiated per (activation, dropout) so
+// the inner loops are branch-free and vectorize.
+template <typename scalar_t, int ACT, bool DROP>
+void bn_act_dropout_fwd_kernel(const BnActDropoutArgs& args, uint64_t seed, at::Tensor& y) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const scalar_t* __restrict xp = args.x.const_data_ptr<scalar_t>();
+  const acc_t* __restrict sc = args.scale.const_data_ptr<acc_t>();
+  const acc_t* __restrict sh = args.shift.const_data_ptr<acc_t>();
+  scalar_t* __restrict yp = y.mutable_data_ptr<scalar_t>();
+  const acc_t slope = static_cast<acc_t>(args.negative_slope);
+  const float p = args.p, inv_keep = args.inv_keep;
+  const int64_t channels = args.layout.channels;
+  cpu::for_each_run(
+      args.layout,
+      [&](int64_t base, int64_t ch, int64_t length) {
+        const acc_t s = sc[ch], h = sh[ch];
+        const scalar_t* __restrict xr = xp + base;
+        scalar_t* __restrict yr = yp + base;
+        if constexpr (!DROP) {
+          for (int64_t i = 0; i < length; ++i)
+            yr[i] = static_cast<scalar_t>(act_forward<acc_t>(ACT, static_cast<acc_t>(xr[i]) * s + h, slope));
+        } else {
+          float mult[kChunk];
+          for (int64_t off = 0; off < length; off += kChunk) {
+            const int64_t count = std::min(kChunk, length - off);
+            cpu::dropout_multipliers(seed, base + off, 1, count, p, inv_keep, mult);
+            for (int64_t j = 0; j < count; ++j)
+              yr[off + j] = static_cast<scalar_t>(
+                  act_forward<acc_t>(ACT, static_cast<acc_t>(xr[off + j]) * s + h, slope) *
+                  static_cast<acc_t>(mult[j]));
+          }
+        }
+      },
+      [&](int64_t base, int64_t logical_first, int64_t logical_step) {
+        const scalar_t* __restrict xr = xp + base;
+        scalar_t* __restrict yr = yp + base;
+        if constexpr (!DROP) {
+          for (int64_t c = 0; c < channels; ++c)
+            yr[c] = static_cast<scalar_t>(act_forward<acc_t>(ACT, static_cast<acc_t>(xr[c]) * sc[c] + sh[c], slope));
+        } else {
+          float mult[kChunk];
+          for (int64_t c0 = 0; c0 < channels; c0 += kChunk) {
+            const int64_t count = std::min(kChunk, channels - c0);
+            cpu::dropout_multipliers(seed, logical_first + c0 * logical_step, logical_step, count, p, inv_keep, mult);
+            for (int64_t j = 0; j < count; ++j) {
+              const int64_t c = c0 + j;
+              yr[c] = static_cast<scalar_t>(
+                  act_forward<acc_t>(ACT, static_cast<acc_t>(xr[c]) * sc[c] + sh[c], slope) *
+                  static_cast<acc_t>(mult[j]));
+            }
+          }
+        }
+      });
+}
 
 at::Tensor bn_act_dropout_fwd_cpu(const at::Tensor& x_in, const at::Tensor& scale, const at::Tensor& shift,
                                   c10::string_view act, double negative_slope, double p,
@@ -24,30 +84,143 @@ at::Tensor bn_act_dropout_fwd_cpu(const at::Tensor& x_in, const at::Tensor& scal
   const uint64_t seed_value = args.use_dropout ? static_cast<uint64_t>(seed->item<int64_t>()) : 0;
   at::Tensor y = at::empty_like(args.x);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, args.x.scalar_type(), "bn_act_dropout_fwd_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* xp = args.x.const_data_ptr<scalar_t>();
-    const acc_t* sc = args.scale.const_data_ptr<acc_t>();
-    const acc_t* sh = args.shift.const_data_ptr<acc_t>();
-    scalar_t* yp = y.mutable_data_ptr<scalar_t>();
-    const int act_id = args.act;
-    const acc_t slope = static_cast<acc_t>(args.negative_slope);
-    const int64_t channels = args.layout.channels;
-    const auto value = [&](acc_t xv, int64_t ch, int64_t logical) {
-      const acc_t a = act_forward<acc_t>(act_id, xv * sc[ch] + sh[ch], slope);
-      return static_cast<scalar_t>(
-          a * static_cast<acc_t>(dropout_multiplier(args.use_dropout, seed_value, logical, args.p, args.inv_keep)));
-    };
-    cpu::for_each_run(
-        args.layout,
-        [&](int64_t base, int64_t ch, int64_t length) {
-          for (int64_t i = base; i < base + length; ++i) yp[i] = value(static_cast<acc_t>(xp[i]), ch, i);
-        },
-        [&](int64_t base, int64_t logical_first, int64_t logical_step) {
-          for (int64_t ch = 0; ch < channels; ++ch)
-            yp[base + ch] = value(static_cast<acc_t>(xp[base + ch]), ch, logical_first + ch * logical_step);
-        });
+    cpu::dispatch_act_dropout(args.act, args.use_dropout, [&](auto act_c, auto drop_c) {
+      bn_act_dropout_fwd_kernel<scalar_t, decltype(act_c)::value, decltype(drop_c)::value>(args, seed_value, y);
+    });
   });
   return y;
+}
+
+// g_z = grad_y * keep/(1-p) * act'(z) for `count` consecutive memory elements
+// (coefficients given per element); writes grad_x = g_z * scale and g_z, x (acc_t).
+template <typename scalar_t, typename acc_t, int ACT, bool DROP, bool PER_ELEMENT_COEF>
+inline void bwd_chunk(const scalar_t* __restrict xr, const scalar_t* __restrict gr, const acc_t* __restrict sc,
+                      const acc_t* __restrict sh, acc_t s0, acc_t h0, const float* __restrict mult, acc_t slope,
+                      int64_t count, scalar_t* __restrict gxr, acc_t* __restrict gz_out, acc_t* __restrict x_out) {
+  for (int64_t j = 0; j < count; ++j) {
+    const acc_t s = PER_ELEMENT_COEF ? sc[j] : s0;
+    const acc_t h = PER_ELEMENT_COEF ? sh[j] : h0;
+    const acc_t xv = static_cast<acc_t>(xr[j]);
+    const acc_t z = xv * s + h;
+    acc_t g = static_cast<acc_t>(gr[j]);
+    if constexpr (DROP) g = g * static_cast<acc_t>(mult[j]);
+    const acc_t g_z = g * act_derivative<acc_t>(ACT, z, slope);
+    gxr[j] = static_cast<scalar_t>(g_z * s);
+    gz_out[j] = g_z;
+    x_out[j] = xv;
+  }
+}
+
+template <typename scalar_t, int ACT, bool DROP>
+void bn_act_dropout_bwd_kernel(const BnActDropoutArgs& args, const at::Tensor& grad, uint64_t seed,
+                               at::Tensor& grad_x, at::Tensor& grad_scale, at::Tensor& grad_shift) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const ChannelLayout& layout = args.layout;
+  const int64_t channels = layout.channels;
+  const scalar_t* __restrict xp = args.x.const_data_ptr<scalar_t>();
+  const scalar_t* __restrict gp = grad.const_data_ptr<scalar_t>();
+  const acc_t* __restrict sc = args.scale.const_data_ptr<acc_t>();
+  const acc_t* __restrict sh = args.shift.const_data_ptr<acc_t>();
+  scalar_t* __restrict gx = grad_x.mutable_data_ptr<scalar_t>();
+  acc_t* g_scale = grad_scale.mutable_data_ptr<acc_t>();
+  acc_t* g_shift = grad_shift.mutable_data_ptr<acc_t>();
+  const acc_t slope = static_cast<acc_t>(args.negative_slope);
+  const float p = args.p, inv_keep = args.inv_keep;
+  if (!layout.channels_last) {
+    // One channel per task; each (n, c) plane is summed in acc_t over kLanes
+    // lanes, planes are added in double.
+    const int64_t inner = layout.inner(), outer = layout.outer();
+    at::parallel_for(0, channels, 1, [&](int64_t begin, int64_t end) {
+      float mult[kChunk];
+      acc_t gz[kChunk], xa[kChunk];
+      for (int64_t ch = begin; ch < end; ++ch) {
+        const acc_t s = sc[ch], h = sh[ch];
+        double sum_gx = 0, sum_g = 0;
+        for (int64_t o = 0; o < outer; ++o) {
+          const int64_t base = (o * channels + ch) * inner;
+          acc_t lane_gx[kLanes] = {}, lane_g[kLanes] = {};
+          for (int64_t off = 0; off < inner; off += kChunk) {
+            const int64_t count = std::min(kChunk, inner - off);
+            if constexpr (DROP) cpu::dropout_multipliers(seed, base + off, 1, count, p, inv_keep, mult);
+            bwd_chunk<scalar_t, acc_t, ACT, DROP, false>(xp + base + off, gp + base + off, nullptr, nullptr, s, h,
+                                                         mult, slope, count, gx + base + off, gz, xa);
+            int64_t j = 0;
+            for (; j + kLanes <= count; j += kLanes)
+              for (int l = 0; l < kLanes; ++l) {
+                lane_gx[l] += gz[j + l] * xa[j + l];
+                lane_g[l] += gz[j + l];
+              }
+            for (int l = 0; j < count; ++j, ++l) {
+              lane_gx[l] += gz[j] * xa[j];
+              lane_g[l] += gz[j];
+            }
+          }
+          acc_t plane_gx = 0, plane_g = 0;
+          for (int l = 0; l < kLanes; ++l) {
+            plane_gx += lane_gx[l];
+            plane_g += lane_g[l];
+          }
+          sum_gx += static_cast<double>(plane_gx);
+          sum_g += static_cast<double>(plane_g);
+        }
+        g_scale[ch] = static_cast<acc_t>(sum_gx);
+        g_shift[ch] = static_cast<acc_t>(sum_g);
+      }
+    });
+    return;
+  }
+  // Channels-last rows of C: size-determined blocks of rows; within a block,
+  // sub-blocks of kSubRows rows are summed per channel in acc_t, then in double.
+  const int64_t rows = layout.outer(), spatial = layout.spatial;
+  const int64_t block_rows = cpu::rows_per_block(rows);
+  const int64_t blocks = (rows + block_rows - 1) / block_rows;
+  std::vector<double> block_gx(blocks * channels, 0.0), block_g(blocks * channels, 0.0);
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> part_gx_v(channels), part_g_v(channels);
+    acc_t* __restrict part_gx = part_gx_v.data();
+    acc_t* __restrict part_g = part_g_v.data();
+    float mult[kChunk];
+    acc_t gz[kChunk], xa[kChunk];
+    for (int64_t b = begin; b < end; ++b) {
+      double* __restrict acc_gx = block_gx.data() + b * channels;
+      double* __restrict acc_g = block_g.data() + b * channels;
+      const int64_t row_end = std::min(rows, (b + 1) * block_rows);
+      for (int64_t r0 = b * block_rows; r0 < row_end; r0 += kSubRows) {
+        const int64_t r1 = std::min(row_end, r0 + kSubRows);
+        std::fill(part_gx, part_gx + channels, acc_t(0));
+        std::fill(part_g, part_g + channels, acc_t(0));
+        for (int64_t r = r0; r < r1; ++r) {
+          const int64_t n = r / spatial, sp = r - n * spatial;
+          const int64_t logical_first = n * channels * spatial + sp;
+          const int64_t row = r * channels;
+          for (int64_t c0 = 0; c0 < channels; c0 += kChunk) {
+            const int64_t count = std::min(kChunk, channels - c0);
+            if constexpr (DROP)
+              cpu::dropout_multipliers(seed, logical_first + c0 * spatial, spatial, count, p, inv_keep, mult);
+            bwd_chunk<scalar_t, acc_t, ACT, DROP, true>(xp + row + c0, gp + row + c0, sc + c0, sh + c0, acc_t(0),
+                                                        acc_t(0), mult, slope, count, gx + row + c0, gz, xa);
+            for (int64_t j = 0; j < count; ++j) {
+              part_gx[c0 + j] += gz[j] * xa[j];
+              part_g[c0 + j] += gz[j];
+            }
+          }
+        }
+        for (int64_t c = 0; c < channels; ++c) {
+          acc_gx[c] += static_cast<double>(part_gx[c]);
+          acc_g[c] += static_cast<double>(part_g[c]);
+        }
+      }
+    }
+  });
+  for (int64_t ch = 0; ch < channels; ++ch) {
+    double sum_gx = 0, sum_g = 0;
+    for (int64_t b = 0; b < blocks; ++b) {
+      sum_gx += block_gx[b * channels + ch];
+      sum_g += block_g[b * channels + ch];
+    }
+    g_scale[ch] = static_cast<acc_t>(sum_gx);
+    g_shift[ch] = static_cast<acc_t>(sum_g);
+  }
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_dropout_bwd_cpu(
@@ -61,84 +234,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_dropout_bwd_cpu(
               x_in.scalar_type(), ", got ", grad_y.scalar_type());
   const at::Tensor grad = with_strides_of(grad_y, args.x);
   const uint64_t seed_value = args.use_dropout ? static_cast<uint64_t>(seed->item<int64_t>()) : 0;
-  const ChannelLayout& layout = args.layout;
-  const int64_t channels = layout.channels;
+  const int64_t channels = args.layout.channels;
   at::Tensor grad_x = at::empty_like(args.x);
   at::Tensor grad_scale = at::empty({channels}, args.scale.options());
   at::Tensor grad_shift = at::empty({channels}, args.scale.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, args.x.scalar_type(), "bn_act_dropout_bwd_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const scalar_t* xp = args.x.const_data_ptr<scalar_t>();
-    const scalar_t* gp = grad.const_data_ptr<scalar_t>();
-    const acc_t* sc = args.scale.const_data_ptr<acc_t>();
-    const acc_t* sh = args.shift.const_data_ptr<acc_t>();
-    scalar_t* gx = grad_x.mutable_data_ptr<scalar_t>();
-    acc_t* g_scale = grad_scale.mutable_data_ptr<acc_t>();
-    acc_t* g_shift = grad_shift.mutable_data_ptr<acc_t>();
-    const int act_id = args.act;
-    const acc_t slope = static_cast<acc_t>(args.negative_slope);
-    // g_z of one element; writes grad_x and returns g_z for the reductions.
-    const auto element = [&](int64_t i, int64_t ch, int64_t logical) {
-      const acc_t xv = static_cast<acc_t>(xp[i]);
-      const acc_t z = xv * sc[ch] + sh[ch];
-      const acc_t g_z = static_cast<acc_t>(gp[i]) *
-                        static_cast<acc_t>(dropout_multiplier(args.use_dropout, seed_value, logical, args.p,
-                                                              args.inv_keep)) *
-                        act_derivative<acc_t>(act_id, z, slope);
-      gx[i] = static_cast<scalar_t>(g_z * sc[ch]);
-      return g_z;
-    };
-    if (!layout.channels_last) {
-      const int64_t inner = layout.inner(), outer = layout.outer();
-      at::parallel_for(0, channels, 1, [&](int64_t begin, int64_t end) {
-        for (int64_t ch = begin; ch < end; ++ch) {
-          double sum_gx = 0, sum_g = 0;  // double across planes, acc_t within one
-          for (int64_t o = 0; o < outer; ++o) {
-            const int64_t base = (o * channels + ch) * inner;
-            acc_t plane_gx = 0, plane_g = 0;
-            for (int64_t i = base; i < base + inner; ++i) {
-              const acc_t g_z = element(i, ch, i);
-              plane_gx += g_z * static_cast<acc_t>(xp[i]);
-              plane_g += g_z;
-            }
-            sum_gx += plane_gx;
-            sum_g += plane_g;
-          }
-          g_scale[ch] = static_cast<acc_t>(sum_gx);
-          g_shift[ch] = static_cast<acc_t>(sum_g);
-        }
-      });
-      return;
-    }
-    const int64_t rows = layout.outer(), spatial = layout.spatial;
-    const int64_t block_rows = cpu::rows_per_block(rows);
-    const int64_t blocks = (rows + block_rows - 1) / block_rows;
-    std::vector<double> block_gx(blocks * channels, 0.0), block_g(blocks * channels, 0.0);
-    at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t b = begin; b < end; ++b) {
-        double* acc_gx = block_gx.data() + b * channels;
-        double* acc_g = block_g.data() + b * channels;
-        for (int64_t r = b * block_rows; r < std::min(rows, (b + 1) * block_rows); ++r) {
-          const int64_t n = r / spatial, s = r - n * spatial;
-          const int64_t logical_first = n * channels * spatial + s;
-          for (int64_t ch = 0; ch < channels; ++ch) {
-            const int64_t i = r * channels + ch;
-            const acc_t g_z = element(i, ch, logical_first + ch * spatial);
-            acc_gx[ch] += static_cast<double>(g_z * static_cast<acc_t>(xp[i]));
-            acc_g[ch] += static_cast<double>(g_z);
-          }
-        }
-      }
+    cpu::dispatch_act_dropout(args.act, args.use_dropout, [&](auto act_c, auto drop_c) {
+      bn_act_dropout_bwd_kernel<scalar_t, decltype(act_c)::value, decltype(drop_c)::value>(
+          args, grad, seed_value, grad_x, grad_scale, grad_shift);
     });
-    for (int64_t ch = 0; ch < channels; ++ch) {
-      double sum_gx = 0, sum_g = 0;
-      for (int64_t b = 0; b < blocks; ++b) {
-        sum_gx += block_gx[b * channels + ch];
-        sum_g += block_g[b * channels + ch];
-      }
-      g_scale[ch] = static_cast<acc_t>(sum_gx);
-      g_shift[ch] = static_cast<acc_t>(sum_g);
-    }
   });
   return {grad_x, grad_scale, grad_shift};
 }

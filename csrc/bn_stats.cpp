@@ -267,9 +267,17 @@ at::Tensor bn_backward_apply_cpu(const c10::optional<at::Tensor>& grad, const at
           }
         },
         [&](int64_t base, int64_t /*logical_first*/, int64_t /*logical_step*/) {
-          for (int64_t ch = 0; ch < channels; ++ch) {
-            const acc_t g = gp ? ap[ch] * static_cast<acc_t>(gp[base + ch]) : acc_t(0);
-            op[base + ch] = static_cast<scalar_t>(g + bp[ch] * static_cast<acc_t>(xp[base + ch]) + cp[ch]);
+          const scalar_t* __restrict xr = xp + base;
+          scalar_t* __restrict orow = op + base;
+          if (gp) {
+            const scalar_t* __restrict gr = gp + base;
+            for (int64_t ch = 0; ch < channels; ++ch)
+              orow[ch] = static_cast<scalar_t>(ap[ch] * static_cast<acc_t>(gr[ch]) +
+                                               bp[ch] * static_cast<acc_t>(xr[ch]) + cp[ch]);
+          } else {
+            // acc_t(0) + b*x + c, like the grad-less plane path's (b*x + c) up to the sign of zero
+            for (int64_t ch = 0; ch < channels; ++ch)
+              orow[ch] = static_cast<scalar_t>(acc_t(0) + bp[ch] * static_cast<acc_t>(xr[ch]) + cp[ch]);
           }
         });
   });

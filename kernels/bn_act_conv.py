@@ -33,6 +33,7 @@ import triton
 import triton.language as tl
 
 from wrn_fast._counters import bump
+from wrn_fast.ops import output_memory_format
 
 from ._common import ACT_CODES, act_grad, apply_act, dropout_keep
 
@@ -467,10 +468,6 @@ def stats_rows(n_rows: int) -> int:
     return triton.cdiv(n_rows, STATS_M)
 
 
-def is_channels_last(x: torch.Tensor) -> bool:
-    return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-
-
 def _dot_modes(dtype, allow_tf32):
     if dtype == torch.float32:
         in_prec = "tf32" if allow_tf32 else "ieee"
@@ -586,7 +583,7 @@ def bn_act_conv_fwd(x, weight, scale=None, shift=None, *, stride=1, padding=(1, 
             raise ValueError(f"residual shape must equal the output shape {(nb, cout, ho, wo)}, "
                              f"got {tuple(residual.shape)}")
 
-    fmt = torch.channels_last if is_channels_last(x) else torch.contiguous_format
+    fmt = output_memory_format(x)
     y = torch.empty((nb, cout, ho, wo), device=dev, dtype=x.dtype, memory_format=fmt)
     m_rows = nb * ho * wo
     P = stats_rows(m_rows) if compute_stats else 0
@@ -637,7 +634,7 @@ def bn_act_conv_dgrad(grad_y, weight, x, scale=None, shift=None, *, stride=1, pa
     if tuple(grad_y.shape) != (nb, cout, ho, wo):
         raise ValueError(f"grad_y shape must equal the output shape {(nb, cout, ho, wo)}, got {tuple(grad_y.shape)}")
 
-    fmt = torch.channels_last if is_channels_last(x) else torch.contiguous_format
+    fmt = output_memory_format(x)
     grad_x = torch.empty((nb, cin, h, w), device=dev, dtype=x.dtype, memory_format=fmt)
     has_affine = scale is not None
     acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32

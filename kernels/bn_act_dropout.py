@@ -41,6 +41,7 @@ import triton
 import triton.language as tl
 
 from wrn_fast._counters import bump
+from wrn_fast.ops import output_memory_format
 
 from ._common import ACT_CODES, act_grad, apply_act, dropout_keep
 
@@ -214,19 +215,6 @@ def _bn_act_dropout_bwd_kernel(
 
 def _next_pow2(v: int) -> int:
     return 1 << max(0, (int(v) - 1).bit_length())
-
-
-def output_memory_format(x: torch.Tensor) -> torch.memory_format:
-    """Memory format of outputs made for ``x``: channels_last in -> channels_last out."""
-    if x.dim() != 4 or x.is_contiguous():
-        return torch.contiguous_format
-    if x.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    # a strided view: channels_last when c is its fastest-varying axis (e.g. a channel slice of one)
-    others = [x.stride(d) for d in (2, 3) if x.shape[d] > 1]
-    if x.shape[1] > 1 and others and x.stride(1) < min(others):
-        return torch.channels_last
-    return torch.contiguous_format
 
 
 def _empty_like_format(x: torch.Tensor, dtype=None) -> torch.Tensor:

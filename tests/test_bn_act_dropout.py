@@ -30,7 +30,8 @@ import triton.language as tl  # noqa: E402
 import wrn_fast  # noqa: E402
 from wrn_fast.kernels import bn_act_dropout as K  # noqa: E402
 from wrn_fast.ops import new_dropout_seed  # noqa: E402
-from wrn_fast.ops.bn_act import _out_format, bn_act_dropout, bn_act_dropout_backward  # noqa: E402
+from wrn_fast.ops import output_memory_format
+from wrn_fast.ops.bn_act import bn_act_dropout, bn_act_dropout_backward  # noqa: E402
 
 from _philox import keep_mask, rand as np_rand, randint as np_randint  # noqa: E402
 
@@ -106,7 +107,7 @@ def assert_close(name, out, ref, tol):
 
 def poisoned_like(x, dtype=None):
     """NaN-filled output buffer in x's output memory format (every element must be overwritten)."""
-    out = torch.empty(x.shape, dtype=dtype or x.dtype, device=x.device, memory_format=K.output_memory_format(x))
+    out = torch.empty(x.shape, dtype=dtype or x.dtype, device=x.device, memory_format=output_memory_format(x))
     return out.fill_(float("nan"))
 
 
@@ -198,9 +199,9 @@ def test_default_output_memory_format(layout):
     assert torch.equal(y, x)  # identity, scale 1, shift 0: exact copy, whatever the layouts
     # a channel slice of a channels_last tensor stays channels_last
     xs = make_x("channels_last", torch.float32, shape=(2, 12, 3, 5)).to(DEVICE)[:, 2:9]
-    assert K.output_memory_format(xs) == torch.channels_last == _out_format(xs)
-    for t in (x, xs, make_x("nchw", torch.float32).to(DEVICE)):
-        assert K.output_memory_format(t) == _out_format(t)
+    assert output_memory_format(xs) == torch.channels_last
+    ys = K.bn_act_dropout_fwd(xs, torch.ones(7, device=DEVICE), torch.zeros(7, device=DEVICE), act="identity")
+    assert ys.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_row_modes_cover_flat_per_image_and_split():
@@ -208,7 +209,7 @@ def test_row_modes_cover_flat_per_image_and_split():
     modes = {}
     for layout in LAYOUTS:
         x = make_x(layout, torch.float32)
-        flat, split, _ = K._row_mode([x, torch.empty(x.shape, memory_format=K.output_memory_format(x))])
+        flat, split, _ = K._row_mode([x, torch.empty(x.shape, memory_format=output_memory_format(x))])
         modes[layout] = "flat" if flat else ("split" if split else "per_image")
     assert modes == {"nchw": "per_image", "channels_last": "flat", "slice": "split", "2d": "flat"}
 

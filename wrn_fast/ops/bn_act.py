@@ -19,6 +19,8 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from . import output_memory_format
+
 __all__ = ["bn_act_dropout", "bn_act_dropout_backward"]
 
 
@@ -26,20 +28,6 @@ def _kernels():
     from wrn_fast.kernels import bn_act_dropout as k
 
     return k
-
-
-def _out_format(x: Tensor) -> torch.memory_format:
-    # Same rule as the kernels' launcher (kernels.bn_act_dropout.output_memory_format);
-    # kept here so that the fake kernels do not import triton (a test checks they agree).
-    if x.dim() != 4 or x.is_contiguous():
-        return torch.contiguous_format
-    if x.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    # a strided view: channels_last when c is its fastest-varying axis (e.g. a channel slice of one)
-    others = [x.stride(d) for d in (2, 3) if x.shape[d] > 1]
-    if x.shape[1] > 1 and others and x.stride(1) < min(others):
-        return torch.channels_last
-    return torch.contiguous_format
 
 
 def _check_meta(x: Tensor, scale: Tensor, shift: Tensor, what: str) -> None:
@@ -76,7 +64,7 @@ def bn_act_dropout(
 @bn_act_dropout.register_fake
 def _(x, scale, shift, seed=None, *, act="relu", negative_slope=0.0, dropout_p=0.0):
     _check_meta(x, scale, shift, "triton_bn_act_dropout")
-    return torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=_out_format(x))
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=output_memory_format(x))
 
 
 @torch.library.custom_op("wrn_fast::triton_bn_act_dropout_backward", mutates_args=())
@@ -100,7 +88,7 @@ def bn_act_dropout_backward(
 @bn_act_dropout_backward.register_fake
 def _(grad_y, x, scale, shift, seed=None, *, act="relu", negative_slope=0.0, dropout_p=0.0):
     _check_meta(x, scale, shift, "triton_bn_act_dropout_backward")
-    grad_x = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=_out_format(x))
+    grad_x = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=output_memory_format(x))
     return grad_x, scale.new_empty(scale.shape), scale.new_empty(scale.shape)
 
 

@@ -14,7 +14,7 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from . import ACT_CODES
+from . import ACT_CODES, output_memory_format
 
 __all__ = ["bn_act_conv"]
 
@@ -45,10 +45,6 @@ def _out_shape(x: Tensor, weight: Tensor, stride: int, padding: List[int]):
     return x.shape[0], weight.shape[0], ho, wo
 
 
-def _fmt(x: Tensor):
-    cl = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-    return torch.channels_last if cl else torch.contiguous_format
-
 
 # --------------------------------------------------------------------------- forward op
 
@@ -74,7 +70,7 @@ def _bn_act_conv_op(
 def _(x, weight, scale, shift, bias, residual, seed, stride, padding, act, negative_slope, dropout_p,
       compute_stats, allow_tf32):
     n, cout, ho, wo = _out_shape(x, weight, stride, padding)
-    y = torch.empty((n, cout, ho, wo), dtype=x.dtype, device=x.device, memory_format=_fmt(x))
+    y = torch.empty((n, cout, ho, wo), dtype=x.dtype, device=x.device, memory_format=output_memory_format(x))
     p = _k().stats_rows(n * ho * wo) if compute_stats else 0
     f32 = dict(dtype=torch.float32, device=x.device)
     return y, torch.empty((p, cout), **f32), torch.empty((p, cout), **f32), torch.empty((p,), **f32)
@@ -110,7 +106,7 @@ def _bn_act_conv_backward_op(
 @_bn_act_conv_backward_op.register_fake
 def _(grad_y, x, weight, scale, shift, seed, stride, padding, act, negative_slope, dropout_p, allow_tf32,
       need_x, need_weight, need_affine):
-    gx = (torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=_fmt(x)) if need_x
+    gx = (torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=output_memory_format(x)) if need_x
           else x.new_empty((0,)))
     gw = torch.empty(weight.shape, dtype=weight.dtype, device=weight.device) if need_weight else x.new_empty((0,))
     if need_affine and scale is not None:
