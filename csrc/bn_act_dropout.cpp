@@ -9,6 +9,9 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <bit>
+#include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "bn_act_dropout.h"
@@ -16,6 +19,40 @@
 
 namespace wrn_fast {
 namespace {
+
+// Branch-free forms of act_forward / act_derivative (common.h) with the same
+// values: GCC (with its default -ftrapping-math) will not if-convert a float
+// compare that guards arithmetic, so selects are done on the bits and compares
+// are the quiet __builtin_isgreater (NaN -> false, like `>`).
+template <typename T>
+inline T bit_select(bool c, T a, T b) {
+  using U = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
+  const U m = U(0) - static_cast<U>(c);
+  return std::bit_cast<T>(static_cast<U>((std::bit_cast<U>(a) & m) | (std::bit_cast<U>(b) & ~m)));
+}
+
+template <int ACT, typename T>
+inline T act_fwd(T z, T slope) {
+  if constexpr (ACT == kLeakyRelu) {
+    return bit_select(__builtin_isgreater(z, T(0)), z, z * slope);
+  } else {
+    return act_forward<T>(ACT, z, slope);
+  }
+}
+
+// g * act'(z), as the original g * act_derivative(act, z, slope)
+template <int ACT, typename T>
+inline T times_act_derivative(T g, T z, T slope) {
+  if constexpr (ACT == kIdentity) {
+    return g;  // g * 1
+  } else if constexpr (ACT == kRelu) {
+    return g * static_cast<T>(__builtin_isgreater(z, T(0)));
+  } else if constexpr (ACT == kLeakyRelu) {
+    return g * bit_select(__builtin_isgreater(z, T(0)), T(1), slope);
+  } else {
+    return g * act_derivative<T>(ACT, z, slope);
+  }
+}
 
 constexpr int64_t kChunk = cpu::kMaskChunk;  // elements per dropout-mask chunk
 constexpr int kLanes = 8;                       // independent partial sums so the reductions vectorize
@@ -41,7 +78,7 @@ void bn_act_dropout_fwd_kernel(const BnActDropoutArgs& args, uint64_t seed, at::
         scalar_t* __restrict yr = yp + base;
         if constexpr (!DROP) {
           for (int64_t i = 0; i < length; ++i)
-            yr[i] = static_cast<scalar_t>(act_forward<acc_t>(ACT, static_cast<acc_t>(xr[i]) * s + h, slope));
+            yr[i] = static_cast<scalar_t>(act_fwd<ACT, acc_t>(static_cast<acc_t>(xr[i]) * s + h, slope));
         } else {
           float mult[kChunk];
           for (int64_t off = 0; off < length; off += kChunk) {
@@ -49,7 +86,7 @@ void bn_act_dropout_fwd_kernel(const BnActDropoutArgs& args, uint64_t seed, at::
             cpu::dropout_multipliers(seed, base + off, 1, count, p, inv_keep, mult);
             for (int64_t j = 0; j < count; ++j)
               yr[off + j] = static_cast<scalar_t>(
-                  act_forward<acc_t>(ACT, static_cast<acc_t>(xr[off + j]) * s + h, slope) *
+                  act_fwd<ACT, acc_t>(static_cast<acc_t>(xr[off + j]) * s + h, slope) *
                   static_cast<acc_t>(mult[j]));
           }
         }
@@ -59,7 +96,7 @@ void bn_act_dropout_fwd_kernel(const BnActDropoutArgs& args, uint64_t seed, at::
         scalar_t* __restrict yr = yp + base;
         if constexpr (!DROP) {
           for (int64_t c = 0; c < channels; ++c)
-            yr[c] = static_cast<scalar_t>(act_forward<acc_t>(ACT, static_cast<acc_t>(xr[c]) * sc[c] + sh[c], slope));
+            yr[c] = static_cast<scalar_t>(act_fwd<ACT, acc_t>(static_cast<acc_t>(xr[c]) * sc[c] + sh[c], slope));
         } else {
           float mult[kChunk];
           for (int64_t c0 = 0; c0 < channels; c0 += kChunk) {
@@ -68,7 +105,7 @@ void bn_act_dropout_fwd_kernel(const BnActDropoutArgs& args, uint64_t seed, at::
             for (int64_t j = 0; j < count; ++j) {
               const int64_t c = c0 + j;
               yr[c] = static_cast<scalar_t>(
-                  act_forward<acc_t>(ACT, static_cast<acc_t>(xr[c]) * sc[c] + sh[c], slope) *
+                  act_fwd<ACT, acc_t>(static_cast<acc_t>(xr[c]) * sc[c] + sh[c], slope) *
                   static_cast<acc_t>(mult[j]));
             }
           }
@@ -104,7 +141,7 @@ inline void bwd_chunk(const scalar_t* __restrict xr, const scalar_t* __restrict 
     const acc_t z = xv * s + h;
     acc_t g = static_cast<acc_t>(gr[j]);
     if constexpr (DROP) g = g * static_cast<acc_t>(mult[j]);
-    const acc_t g_z = g * act_derivative<acc_t>(ACT, z, slope);
+    const acc_t g_z = times_act_derivative<ACT, acc_t>(g, z, slope);
     gxr[j] = static_cast<scalar_t>(g_z * s);
     gz_out[j] = g_z;
     x_out[j] = xv;
