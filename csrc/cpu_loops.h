@@ -59,7 +59,7 @@ inline void chan_merge(double& count, double& mean, double& m2, double count_b, 
 // step, ...: inv_keep where the contract's Philox mask keeps the element, else 0.
 // The Philox words are integer-only, so the AVX2 build of the loop (picked at
 // run time) gives the same bits as the portable one; SSE2 has no 64-bit lane
-// multiply, so only the AVX2 version vectorizes the ten rounds.
+// multiply, so only the AVX2 / AVX-512 versions vectorize the ten rounds.
 constexpr int64_t kMaskChunk = 64;
 
 namespace detail {
@@ -73,9 +73,14 @@ __attribute__((target("avx2"))) inline void philox_words_avx2(uint64_t seed, uin
                                                               int64_t count, uint32_t* __restrict words) {
   for (int64_t j = 0; j < count; ++j) words[j] = philox_first_word(seed, first + static_cast<uint32_t>(j) * step);
 }
-inline bool cpu_has_avx2() {
-  static const bool has = __builtin_cpu_supports("avx2");
-  return has;
+__attribute__((target("avx512f"))) inline void philox_words_avx512(uint64_t seed, uint32_t first, uint32_t step,
+                                                                   int64_t count, uint32_t* __restrict words) {
+  for (int64_t j = 0; j < count; ++j) words[j] = philox_first_word(seed, first + static_cast<uint32_t>(j) * step);
+}
+// 0: portable, 1: AVX2, 2: AVX-512F
+inline int cpu_philox_level() {
+  static const int level = __builtin_cpu_supports("avx512f") ? 2 : __builtin_cpu_supports("avx2") ? 1 : 0;
+  return level;
 }
 #endif
 }  // namespace detail
@@ -86,7 +91,10 @@ inline void dropout_multipliers(uint64_t seed, int64_t first, int64_t step, int6
   // the index is taken as uint32 like a 32-bit Triton offset: wrap-around arithmetic
   const uint32_t first32 = static_cast<uint32_t>(first), step32 = static_cast<uint32_t>(step);
 #ifdef WRN_FAST_HAVE_AVX2_PATH
-  if (detail::cpu_has_avx2())
+  const int level = detail::cpu_philox_level();
+  if (level == 2)
+    detail::philox_words_avx512(seed, first32, step32, count, words);
+  else if (level == 1)
     detail::philox_words_avx2(seed, first32, step32, count, words);
   else
 #endif
