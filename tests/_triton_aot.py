@@ -1,0 +1,133 @@
+"""Compile (not run) every Triton kernel for a CUDA target on a machine without a GPU.
+
+Run as a script in a process where TRITON_INTERPRET is NOT set:
+    python tests/_triton_aot.py CAPABILITY [--all-configs]
+Triton's JIT is pointed at a stand-in driver that reports ``cuda:CAPABILITY``;
+launches become ``warmup`` (compile only, down to a cubin with Triton's ptxas),
+and the autotuners compile their configs instead of benchmarking them. The
+launchers run for real on CPU tensors (their checks, grids and specialisations),
+with the device check relaxed. Prints one line per compiled kernel and a summary;
+exits non-zero on the first compile error.
+"""
+import os
+import sys
+import time
+
+import torch
+
+assert os.environ.get("TRITON_INTERPRET", "0") != "1", "run without TRITON_INTERPRET"
+
+import triton  # noqa: E402
+import triton.runtime.autotuner as autotuner  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.runtime import driver  # noqa: E402
+from triton.runtime.jit import JITFunction  # noqa: E402
+
+CAP = int(sys.argv[1])
+ALL_CONFIGS = "--all-configs" in sys.argv
+
+
+class _StandInDriver:
+    """Just enough of a driver for Triton's JIT to pick a target and compile."""
+
+    def get_current_device(self):
+        return 0
+
+    def get_current_stream(self, device=None):
+        return 0
+
+    def get_current_target(self):
+        return GPUTarget("cuda", CAP, 32)
+
+    def get_active_torch_device(self):
+        return torch.device("cpu")
+
+
+driver.set_active(_StandInDriver())
+compiled = []
+_run = JITFunction.run
+
+
+def _compile_only(self, *args, grid, warmup, **kwargs):
+    kernel = _run(self, *args, grid=grid, warmup=True, **kwargs)
+    cubin = kernel.asm.get("cubin", b"")
+    assert len(cubin) > 0, f"{self.fn.__name__}: no cubin produced"
+    compiled.append(self.fn.__name__)
+    return kernel
+
+
+def _compile_configs(self, *args, **kwargs):
+    configs = self.configs if ALL_CONFIGS else self.configs[:1]
+    kernel = None
+    for cfg in configs:
+        kw = dict(kwargs)
+        kw.update(cfg.all_kwargs())
+        kernel = self.fn.run(*args, **kw)
+    return kernel
+
+
+JITFunction.run = _compile_only
+autotuner.Autotuner.run = _compile_configs
+
+from wrn_fast.kernels import bn_act_conv as conv  # noqa: E402
+from wrn_fast.kernels import bn_act_dropout as bad  # noqa: E402
+
+# Relax the launchers' CUDA-tensor check (GPU tile configs were chosen at import);
+# keep the GPU's dot modes (no interpreter bf16 upcast).
+conv.INTERPRET = True
+bad._INTERPRET = True
+_dot_modes = conv._dot_modes
+
+
+def _gpu_dot_modes(dtype, allow_tf32):
+    conv.INTERPRET = False
+    try:
+        return _dot_modes(dtype, allow_tf32)
+    finally:
+        conv.INTERPRET = True
+
+
+conv._dot_modes = _gpu_dot_modes
+_bad_config = bad._config
+
+
+def _gpu_bad_config(*args, **kwargs):  # the GPU tile sizes of the elementwise kernels
+    bad._INTERPRET = False
+    try:
+        return _bad_config(*args, **kwargs)
+    finally:
+        bad._INTERPRET = True
+
+
+bad._config = _gpu_bad_config
+
+t0 = time.time()
+seed = torch.tensor([7])
+for dtype in (torch.float32, torch.bfloat16, torch.float16):
+    for cin, cout, k, stride, pad, act, p, res in (
+        (16, 32, 3, 1, (1, 1, 1, 1), "relu", 0.3, True),      # conv2 of a block: dropout + residual
+        (16, 32, 3, 2, (0, 1, 0, 1), "silu", 0.0, False),     # stride 2, TF-SAME
+        (16, 32, 1, 2, (0, 0, 0, 0), "leaky_relu", 0.0, False),  # projection shortcut
+        (3, 16, 3, 1, (1, 1, 1, 1), None, 0.0, False),        # stem: Cin = 3, no prologue
+    ):
+        x = torch.randn(2, cin, 8, 8).to(dtype).contiguous(memory_format=torch.channels_last)
+        w = torch.randn(cout, cin, k, k).to(dtype)
+        sc, sh = (torch.rand(cin), torch.randn(cin)) if act else (None, None)
+        kw = dict(stride=stride, padding=pad, act=act or "identity", negative_slope=0.1 if act else 0.0,
+                  dropout_p=p, seed=seed if p else None)
+        y, _ = conv.bn_act_conv_fwd(x, w, sc, sh, residual=None, compute_stats=True, **kw)
+        if res:
+            conv.bn_act_conv_fwd(x, w, sc, sh, residual=torch.randn_like(y), compute_stats=True, **kw)
+        g = torch.randn_like(y)
+        conv.bn_act_conv_dgrad(g, w, x, sc, sh, **kw)
+        conv.bn_act_conv_wgrad(g, x, sc, sh, weight_shape=tuple(w.shape), **kw)
+    for layout in ("cl", "nchw"):
+        x = torch.randn(2, 32, 8, 8).to(dtype)
+        if layout == "cl":
+            x = x.contiguous(memory_format=torch.channels_last)
+        sc, sh = torch.rand(32), torch.randn(32)
+        for act, p in (("relu", 0.3), ("silu", 0.0)):
+            y = bad.bn_act_dropout_fwd(x, sc, sh, act=act, dropout_p=p, seed=seed if p else None)
+            bad.bn_act_dropout_bwd(torch.randn_like(x), x, sc, sh, act=act, dropout_p=p, seed=seed if p else None)
+names = sorted(set(compiled))
+print(f"sm_{CAP}: compiled {len(compiled)} kernels ({', '.join(names)}) in {time.time() - t0:.0f} s")
