@@ -117,3 +117,14 @@ def test_python_dash_m_entry_point():
                           timeout=120)
     assert proc.returncode == 0
     assert "--max-steps" in proc.stdout and "cifar-10-batches-py" in proc.stdout
+
+
+def test_bench_subcommand_passes_its_options_through(tmp_path, monkeypatch):
+    """`python -m wrn_fast bench --quick ...`: options reach bench.run (argparse would drop them)."""
+    from wrn_fast import cli
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    monkeypatch.syspath_prepend(repo)
+    assert cli.run(["bench", "--quick", "--device", "cpu", "--no-triton", "--only", "kernels",
+                    "--out", str(tmp_path)]) == 0
+    assert list(tmp_path.glob("*_quick.json"))

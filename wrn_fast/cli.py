@@ -204,6 +204,9 @@ def _cmd_bench(args) -> int:
 
 
 def run(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:  # argparse.REMAINDER drops a leading "--option"; hand everything over as is
+        return _cmd_bench(argparse.Namespace(command="bench", bench_args=argv[1:]))
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
