@@ -4,6 +4,7 @@ All runs use WRN-10-1 on the bundled digits at 8x8 (11 steps per epoch at batch
 128), a few seconds each on 2 CPU cores.
 """
 import json
+import math
 import os
 import signal
 
@@ -253,3 +254,14 @@ def test_bad_hyper_parameters_are_named(tmp_path):
         train(_config(tmp_path, batch_size=100000))
     with pytest.raises(InputError, match="--milestones"):
         train(_config(tmp_path, schedule="step", milestones=[5, 3]))
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_amp_and_channels_last_train_and_stay_finite(tmp_path, amp):
+    """--amp bf16/fp16 (fp16 with a GradScaler) and --channels-last on the fast model: steps run, loss finite."""
+    result = train(_config(tmp_path, amp=amp, channels_last=True, max_steps=4, ema=None))
+    assert result["status"] == "max_steps"
+    log = _read_log(os.path.join(tmp_path, "log.jsonl")) if os.path.exists(os.path.join(tmp_path, "log.jsonl")) else []
+    ckpt = load_checkpoint(result["checkpoint"])
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+    assert all(math.isfinite(r.get("train_loss", 0.0)) for r in log)
