@@ -17,10 +17,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import gc
-import math
 import statistics
 import time
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Dict, List
 
 import torch
 import torch.nn.functional as F

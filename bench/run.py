@@ -8,7 +8,6 @@ Writes <out>/<date>_<device>_<commit>.json (+ .md, + PNGs) and appends one row p
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from typing import List, Optional

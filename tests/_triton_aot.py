@@ -17,7 +17,6 @@ import torch
 
 assert os.environ.get("TRITON_INTERPRET", "0") != "1", "run without TRITON_INTERPRET"
 
-import triton  # noqa: E402
 import triton.runtime.autotuner as autotuner  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.runtime import driver  # noqa: E402

@@ -453,7 +453,7 @@ def test_torchvision_wide_resnet50_2():
 
 
 def test_torchvision_small_variant_infers_layers():
-    torchvision = pytest.importorskip("torchvision")
+    pytest.importorskip("torchvision")
     from torchvision.models.resnet import Bottleneck, ResNet
 
     source = randomize_(ResNet(Bottleneck, [1, 2, 1, 1], num_classes=3, width_per_group=32))
