@@ -9,7 +9,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <bit>
+#include <cstring>
 #include <cstdint>
 #include <type_traits>
 #include <vector>
@@ -24,11 +24,20 @@ namespace {
 // values: GCC (with its default -ftrapping-math) will not if-convert a float
 // compare that guards arithmetic, so selects are done on the bits and compares
 // are the quiet __builtin_isgreater (NaN -> false, like `>`).
+// memcpy bit cast: std::bit_cast is C++20, and torch < 2.13 builds extensions as C++17.
+template <typename To, typename From>
+inline To bits_as(const From& v) {
+  static_assert(sizeof(To) == sizeof(From), "bits_as: sizes differ");
+  To out;
+  std::memcpy(&out, &v, sizeof(To));
+  return out;
+}
+
 template <typename T>
 inline T bit_select(bool c, T a, T b) {
   using U = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
   const U m = U(0) - static_cast<U>(c);
-  return std::bit_cast<T>(static_cast<U>((std::bit_cast<U>(a) & m) | (std::bit_cast<U>(b) & ~m)));
+  return bits_as<T>(static_cast<U>((bits_as<U>(a) & m) | (bits_as<U>(b) & ~m)));
 }
 
 template <int ACT, typename T>
