@@ -7,7 +7,12 @@ half-batch statistics unless --sync-bn. So:
     batches through the model separately and averages their losses (what DDP's
     gradient all-reduce computes).
 Parameters agree up to float32 reduction order (all-reduce sums, batch
-statistics merged from two halves): we allow 1e-5 absolute after 6 SGD steps.
+statistics merged from two halves), which 6 SGD steps amplify: each parameter
+tensor must agree to 1e-4 relative L2 (||a - b|| / max(||b||, 0.1); measured
+<= 4e-5; the floor because BN biases start at 0, so after 6 steps their norm
+~1e-2 makes a relative error measure the rounding of a tiny update). An
+element-wise absolute bound is the wrong yardstick here: single elements near 0
+of a well-matched tensor can differ by 1.4e-5 (seen in CI).
 """
 import os
 import socket
@@ -26,7 +31,8 @@ pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_avai
                                 reason="torch.distributed with gloo is not available")
 
 STEPS = 6
-ATOL = 1e-5
+REL_TOL = 1e-4
+NORM_FLOOR = 0.1  # BN biases start at 0 and reach a norm of ~1e-2 in 6 steps
 
 
 def _config(out, **overrides):
@@ -69,7 +75,10 @@ def _one_thread():
 
 def _assert_params_close(model_sd, ref_sd, names):
     for name in names:
-        torch.testing.assert_close(model_sd[name], ref_sd[name], atol=ATOL, rtol=0, msg=lambda m: f"{name}: {m}")
+        a, b = model_sd[name].double(), ref_sd[name].double()
+        assert torch.isfinite(a).all(), name
+        err = ((a - b).norm() / b.norm().clamp_min(NORM_FLOOR)).item()
+        assert err < REL_TOL, f"{name}: relative L2 error {err:.2e} >= {REL_TOL}"
 
 
 def _param_names():
@@ -88,7 +97,7 @@ def test_ddp_with_sync_bn_equals_single_process(tmp_path):
     assert ddp["step"] == ref["step"] == STEPS and ddp["world_size"] == 2
     _assert_params_close(ddp["model"], ref["model"], _param_names())
     # global-batch statistics: running stats agree too
-    torch.testing.assert_close(ddp["model"]["bn1.running_var"], ref["model"]["bn1.running_var"], atol=ATOL, rtol=0)
+    _assert_params_close(ddp["model"], ref["model"], ["bn1.running_mean", "bn1.running_var"])
     # the step really changed the weights (the comparison is not vacuous)
     assert (ddp["model"]["fc.weight"] - _initial_state()["fc.weight"]).abs().max() > 1e-3
 
