@@ -169,6 +169,16 @@ def test_cpu_backend_runs_extension_ops_not_aten_batch_norm():
     assert not any("batch_norm" in n for n in names), [n for n in names if "batch_norm" in n]
 
 
+def test_cpu_backend_materialises_each_bn_act_once():
+    """conv1 and the 'preact' projection shortcut share one act(bn1(x)) (no second pass)."""
+    _needs_ext()
+    fast, _ = make_pair(depth=10, widen_factor=2)  # 3 blocks, all with a projection shortcut
+    with wrn_fast.use_backend("cpu"), torch.profiler.profile() as prof:
+        fast(torch.randn(4, 3, 8, 8))
+    calls = sum(e.count for e in prof.key_averages() if e.key == "wrn_fast::bn_act_dropout_fwd")
+    assert calls == 3 * 2 + 1  # bn1 and bn2 of each block, and the head's bn1
+
+
 def test_state_dict_identical_and_loads_both_ways():
     for cfg in CPU_CONFIGS[:4]:
         fast, ref = make_pair(**cfg)

@@ -84,6 +84,7 @@ class _Engine:
         self.compute_dtype = compute_dtype
         self.sync_bn = sync_bn
         self.pending: List[_RunningUpdate] = []
+        self._last_activation = None  # (x, scale, shift, (act, slope), a): the cpu backend's last prologue
 
     # -- convolution with optional BN-act(-dropout) prologue, residual and stats epilogue
     def conv(
@@ -132,7 +133,7 @@ class _Engine:
         else:
             a = x
             if affine is not None:
-                a = ext.bn_act_dropout(x, scale, shift, act, negative_slope, p, seed)
+                a = self._activated(x, scale, shift, act, negative_slope, p, seed)
             top, bottom, left, right = padding
             if top == bottom and left == right:
                 y = F.conv2d(a, weight, bias, stride, (top, left))
@@ -147,6 +148,19 @@ class _Engine:
         if st is not None and self.sync_bn:
             st = _sync_stats(st)
         return y, st
+
+    def _activated(self, x, scale, shift, act, negative_slope, p, seed):
+        """cpu backend: act(x*scale+shift) materialised once per (x, affine), since a
+        block's conv1 and its 'preact' projection shortcut consume the same one."""
+        if p > 0:
+            return _ext().bn_act_dropout(x, scale, shift, act, negative_slope, p, seed)
+        last = self._last_activation
+        if last is not None and last[0] is x and last[1] is scale and last[2] is shift and \
+                last[3] == (act, negative_slope):
+            return last[4]
+        a = _ext().bn_act_dropout(x, scale, shift, act, negative_slope, 0.0, None)
+        self._last_activation = (x, scale, shift, (act, negative_slope), a)
+        return a
 
     # -- a BatchNorm as a per-channel affine (train: batch stats; eval: running stats)
     def bn_affine(self, bn: nn.BatchNorm2d, stats: Optional[Stats]) -> Tuple[torch.Tensor, torch.Tensor]:
