@@ -6,7 +6,18 @@ imports wrn_fast.kernels. (`import torch` does not import triton.)
 """
 import os
 
+import pytest
 import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of tiny-model training tests: a second thread buys
+    nothing there and, on a loaded 2-core machine, OpenMP spin-waiting makes each step ~50x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

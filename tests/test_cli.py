@@ -11,15 +11,9 @@ from wrn_fast.__main__ import main
 from wrn_fast.cli import build_parser
 from wrn_fast.train import TrainConfig, load_checkpoint, recipe
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models; avoids OpenMP spin-waiting on loaded 2-core machines
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_info_prints_build_info(capsys):

@@ -27,8 +27,11 @@ import wrn_fast
 from wrn_fast.data import apply_augmentation, draw_augmentation, load_digits, normalize_batch
 from wrn_fast.train import TrainConfig, _generator, derive_seed, load_checkpoint, train
 
-pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
-                                reason="torch.distributed with gloo is not available")
+pytestmark = [
+    pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
+                       reason="torch.distributed with gloo is not available"),
+    pytest.mark.usefixtures("one_thread"),
+]
 
 STEPS = 6
 REL_TOL = 1e-4
@@ -65,12 +68,6 @@ def _run_ddp(out, **overrides):
     return load_checkpoint(os.path.join(str(out), "checkpoint.pt"))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _assert_params_close(model_sd, ref_sd, names):

@@ -16,18 +16,10 @@ from wrn_fast.__main__ import main
 from wrn_fast.data import InputError
 from wrn_fast.train import TrainConfig, evaluate_checkpoint, load_checkpoint, save_checkpoint, train
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 # Values that legitimately differ between two runs of the same training (wall-clock).
 _TIMING_KEYS = ("images_per_s", "epoch_time_s", "time_s")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These models are tiny: a second intra-op thread buys nothing and, on a loaded
-    # 2-core CI machine, OpenMP spin-waiting makes every step ~50x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _config(out, **overrides):
