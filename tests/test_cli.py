@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from wrn_fast.__main__ import main
 from wrn_fast.cli import build_parser
