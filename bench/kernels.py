@@ -467,6 +467,12 @@ class Impl:
         self.build = build
 
 
+def _skip_compile_in_quick_cpu(case: Case) -> None:
+    if case.device.type == "cpu" and case.quick_compile is False:  # type: ignore[attr-defined]
+        raise Skip("torch.compile skipped in --quick on CPU (compile time exceeds the quick budget; "
+                   "pass --compile)")
+
+
 def _conv_composition(fn):
     def build(case: Case):
         spec = case.spec
@@ -483,14 +489,12 @@ def _conv_composition(fn):
 
 
 def _build_eager_conv(case):
-    return _conv_composition(lambda *a, **k: eager_bn_act_conv(*a, **k))(case)
+    return _conv_composition(eager_bn_act_conv)(case)
 
 
 def _build_compile_conv(mode):
     def build(case):
-        if case.device.type == "cpu" and case.quick_compile is False:  # type: ignore[attr-defined]
-            raise Skip("torch.compile skipped in --quick on CPU (compile time exceeds the quick budget; "
-                       "pass --compile)")
+        _skip_compile_in_quick_cpu(case)
         c = _compiled(eager_bn_act_conv, mode, case.device)
         return _conv_composition(c)(case)
 
@@ -554,14 +558,12 @@ def _bad_composition(fn):
 
 
 def _build_eager_bad(case):
-    return _bad_composition(lambda *a, **k: eager_bn_act_dropout(*a, **k))(case)
+    return _bad_composition(eager_bn_act_dropout)(case)
 
 
 def _build_compile_bad(mode):
     def build(case):
-        if case.device.type == "cpu" and case.quick_compile is False:  # type: ignore[attr-defined]
-            raise Skip("torch.compile skipped in --quick on CPU (compile time exceeds the quick budget; "
-                       "pass --compile)")
+        _skip_compile_in_quick_cpu(case)
         return _bad_composition(_compiled(eager_bn_act_dropout, mode, case.device))(case)
 
     return build
