@@ -163,10 +163,15 @@ def test_cpu_backend_runs_extension_ops_not_aten_batch_norm():
     x = torch.randn(4, 3, 8, 8)
     with wrn_fast.use_backend("cpu"), torch.profiler.profile() as prof:
         fast(x).sum().backward()
-    names = {e.name for e in prof.events()}
-    assert any(n.startswith("wrn_fast::bn_act_dropout") for n in names), sorted(names)
-    assert any(n.startswith("wrn_fast::channel_stats") for n in names)
-    assert not any("batch_norm" in n for n in names), [n for n in names if "batch_norm" in n]
+    names = [e.name for e in prof.events()]
+    n_bns = sum(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    # each BN: one batch_norm_act (stats + BN-act in one C++ autograd node) and its C++ backward
+    assert names.count("wrn_fast::batch_norm_act") == n_bns, sorted(set(names))
+    assert names.count("wrn_fast::bn_act_dropout_fwd") == n_bns
+    assert names.count("wrn_fast::channel_stats") == n_bns
+    assert names.count("wrn_fast::bn_act_dropout_bwd") == n_bns
+    assert not any(n.startswith("aten::") and "batch_norm" in n for n in names), \
+        [n for n in names if "batch_norm" in n]
 
 
 def test_cpu_backend_materialises_each_bn_act_once():
@@ -336,6 +341,28 @@ def test_torch_compile_no_graph_breaks_and_same_result():
     assert rel_err(out, r) < TOL_OUT
     assert rel_err(fast.conv1.weight.grad, ref.conv1.weight.grad) < TOL_GRAD
     assert rel_err(fast.block1.layer[0].bn1.running_mean, ref.block1.layer[0].bn1.running_mean) < TOL_GRAD
+
+
+def test_torch_compile_new_batch_size_recompiles_dynamic():
+    """A second batch size makes dynamo recompile with a symbolic batch: the C++
+    autograd node of batch_norm_act is traced with symbolic sizes (no graph break)."""
+    _needs_ext()
+    fast, ref = make_pair(depth=10, widen_factor=1)
+    torch._dynamo.reset()
+    with wrn_fast.use_backend("cpu"):
+        compiled = torch.compile(fast, backend="aot_eager", fullgraph=True)
+        for n in (4, 6, 5):
+            x = torch.randn(n, 3, 8, 8)
+            for m in (fast, ref):
+                m.zero_grad()
+            out = compiled(x)
+            out.sum().backward()
+            with wrn_fast.use_backend("reference"):
+                r = ref(x)
+                r.sum().backward()
+            assert rel_err(out, r) < TOL_OUT
+            assert rel_err(fast.conv1.weight.grad, ref.conv1.weight.grad) < TOL_GRAD
+    assert rel_err(fast.block1.layer[0].bn1.running_var, ref.block1.layer[0].bn1.running_var) < TOL_GRAD
 
 
 def test_gradient_checkpointing_matches():

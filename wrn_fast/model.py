@@ -47,10 +47,23 @@ __all__ = [
 
 
 class Stats(NamedTuple):
-    """Batch statistics of a tensor: fp32 [C] mean and biased var, and n values per channel."""
+    """Batch statistics of a tensor: fp32 [C] mean and biased var, and n values per channel.
 
-    mean: torch.Tensor
-    var: torch.Tensor
+    With ``source`` set (cpu backend), mean/var are None: the statistics of
+    ``source`` are computed by its consumer, fused with the BN-act (``batch_norm_act``).
+    """
+
+    mean: Optional[torch.Tensor]
+    var: Optional[torch.Tensor]
+    count: int
+    source: Optional[torch.Tensor] = None
+
+
+class _DeferredBN(NamedTuple):
+    """A training-mode BN whose statistics its consumer computes (cpu backend):
+    ``batch_norm_act(x, weight, bias)`` is one C++ autograd node, not three Python ones."""
+
+    bn: nn.BatchNorm2d
     count: int
 
 
@@ -83,8 +96,12 @@ class _Engine:
         )
         self.compute_dtype = compute_dtype
         self.sync_bn = sync_bn
+        # cpu backend: a consumer computes the statistics it needs fused with its BN-act
+        # (sync-BN needs them as separate tensors to all-gather)
+        self.deferred_stats = backend == "cpu" and not sync_bn
         self.pending: List[_RunningUpdate] = []
-        self._last_activation = None  # (x, scale, shift, (act, slope), a): the cpu backend's last prologue
+        self._unconsumed: List[_DeferredBN] = []
+        self._last_activation = None  # (x, affine, (act, slope), a): the cpu backend's last prologue
 
     # -- convolution with optional BN-act(-dropout) prologue, residual and stats epilogue
     def conv(
@@ -115,9 +132,9 @@ class _Engine:
             from .ops import new_dropout_seed
 
             seed = new_dropout_seed(x.device)
-        scale, shift = affine if affine is not None else (None, None)
         stride = conv.stride[0]
         if self.backend == "triton":
+            scale, shift = affine if affine is not None else (None, None)
             from .ops.conv import bn_act_conv
 
             y, mean_p, m2_p, count_p = bn_act_conv(
@@ -133,7 +150,7 @@ class _Engine:
         else:
             a = x
             if affine is not None:
-                a = self._activated(x, scale, shift, act, negative_slope, p, seed)
+                a = self._activated(x, affine, act, negative_slope, p, seed)
             top, bottom, left, right = padding
             if top == bottom and left == right:
                 y = F.conv2d(a, weight, bias, stride, (top, left))
@@ -142,25 +159,50 @@ class _Engine:
             if residual is not None:
                 y = y + residual
             st = None
-            if stats:
+            if stats and self.deferred_stats:
+                st = Stats(None, None, y.numel() // y.shape[1], source=y)
+            elif stats:
                 mean, var = ext.channel_stats(y)
                 st = Stats(mean, var, y.numel() // y.shape[1])
         if st is not None and self.sync_bn:
             st = _sync_stats(st)
         return y, st
 
-    def _activated(self, x, scale, shift, act, negative_slope, p, seed):
-        """cpu backend: act(x*scale+shift) materialised once per (x, affine), since a
+    def _activated(self, x, affine, act, negative_slope, p, seed):
+        """cpu backend: dropout(act(bn(x))) materialised once per (x, affine), since a
         block's conv1 and its 'preact' projection shortcut consume the same one."""
-        if p > 0:
-            return _ext().bn_act_dropout(x, scale, shift, act, negative_slope, p, seed)
         last = self._last_activation
-        if last is not None and last[0] is x and last[1] is scale and last[2] is shift and \
-                last[3] == (act, negative_slope):
-            return last[4]
-        a = _ext().bn_act_dropout(x, scale, shift, act, negative_slope, 0.0, None)
-        self._last_activation = (x, scale, shift, (act, negative_slope), a)
+        if p == 0 and last is not None and last[0] is x and last[1] is affine and last[2] == (act, negative_slope):
+            return last[3]
+        a = self._bn_act_dropout(x, affine, act, negative_slope, p, seed)
+        if p == 0:
+            self._last_activation = (x, affine, (act, negative_slope), a)
         return a
+
+    def _bn_act_dropout(self, x, affine, act, negative_slope, p, seed):
+        """cpu backend: one C++ op; with a deferred BN it also computes x's statistics."""
+        if isinstance(affine, _DeferredBN):
+            bn = affine.bn
+            a, mean, var = _ext().batch_norm_act(x, bn.weight, bn.bias, bn.eps, act, negative_slope, p, seed)
+            self._unconsumed.remove(affine)
+            self._track(bn, Stats(mean, var, affine.count))
+            return a
+        scale, shift = affine
+        return _ext().bn_act_dropout(x, scale, shift, act, negative_slope, p, seed)
+
+    def _track(self, bn: nn.BatchNorm2d, stats: Stats) -> None:
+        if bn.training and bn.track_running_stats and bn.running_mean is not None:
+            self.pending.append(_RunningUpdate(bn, stats))
+
+    def track_only(self, bn: nn.BatchNorm2d, stats: Optional[Stats]) -> None:
+        """A BN whose output is discarded (TorchSSL's raw-input blocks): running stats only."""
+        if stats is None or not bn.training:
+            return
+        if stats.source is not None:
+            with torch.no_grad():
+                mean, var = _ext().channel_stats(stats.source)
+            stats = Stats(mean, var, stats.count)
+        self._track(bn, stats)
 
     # -- a BatchNorm as a per-channel affine (train: batch stats; eval: running stats)
     def bn_affine(self, bn: nn.BatchNorm2d, stats: Optional[Stats]) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -169,21 +211,26 @@ class _Engine:
         if use_batch_stats:
             if stats is None:
                 raise RuntimeError("internal: batch statistics were not computed for a training-mode BatchNorm")
-            if bn.training and bn.track_running_stats and bn.running_mean is not None:
-                self.pending.append(_RunningUpdate(bn, stats))
+            if stats.source is not None:
+                deferred = _DeferredBN(bn, stats.count)
+                self._unconsumed.append(deferred)
+                return deferred
+            self._track(bn, stats)
             return ext.bn_finalize(stats.mean, stats.var, bn.weight, bn.bias, bn.eps)
         return ext.bn_finalize(bn.running_mean, bn.running_var, bn.weight, bn.bias, bn.eps)
 
     # -- y = dropout(act(x*scale + shift)) where no conv follows
     def bn_act(self, x, affine, act, negative_slope):
-        scale, shift = affine
         if self.backend == "triton":
             from .ops.bn_act import bn_act_dropout
 
+            scale, shift = affine
             return bn_act_dropout(x, scale, shift, None, act=act, negative_slope=negative_slope, dropout_p=0.0)
-        return _ext().bn_act_dropout(x, scale, shift, act, negative_slope, 0.0, None)
+        return self._bn_act_dropout(x, affine, act, negative_slope, 0.0, None)
 
     def commit(self) -> None:
+        if self._unconsumed:  # a BN's statistics were never computed: its running stats would go stale
+            raise RuntimeError(f"internal: {len(self._unconsumed)} BatchNorm(s) were never applied")
         if not self.pending:
             return
         ext = _ext()
@@ -339,7 +386,11 @@ def _basic_block(eng: _Engine, block: nn.Module, x: torch.Tensor, st: Stats):
     convs = [getattr(block, f"conv{i + 1}") for i in range(len(block.kernel_sizes))]
     bns = [getattr(block, f"bn{i + 1}") for i in range(len(block.kernel_sizes))]
     pads = block.conv_paddings
-    a1 = eng.bn_affine(bns[0], st)  # raw_input blocks still compute bn1 (its running stats update)
+    if block.raw_input:
+        eng.track_only(bns[0], st)  # raw_input blocks still compute bn1 (its running stats update)
+        a1 = None
+    else:
+        a1 = eng.bn_affine(bns[0], st)
     if block.equal_in_out:
         shortcut = x
     elif block.shortcut == "preact" and not block.raw_input:
@@ -393,19 +444,21 @@ def _bottleneck(eng: _Engine, block: nn.Module, x: torch.Tensor) -> torch.Tensor
                       act="relu", stats=True)
     h3, s3 = eng.conv(h2, block.conv3, _same_padding(block.conv3), affine=eng.bn_affine(block.bn2, s2),
                       act="relu", stats=True)
-    scale, shift = eng.bn_affine(block.bn3, s3)
-    out = h3 * _bcast(scale) + _bcast(shift)
+    out = _bn(eng, h3, eng.bn_affine(block.bn3, s3))
     if block.downsample is not None:
         hd, sd = eng.conv(x, block.downsample[0], _same_padding(block.downsample[0]), stats=True)
-        dscale, dshift = eng.bn_affine(block.downsample[1], sd)
-        identity = hd * _bcast(dscale) + _bcast(dshift)
+        identity = _bn(eng, hd, eng.bn_affine(block.downsample[1], sd))
     else:
         identity = x
     return F.relu(out + identity).to(h3.dtype)
 
 
-def _bcast(v: torch.Tensor) -> torch.Tensor:
-    return v.reshape(1, -1, 1, 1)
+def _bn(eng: _Engine, x: torch.Tensor, affine) -> torch.Tensor:
+    """A BN with no activation and no conv after it (the bottleneck's bn3 / downsample BN)."""
+    if isinstance(affine, _DeferredBN):
+        return eng.bn_act(x, affine, "identity", 0.0)
+    scale, shift = affine
+    return x * scale.reshape(1, -1, 1, 1) + shift.reshape(1, -1, 1, 1)
 
 
 # --------------------------------------------------------------------------- explain

@@ -97,6 +97,21 @@ def bn_act_dropout_backward(grad_y: Tensor, x: Tensor, scale: Tensor, shift: Ten
     return _ops().bn_act_dropout_bwd.default(grad_y, x, scale, shift, act, float(negative_slope), float(p), seed)
 
 
+def batch_norm_act(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float, act: str = "relu",
+                   negative_slope: float = 0.01, p: float = 0.0,
+                   seed: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor]:
+    """Training-mode BN with batch statistics, then act and dropout: ``(y, mean, var)``.
+
+    y = dropout(act((x - mean) * rsqrt(var + eps) * weight + bias)) with x's dtype and
+    memory format; mean and biased var are x's per-channel statistics (fp32, fp64 for
+    fp64 x), for the running-stat update. One autograd node whose backward is C++
+    (``csrc/batch_norm_act.cpp``); differentiable w.r.t. x, weight, bias (and through
+    mean / var).
+    """
+    check_activation(act)
+    return _ops().batch_norm_act.default(x, weight, bias, float(eps), act, float(negative_slope), float(p), seed)
+
+
 def dropout_mask(seed: Tensor, size: Sequence[int], p: float) -> Tensor:
     """The contract's keep mask (bool, contiguous ``size``) on ``seed``'s device."""
     return _ops().dropout_mask.default(seed, [int(s) for s in size], float(p))
@@ -247,6 +262,12 @@ def _register() -> None:
 
     torch.library.register_autograd(lib + "bn_act_dropout_fwd", bn_act_backward, setup_context=bn_act_setup)
 
+    @torch.library.register_fake(lib + "batch_norm_act")
+    def _(x, weight, bias, eps, act, negative_slope, p, seed):
+        dtype = _stats_dtype(x.dtype)
+        return _empty_like_dense(x), x.new_empty((x.shape[1],), dtype=dtype), x.new_empty((x.shape[1],), dtype=dtype)
+    # (its autograd is the C++ kernel registered for the Autograd key)
+
     @torch.library.register_fake(lib + "pack_mask")
     def _(mask):
         return mask.new_empty(((mask.numel() + 7) // 8,), dtype=torch.uint8)
@@ -265,5 +286,5 @@ if _ext.ext_available():
 
 __all__: List[str] = [
     "channel_stats", "merge_partial_stats", "bn_finalize", "bn_update_running_stats", "bn_backward_apply",
-    "bn_act_dropout", "bn_act_dropout_backward", "dropout_mask", "pack_mask", "unpack_mask",
+    "bn_act_dropout", "bn_act_dropout_backward", "batch_norm_act", "dropout_mask", "pack_mask", "unpack_mask",
 ]
