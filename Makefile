@@ -39,11 +39,21 @@ demo: install
 	$(PY) -m wrn_fast info
 	$(PY) -m wrn_fast train
 
-test: install
-	$(PY) -m pytest $(PYTEST_ARGS)
+# The lent GPU machines run Triton 3.6 (with torch 2.11); tests also compile every
+# Triton kernel with that Triton, from a venv of its own (torch 2.13 CPU: the one
+# older torch pip finds here without a multi-GB download).
+COMPAT_VENV ?= .venv-triton36
+COMPAT_PKGS ?= torch==2.13.0 triton==3.6.0 numpy
+$(COMPAT_VENV)/.deps:
+	$(PYTHON) -m venv $(COMPAT_VENV)
+	$(COMPAT_VENV)/bin/pip install $(COMPAT_PKGS)
+	touch $@
+
+test: install $(COMPAT_VENV)/.deps
+	WRN_FAST_COMPAT_PYTHON=$(abspath $(COMPAT_VENV))/bin/python $(PY) -m pytest $(PYTEST_ARGS)
 
 bench: install
 	$(PY) -m bench.run --quick
 
 clean:
-	rm -rf build *.egg-info wrn_fast/_C*.so $(VENV)
+	rm -rf build *.egg-info wrn_fast/_C*.so $(VENV) $(COMPAT_VENV)

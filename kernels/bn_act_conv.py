@@ -102,11 +102,13 @@ def _min_block_m(configs):
 @triton.jit
 def _mma(a, b, acc, IN_PREC: tl.constexpr, UPCAST: tl.constexpr):
     """acc += a @ b. UPCAST: the interpreter's bf16 dot is wrong; compute it in fp32
-    (bf16 x bf16 products are exact in fp32, so this equals the native result)."""
+    (bf16 x bf16 products are exact in fp32, so this equals the native result).
+    out_dtype=acc.dtype: Triton 3.6 (the GPU machines') asserts acc's dtype equals
+    out_dtype, whose default is fp32, so an fp64 accumulator needs it spelled out."""
     if UPCAST:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee", out_dtype=acc.dtype)
     else:
-        return tl.dot(a, b, acc, input_precision=IN_PREC)
+        return tl.dot(a, b, acc, input_precision=IN_PREC, out_dtype=acc.dtype)
 
 
 @triton.jit

@@ -128,5 +128,14 @@ for dtype in (torch.float32, torch.bfloat16, torch.float16):
         for act, p in (("relu", 0.3), ("silu", 0.0)):
             y = bad.bn_act_dropout_fwd(x, sc, sh, act=act, dropout_p=p, seed=seed if p else None)
             bad.bn_act_dropout_bwd(torch.randn_like(x), x, sc, sh, act=act, dropout_p=p, seed=seed if p else None)
+# float64: the op accepts it on CUDA (the fp64 test grid runs there), the model does not.
+x = torch.randn(2, 16, 8, 8, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+w = torch.randn(32, 16, 3, 3, dtype=torch.float64)
+sc, sh = torch.rand(16, dtype=torch.float64), torch.randn(16, dtype=torch.float64)
+kw = dict(stride=1, padding=(1, 1, 1, 1), act="relu", negative_slope=0.0, dropout_p=0.3, seed=seed)
+y, _ = conv.bn_act_conv_fwd(x, w, sc, sh, residual=None, compute_stats=False, **kw)
+g = torch.randn_like(y)
+conv.bn_act_conv_dgrad(g, w, x, sc, sh, **kw)
+conv.bn_act_conv_wgrad(g, x, sc, sh, weight_shape=tuple(w.shape), **kw)
 names = sorted(set(compiled))
 print(f"sm_{CAP}: compiled {len(compiled)} kernels ({', '.join(names)}) in {time.time() - t0:.0f} s")

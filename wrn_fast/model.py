@@ -477,9 +477,15 @@ def explain(model: nn.Module, device=None) -> str:
     if backend == "reference":
         lines.append("  every layer: reference PyTorch ops (backend 'reference' or extension unavailable)")
         return "\n".join(lines)
-    conv_impl = ("triton bn_act_conv (prologue BN-act-dropout, epilogue residual + stats)"
-                 if backend == "triton" else "C++ bn_act_dropout + torch conv2d + C++ channel_stats")
-    tail_impl = "triton bn_act_dropout" if backend == "triton" else "C++ bn_act_dropout"
+    if backend == "triton":
+        conv_impl = "triton bn_act_conv (prologue BN-act-dropout, epilogue residual + stats)"
+        tail_impl = "triton bn_act_dropout"
+    elif getattr(model, "sync_bn", False):  # statistics must exist as tensors to be all-gathered
+        conv_impl = "C++ channel_stats -> sync -> bn_finalize -> bn_act_dropout + torch conv2d"
+        tail_impl = "C++ bn_act_dropout"
+    else:
+        conv_impl = "C++ batch_norm_act (stats + BN-act-dropout, one C++ autograd node) + torch conv2d"
+        tail_impl = "C++ batch_norm_act"
     if isinstance(model, WideResNet):
         lines.append(f"  conv1 (stem): {conv_impl}")
         for gname in ("block1", "block2", "block3"):
