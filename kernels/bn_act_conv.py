@@ -53,6 +53,12 @@ def _cfg(bm, bn, bk, stages, warps):
     return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_stages=stages, num_warps=warps)
 
 
+# WRN_FAST_AUTOTUNE=0: one mid-size config per kernel, no autotuning (fast first
+# calls: the GPU test suite sets it, each shape would otherwise compile and time
+# every config). Default: autotune; timings are cached on disk by Triton
+# (cache_results), so a restarted run does not re-time its shapes.
+AUTOTUNE = os.environ.get("WRN_FAST_AUTOTUNE", "1") != "0"
+
 if INTERPRET:
     # One small config: autotuning in the interpreter measures numpy, not a GPU.
     # BLOCK_N/BLOCK_K = 16 so the small test channel counts (12, 20) span
@@ -81,6 +87,12 @@ else:  # Hopper / Ampere
         _cfg(64, 32, 64, 4, 4),
         _cfg(32, 64, 64, 4, 4),
     ]
+# Every config a GPU may use (tests run each once, whatever AUTOTUNE says).
+ALL_CONFIGS = {"fwd": list(_FWD_CONFIGS), "dgrad": list(_DGRAD_CONFIGS), "wgrad": list(_WGRAD_CONFIGS)}
+if not AUTOTUNE and not INTERPRET:
+    _FWD_CONFIGS = [_cfg(64, 64, 32, 4, 4)]
+    _DGRAD_CONFIGS = [_cfg(64, 64, 32, 4, 4)]
+    _WGRAD_CONFIGS = [_cfg(64, 64, 64, 4, 4)]
 
 
 def _prune_by_n(key_n):
@@ -131,7 +143,7 @@ def _prologue(xv, sc, sh, inb, nb, c, ih, iw, Cin, H, W, seed, slope, p, inv_kee
 
 @triton.autotune(configs=_FWD_CONFIGS, key=["Cin", "Cout", "H", "W", "Ho", "Wo", "KH", "KW", "STRIDE",
                                            "HAS_AFFINE", "STATS"],
-                 prune_configs_by=_prune_by_n("Cout"))
+                 prune_configs_by=_prune_by_n("Cout"), cache_results=not INTERPRET)
 @triton.jit
 def _fwd_kernel(
     x_ptr,          # [N, Cin, H, W] any strides (sxn, sxc, sxh, sxw)
@@ -261,7 +273,8 @@ def _fwd_kernel(
 
 @triton.autotune(configs=_DGRAD_CONFIGS, key=["Cin", "Cout", "H", "W", "Ho", "Wo", "KH", "KW", "STRIDE",
                                              "HAS_AFFINE"],
-                 prune_configs_by=_prune_by_n("Cin"), reset_to_zero=["psc_ptr", "psh_ptr"])
+                 prune_configs_by=_prune_by_n("Cin"), reset_to_zero=["psc_ptr", "psh_ptr"],
+                 cache_results=not INTERPRET)
 @triton.jit
 def _dgrad_kernel(
     gy_ptr,         # [N, Cout, Ho, Wo] any strides (sgn, sgc, sgh, sgw)
@@ -356,7 +369,7 @@ def _dgrad_kernel(
 
 @triton.autotune(configs=_WGRAD_CONFIGS, key=["Cin", "Cout", "H", "W", "Ho", "Wo", "KH", "KW", "STRIDE",
                                              "HAS_AFFINE", "K_CHUNK"],
-                 prune_configs_by=_prune_by_n("Cin"))
+                 prune_configs_by=_prune_by_n("Cin"), cache_results=not INTERPRET)
 @triton.jit
 def _wgrad_kernel(
     gy_ptr,         # [N, Cout, Ho, Wo] any strides (sgn, sgc, sgh, sgw)
@@ -641,7 +654,7 @@ def bn_act_conv_dgrad(grad_y, weight, x, scale=None, shift=None, *, stride=1, pa
     has_affine = scale is not None
     acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     m_rows = nb * h * w
-    pm = triton.cdiv(m_rows, _min_block_m(_DGRAD_CONFIGS)) if has_affine else 0
+    pm = triton.cdiv(m_rows, _min_block_m(_dgrad_kernel.configs)) if has_affine else 0  # rows per tile >= min
     psc = torch.zeros((pm, cin), device=dev, dtype=acc_dtype) if has_affine else grad_x
     psh = torch.zeros((pm, cin), device=dev, dtype=acc_dtype) if has_affine else grad_x
     if grad_x.numel() == 0:

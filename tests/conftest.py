@@ -2,7 +2,8 @@
 
 Without a GPU the Triton kernels run in Triton's interpreter, which must be
 switched on before triton is first imported: do it here, before any test module
-imports wrn_fast.kernels. (`import torch` does not import triton.)
+imports wrn_fast.kernels. (`import torch` does not import triton.) With a GPU,
+autotuning is switched off the same way (WRN_FAST_AUTOTUNE=0).
 """
 import os
 
@@ -11,6 +12,10 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+else:
+    # One tile config per kernel: autotuning would compile and time every config for
+    # every test shape (minutes). test_bn_act_conv runs each config once on its own.
+    os.environ.setdefault("WRN_FAST_AUTOTUNE", "0")
 
 
 @pytest.fixture(scope="module")

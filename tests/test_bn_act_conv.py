@@ -231,6 +231,30 @@ def test_grid_fp32(name, poison):
     assert rel(var, var_ref) < 1e-5
 
 
+@pytest.mark.skipif(DEV != "cuda", reason="the interpreter has one config; GPU configs are compiled by "
+                    "test_triton_gpu_compile.py --all-configs")
+@pytest.mark.parametrize("kernel", ["fwd", "dgrad", "wgrad"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_every_gpu_tile_config(kernel, dtype, poison):
+    """Each autotune config of each kernel, forced alone, gives the right answer
+    (the suite otherwise runs one config: WRN_FAST_AUTOTUNE=0 in conftest)."""
+    tuner = {"fwd": K._fwd_kernel, "dgrad": K._dgrad_kernel, "wgrad": K._wgrad_kernel}[kernel]
+    saved = tuner.configs
+    try:
+        for cfg in K.ALL_CONFIGS[kernel]:
+            tuner.configs = [cfg]
+            tuner.cache.clear()
+            for name in ("all-silu3x3-drop-bias-res-cl", "leaky3x3-s2-tfsame-drop-n1-cl"):
+                out = run_case(CASES[name], dtype)
+                try:
+                    check_case(out, dtype)
+                except AssertionError as e:
+                    raise AssertionError(f"{kernel} config {cfg}: {name}: {e}") from e
+    finally:
+        tuner.configs = saved
+        tuner.cache.clear()
+
+
 @pytest.mark.parametrize("name", FP64_CASES)
 def test_grid_fp64(name, poison):
     check_case(run_case(CASES[name], torch.float64, compute_stats=False), torch.float64)
