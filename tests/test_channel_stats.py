@@ -16,6 +16,8 @@ import wrn_fast
 from wrn_fast import _ext
 from wrn_fast.ops import ext
 
+from _partials import tile_partials
+
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() and wrn_fast.build_info()["extension_cuda_kernels"] else [])
 TOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 1e-5, torch.bfloat16: 1e-5}
 
@@ -101,23 +103,6 @@ def test_channel_stats_rejects_bad_input_with_clear_error():
         ext.channel_stats(torch.randn(5))
     with pytest.raises(RuntimeError, match=r"wrn_fast::channel_stats: x must be float32, float16 or bfloat16"):
         ext.channel_stats(torch.ones(2, 3, dtype=torch.int32))
-
-
-def tile_partials(x, boundaries):
-    """Per-tile (mean, M2, count) of x's channel-last rows, split at `boundaries` (float64 math)."""
-    rows = x.movedim(1, -1).reshape(-1, x.shape[1]).double()
-    means, m2s, counts = [], [], []
-    for lo, hi in zip(boundaries[:-1], boundaries[1:]):
-        tile = rows[lo:hi]
-        if hi > lo:
-            m = tile.mean(0)
-            means.append(m)
-            m2s.append(((tile - m) ** 2).sum(0))
-        else:  # an empty tile: garbage values that must be ignored
-            means.append(torch.full((x.shape[1],), 1e30, dtype=torch.float64))
-            m2s.append(torch.full((x.shape[1],), -5.0, dtype=torch.float64))
-        counts.append(float(hi - lo))
-    return torch.stack(means), torch.stack(m2s), torch.tensor(counts, dtype=torch.float64)
 
 
 @pytest.mark.parametrize("device", DEVICES)

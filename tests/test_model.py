@@ -174,6 +174,29 @@ def test_cpu_backend_runs_extension_ops_not_aten_batch_norm():
         [n for n in names if "batch_norm" in n]
 
 
+def test_triton_backend_finalizes_each_bn_in_one_cpp_node():
+    """Triton backend: the conv epilogue's partials -> bn_finalize_partials (one C++
+    autograd node per BN), not merge_partial_stats + bn_finalize (two Python ones)."""
+    _needs_ext()
+    pytest.importorskip("triton")
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("CPU tensors on the Triton backend need the interpreter")
+    fast, _ = make_pair(depth=10, widen_factor=1)
+    x = torch.randn(2, 3, 8, 8)
+    with wrn_fast.use_backend("triton"), torch.profiler.profile() as prof:
+        fast(x).sum().backward()
+    names = [e.name for e in prof.events()]
+    n_bns = sum(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    assert names.count("wrn_fast::bn_finalize_partials") == n_bns, sorted(set(names))
+    # merge + finalize run inside it (nested events), with no autograd node of their own
+    assert names.count("wrn_fast::merge_partial_stats") == names.count("wrn_fast::bn_finalize") == n_bns
+    assert not any("GeneratedBackwardFor_wrn_fast_bn_finalize" in n or "merge_partial_stats_default" in n
+                   for n in names), sorted(set(names))
+    assert sum("BnFinalizePartialsFunction" in n and "evaluate_function" not in n for n in names) == n_bns
+    assert "wrn_fast::channel_stats" not in names
+    assert not any(n.startswith("aten::") and ("batch_norm" in n or "convolution" in n) for n in names)
+
+
 def test_cpu_backend_materialises_each_bn_act_once():
     """conv1 and the 'preact' projection shortcut share one act(bn1(x)) (no second pass)."""
     _needs_ext()

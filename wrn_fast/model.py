@@ -49,14 +49,17 @@ __all__ = [
 class Stats(NamedTuple):
     """Batch statistics of a tensor: fp32 [C] mean and biased var, and n values per channel.
 
-    With ``source`` set (cpu backend), mean/var are None: the statistics of
-    ``source`` are computed by its consumer, fused with the BN-act (``batch_norm_act``).
+    Without sync-BN, mean/var are None and ``source`` is the tensor they describe:
+    cpu backend: its consumer computes them fused with the BN-act (``batch_norm_act``);
+    triton backend: ``partials`` are the producer epilogue's (mean_p, m2_p, count_p),
+    merged and finalized by one C++ autograd node (``bn_finalize_partials``).
     """
 
     mean: Optional[torch.Tensor]
     var: Optional[torch.Tensor]
     count: int
     source: Optional[torch.Tensor] = None
+    partials: Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = None
 
 
 class _DeferredBN(NamedTuple):
@@ -144,9 +147,11 @@ class _Engine:
                 negative_slope=negative_slope, dropout_p=p, compute_stats=stats,
             )
             st = None
-            if stats:
+            if stats and self.sync_bn:  # sync-BN all-gathers the merged statistics
                 mean, var = ext.merge_partial_stats(y, mean_p, m2_p, count_p)
                 st = Stats(mean, var, y.numel() // y.shape[1])
+            elif stats:
+                st = Stats(None, None, y.numel() // y.shape[1], source=y, partials=(mean_p, m2_p, count_p))
         else:
             a = x
             if affine is not None:
@@ -200,7 +205,10 @@ class _Engine:
             return
         if stats.source is not None:
             with torch.no_grad():
-                mean, var = _ext().channel_stats(stats.source)
+                if stats.partials is not None:
+                    mean, var = _ext().merge_partial_stats(stats.source, *stats.partials)
+                else:
+                    mean, var = _ext().channel_stats(stats.source)
             stats = Stats(mean, var, stats.count)
         self._track(bn, stats)
 
@@ -211,6 +219,11 @@ class _Engine:
         if use_batch_stats:
             if stats is None:
                 raise RuntimeError("internal: batch statistics were not computed for a training-mode BatchNorm")
+            if stats.partials is not None:
+                scale, shift, mean, var = ext.bn_finalize_partials(stats.source, *stats.partials, bn.weight, bn.bias,
+                                                                   bn.eps)
+                self._track(bn, Stats(mean, var, stats.count))
+                return scale, shift
             if stats.source is not None:
                 deferred = _DeferredBN(bn, stats.count)
                 self._unconsumed.append(deferred)

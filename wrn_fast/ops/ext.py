@@ -47,6 +47,15 @@ def merge_partial_stats(x: Tensor, mean_p: Tensor, m2_p: Tensor, count_p: Tensor
     return _ops().merge_partial_stats.default(x, mean_p, m2_p, count_p)
 
 
+def bn_finalize_partials(x: Tensor, mean_p: Tensor, m2_p: Tensor, count_p: Tensor, weight: Optional[Tensor],
+                         bias: Optional[Tensor], eps: float) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``merge_partial_stats`` then ``bn_finalize`` as one autograd node (C++ backward):
+    ``(scale, shift, mean, var)`` of a training-mode BN of ``x`` from its producer's
+    per-tile partials. Differentiable w.r.t. x (through the statistics), weight, bias.
+    """
+    return _ops().bn_finalize_partials.default(x, mean_p, m2_p, count_p, weight, bias, float(eps))
+
+
 def bn_finalize(mean: Tensor, var: Tensor, weight: Optional[Tensor] = None, bias: Optional[Tensor] = None,
                 eps: float = 1e-5) -> Tuple[Tensor, Tensor]:
     """scale = weight * rsqrt(var + eps), shift = bias - mean * scale (stats dtype)."""
@@ -268,6 +277,12 @@ def _register() -> None:
         return _empty_like_dense(x), x.new_empty((x.shape[1],), dtype=dtype), x.new_empty((x.shape[1],), dtype=dtype)
     # (its autograd is the C++ kernel registered for the Autograd key)
 
+    @torch.library.register_fake(lib + "bn_finalize_partials")
+    def _(x, mean_p, m2_p, count_p, weight, bias, eps):
+        c = mean_p.shape[1]
+        return tuple(mean_p.new_empty((c,)) for _ in range(4))
+    # (autograd: C++, like batch_norm_act)
+
     @torch.library.register_fake(lib + "pack_mask")
     def _(mask):
         return mask.new_empty(((mask.numel() + 7) // 8,), dtype=torch.uint8)
@@ -285,6 +300,6 @@ if _ext.ext_available():
     _register()
 
 __all__: List[str] = [
-    "channel_stats", "merge_partial_stats", "bn_finalize", "bn_update_running_stats", "bn_backward_apply",
+    "channel_stats", "merge_partial_stats", "bn_finalize_partials", "bn_finalize", "bn_update_running_stats", "bn_backward_apply",
     "bn_act_dropout", "bn_act_dropout_backward", "batch_norm_act", "dropout_mask", "pack_mask", "unpack_mask",
 ]
