@@ -42,19 +42,11 @@ constexpr const char* kOp = "batch_norm_act";
 // Every argument is checked here, before the first kernel runs.
 void check_args(const Tensor& x, const OptTensor& weight, const OptTensor& bias, double eps, c10::string_view act,
                 double p, const OptTensor& seed) {
-  TORCH_CHECK(x.dim() >= 2, "wrn_fast::", kOp, ": x must have rank >= 2 (logical [N, C, *spatial]), got rank ",
-              x.dim());
-  TORCH_CHECK(eps >= 0.0, "wrn_fast::", kOp, ": eps must be >= 0, got ", eps);
   act_code(std::string(act), kOp);
-  // Fake tensors with symbolic sizes (torch.compile with dynamic shapes traces the
-  // autograd kernel): no concrete size to check; the sub-ops' fake kernels run instead.
-  if (has_symbolic_sizes(x)) return;
+  if (!check_bn_args(x, weight, bias, eps, kOp)) return;
   check_rank_and_dtype(x, kOp, "x", /*allow_double=*/true);
-  const int64_t channels = x.size(1);
-  check_affine_vector(weight, channels, x.device(), kOp, "weight");
-  check_affine_vector(bias, channels, x.device(), kOp, "bias");
   check_dropout(p, seed, x.device(), kOp);
-  const int64_t per_channel = channels > 0 ? x.numel() / channels : 0;
+  const int64_t per_channel = x.size(1) > 0 ? x.numel() / x.size(1) : 0;
   TORCH_CHECK_VALUE(per_channel != 1, "Expected more than 1 value per channel when training, got input size ",
                     x.sizes());
 }

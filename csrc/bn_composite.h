@@ -88,6 +88,21 @@ inline bool needs_grad(torch::autograd::AutogradContext* ctx, const Tensor& arg,
 
 inline bool has_symbolic_sizes(const Tensor& t) { return t.unsafeGetTensorImpl()->has_symbolic_sizes_strides(); }
 
+// The arguments every composite BN op takes: x of rank >= 2, eps >= 0, weight / bias.
+// Returns false when x has symbolic sizes (torch.compile with dynamic shapes traces the
+// autograd kernel with fake tensors): no concrete size to check; the sub-ops' fake
+// kernels run instead, and the caller skips its own size checks too.
+inline bool check_bn_args(const Tensor& x, const OptTensor& weight, const OptTensor& bias, double eps,
+                          const char* op) {
+  TORCH_CHECK(x.dim() >= 2, "wrn_fast::", op, ": x must have rank >= 2 (logical [N, C, *spatial]), got rank ",
+              x.dim());
+  TORCH_CHECK(eps >= 0.0, "wrn_fast::", op, ": eps must be >= 0, got ", eps);
+  if (has_symbolic_sizes(x)) return false;
+  check_affine_vector(weight, x.size(1), x.device(), op, "weight");
+  check_affine_vector(bias, x.size(1), x.device(), op, "bias");
+  return true;
+}
+
 inline Tensor value_or_undefined(const OptTensor& t) { return t.has_value() ? *t : Tensor(); }
 
 inline OptTensor optional_if_defined(const Tensor& t) { return t.defined() ? OptTensor(t) : std::nullopt; }

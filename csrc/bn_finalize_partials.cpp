@@ -25,22 +25,12 @@ using torch::autograd::variable_list;
 
 constexpr const char* kOp = "bn_finalize_partials";
 
-// merge_partial_stats checks the partials; the rest is checked here, before it runs.
-void check_args(const Tensor& x, const OptTensor& weight, const OptTensor& bias, double eps) {
-  TORCH_CHECK(x.dim() >= 2, "wrn_fast::", kOp, ": x must have rank >= 2 (logical [N, C, *spatial]), got rank ",
-              x.dim());
-  TORCH_CHECK(eps >= 0.0, "wrn_fast::", kOp, ": eps must be >= 0, got ", eps);
-  if (has_symbolic_sizes(x)) return;  // torch.compile, dynamic shapes: the fake kernels check
-  check_affine_vector(weight, x.size(1), x.device(), kOp, "weight");
-  check_affine_vector(bias, x.size(1), x.device(), kOp, "bias");
-}
-
 // CompositeExplicitAutograd: every backend whose sub-ops have kernels (CPU, CUDA, Meta).
 std::tuple<Tensor, Tensor, Tensor, Tensor> bn_finalize_partials(const Tensor& x, const Tensor& mean_p,
                                                                 const Tensor& m2_p, const Tensor& count_p,
                                                                 const OptTensor& weight, const OptTensor& bias,
                                                                 double eps) {
-  check_args(x, weight, bias, eps);
+  check_bn_args(x, weight, bias, eps, kOp);  // merge_partial_stats checks the partials, before it runs
   auto [mean, var] = merge_partial_stats(x, mean_p, m2_p, count_p);
   auto [scale, shift] = bn_finalize(mean, var, weight, bias, eps);
   return {scale, shift, mean, var};

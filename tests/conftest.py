@@ -26,3 +26,15 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def poison_uninitialized_outputs():
+    """Every torch.empty (the ops' own included) is filled with NaN: an output element a
+    kernel fails to write shows up as NaN. Use with pytest.mark.usefixtures."""
+    old = torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory
+    torch.use_deterministic_algorithms(True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    yield
+    torch.use_deterministic_algorithms(old[0])
+    torch.utils.deterministic.fill_uninitialized_memory = old[1]

@@ -20,27 +20,13 @@ import wrn_fast
 from wrn_fast import _ext
 from wrn_fast.ops import ext
 
+from _checks import rel_err
+
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() and wrn_fast.build_info()["extension_cuda_kernels"] else [])
 OUT_TOL = {torch.float64: 1e-12, torch.float32: 1e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3}
 ACTS = ["identity", "relu", "leaky_relu", "silu"]
-pytestmark = pytest.mark.skipif(not _ext.ext_available(), reason=f"wrn_fast._C unavailable: {_ext._C_ERROR}")
-
-
-@pytest.fixture(autouse=True)
-def poison_uninitialized_outputs():
-    """Every torch.empty (ours included) is filled with NaN: an unwritten output element fails."""
-    old = torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory
-    torch.use_deterministic_algorithms(True)
-    torch.utils.deterministic.fill_uninitialized_memory = True
-    yield
-    torch.use_deterministic_algorithms(old[0])
-    torch.utils.deterministic.fill_uninitialized_memory = old[1]
-
-
-def rel_err(out, ref):
-    out, ref = out.double().cpu(), ref.double().cpu()
-    assert not torch.isnan(out).any(), "NaN in output"
-    return ((out - ref).norm() / ref.norm().clamp_min(1e-300)).item()
+pytestmark = [pytest.mark.skipif(not _ext.ext_available(), reason=f"wrn_fast._C unavailable: {_ext._C_ERROR}"),
+              pytest.mark.usefixtures("poison_uninitialized_outputs")]  # tests/conftest.py
 
 
 def reference_act(z, act, slope):

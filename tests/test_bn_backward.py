@@ -13,15 +13,11 @@ import wrn_fast
 from wrn_fast import _ext
 from wrn_fast.ops import ext
 
+from _checks import rel_err
+
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() and wrn_fast.build_info()["extension_cuda_kernels"] else [])
 TOL = {torch.float64: 1e-12, torch.float32: 1e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3}
 pytestmark = pytest.mark.skipif(not _ext.ext_available(), reason=f"wrn_fast._C unavailable: {_ext._C_ERROR}")
-
-
-def rel_err(out, ref):
-    out, ref = out.double().cpu(), ref.double().cpu()
-    assert not torch.isnan(out).any(), "NaN in output"
-    return ((out - ref).norm() / ref.norm().clamp_min(1e-300)).item()
 
 
 def per_channel(v, like):

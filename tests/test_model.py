@@ -157,14 +157,18 @@ def test_fast_matches_reference_triton_backend(cfg):
     assert c.get("bn_act_conv_wgrad", 0) >= 2 * n_convs
 
 
+def _profiled_step(backend, batch):
+    """Op event names of one forward+backward of a WRN-10-1 on ``backend``, and its BN count."""
+    fast, _ = make_pair(depth=10, widen_factor=1)
+    x = torch.randn(batch, 3, 8, 8)
+    with wrn_fast.use_backend(backend), torch.profiler.profile() as prof:
+        fast(x).sum().backward()
+    return [e.name for e in prof.events()], sum(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+
+
 def test_cpu_backend_runs_extension_ops_not_aten_batch_norm():
     _needs_ext()
-    fast, _ = make_pair(depth=10, widen_factor=1)
-    x = torch.randn(4, 3, 8, 8)
-    with wrn_fast.use_backend("cpu"), torch.profiler.profile() as prof:
-        fast(x).sum().backward()
-    names = [e.name for e in prof.events()]
-    n_bns = sum(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    names, n_bns = _profiled_step("cpu", batch=4)
     # each BN: one batch_norm_act (stats + BN-act in one C++ autograd node) and its C++ backward
     assert names.count("wrn_fast::batch_norm_act") == n_bns, sorted(set(names))
     assert names.count("wrn_fast::bn_act_dropout_fwd") == n_bns
@@ -181,12 +185,7 @@ def test_triton_backend_finalizes_each_bn_in_one_cpp_node():
     pytest.importorskip("triton")
     if os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("CPU tensors on the Triton backend need the interpreter")
-    fast, _ = make_pair(depth=10, widen_factor=1)
-    x = torch.randn(2, 3, 8, 8)
-    with wrn_fast.use_backend("triton"), torch.profiler.profile() as prof:
-        fast(x).sum().backward()
-    names = [e.name for e in prof.events()]
-    n_bns = sum(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    names, n_bns = _profiled_step("triton", batch=2)
     assert names.count("wrn_fast::bn_finalize_partials") == n_bns, sorted(set(names))
     # merge + finalize run inside it (nested events), with no autograd node of their own
     assert names.count("wrn_fast::merge_partial_stats") == names.count("wrn_fast::bn_finalize") == n_bns
@@ -349,32 +348,16 @@ def test_autocast_bf16_cpu_close_to_fp32():
     assert rel_err(half.float(), full) < 5e-2
 
 
-def test_torch_compile_no_graph_breaks_and_same_result():
-    _needs_ext()
-    fast, ref = make_pair(depth=10, widen_factor=1)
-    x = torch.randn(4, 3, 8, 8)
-    torch._dynamo.reset()
-    with wrn_fast.use_backend("cpu"):
-        compiled = torch.compile(fast, backend="aot_eager", fullgraph=True)
-        out = compiled(x)
-        out.sum().backward()
-    with wrn_fast.use_backend("reference"):
-        r = ref(x)
-        r.sum().backward()
-    assert rel_err(out, r) < TOL_OUT
-    assert rel_err(fast.conv1.weight.grad, ref.conv1.weight.grad) < TOL_GRAD
-    assert rel_err(fast.block1.layer[0].bn1.running_mean, ref.block1.layer[0].bn1.running_mean) < TOL_GRAD
-
-
-def test_torch_compile_new_batch_size_recompiles_dynamic():
-    """A second batch size makes dynamo recompile with a symbolic batch: the C++
-    autograd node of batch_norm_act is traced with symbolic sizes (no graph break)."""
+@pytest.mark.parametrize("batches", [(4,), (4, 6, 5)], ids=["one-shape", "new-batch-sizes"])
+def test_torch_compile_no_graph_breaks_and_same_result(batches):
+    """fullgraph compile matches the reference. New batch sizes make dynamo recompile with
+    a symbolic batch: the C++ autograd node of batch_norm_act is traced with symbolic sizes."""
     _needs_ext()
     fast, ref = make_pair(depth=10, widen_factor=1)
     torch._dynamo.reset()
     with wrn_fast.use_backend("cpu"):
         compiled = torch.compile(fast, backend="aot_eager", fullgraph=True)
-        for n in (4, 6, 5):
+        for n in batches:
             x = torch.randn(n, 3, 8, 8)
             for m in (fast, ref):
                 m.zero_grad()
@@ -385,7 +368,8 @@ def test_torch_compile_new_batch_size_recompiles_dynamic():
                 r.sum().backward()
             assert rel_err(out, r) < TOL_OUT
             assert rel_err(fast.conv1.weight.grad, ref.conv1.weight.grad) < TOL_GRAD
-    assert rel_err(fast.block1.layer[0].bn1.running_var, ref.block1.layer[0].bn1.running_var) < TOL_GRAD
+    for buf in ("running_mean", "running_var"):
+        assert rel_err(getattr(fast.block1.layer[0].bn1, buf), getattr(ref.block1.layer[0].bn1, buf)) < TOL_GRAD
 
 
 def test_gradient_checkpointing_matches():
