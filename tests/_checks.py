@@ -1,5 +1,12 @@
-"""Shared comparison for the extension-op tests."""
+"""Shared test helpers: the relative error of the op tests, markers for optional packages."""
+import importlib.util
+
+import pytest
 import torch
+
+# The digits dataset (the CLI's default) comes from scikit-learn, an optional dependency.
+needs_sklearn = pytest.mark.skipif(importlib.util.find_spec("sklearn") is None,
+                                   reason="the digits dataset needs scikit-learn")
 
 
 def rel_err(out, ref):

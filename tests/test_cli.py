@@ -10,6 +10,8 @@ from wrn_fast.__main__ import main
 from wrn_fast.cli import build_parser
 from wrn_fast.train import TrainConfig, load_checkpoint, recipe
 
+from _checks import needs_sklearn
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -58,6 +60,7 @@ def test_train_options_parse():
         build_parser().parse_args(["train", "--milestones", "a,b"])
 
 
+@needs_sklearn
 def test_default_command_trains_on_the_bundled_digits(tmp_path, capsys):
     """`python -m wrn_fast train` with nothing else is the README's demo; cut to 3 steps here."""
     out = tmp_path / "run"
@@ -69,6 +72,7 @@ def test_default_command_trains_on_the_bundled_digits(tmp_path, capsys):
     assert ckpt["model_kwargs"]["in_channels"] == 1
 
 
+@needs_sklearn
 def test_train_then_eval_through_the_cli(tmp_path, capsys):
     out = tmp_path / "run"
     rc = main(["train", "--model", "wrn-10-1", "--image-size", "8", "--batch-size", "128", "--epochs", "2",

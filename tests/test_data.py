@@ -17,6 +17,8 @@ from wrn_fast.data import (
     normalize_batch,
 )
 
+from _checks import needs_sklearn
+
 
 # --------------------------------------------------------------------------- fake files
 def _write_cifar10(root, n_per_batch=4, seed=0):
@@ -99,6 +101,7 @@ def test_imagefolder_loader_resizes_and_sorts_classes(tmp_path):
     assert test.labels.tolist() == [0, 1]
 
 
+@needs_sklearn
 def test_digits_split_is_fixed_and_upscaled():
     train, test, info = load_digits(image_size=16)
     assert len(train) + len(test) == 1797
@@ -216,3 +219,11 @@ def test_normalize_batch():
     assert out.dtype == torch.float32
     torch.testing.assert_close(out, torch.tensor([[[[-1.0, 1.0]], [[0.0, 2.0]]]]))
     assert normalize_batch(images, mean, std, channels_last=True).is_contiguous(memory_format=torch.channels_last)
+
+
+def test_digits_without_scikit_learn_says_what_to_install(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "sklearn", None)  # `import sklearn...` raises ImportError
+    with pytest.raises(ImportError, match="dataset 'digits' needs scikit-learn"):
+        load_digits(image_size=8)

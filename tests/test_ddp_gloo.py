@@ -27,10 +27,13 @@ import wrn_fast
 from wrn_fast.data import apply_augmentation, draw_augmentation, load_digits, normalize_batch
 from wrn_fast.train import TrainConfig, _generator, derive_seed, load_checkpoint, train
 
+from _checks import needs_sklearn
+
 pytestmark = [
     pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                        reason="torch.distributed with gloo is not available"),
     pytest.mark.usefixtures("one_thread"),
+    needs_sklearn,
 ]
 
 STEPS = 6

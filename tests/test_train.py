@@ -16,7 +16,9 @@ from wrn_fast.__main__ import main
 from wrn_fast.data import InputError
 from wrn_fast.train import TrainConfig, evaluate_checkpoint, load_checkpoint, save_checkpoint, train
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+from _checks import needs_sklearn
+
+pytestmark = [pytest.mark.usefixtures("one_thread"), needs_sklearn]
 
 # Values that legitimately differ between two runs of the same training (wall-clock).
 _TIMING_KEYS = ("images_per_s", "epoch_time_s", "time_s")
@@ -257,3 +259,17 @@ def test_amp_and_channels_last_train_and_stay_finite(tmp_path, amp):
     ckpt = load_checkpoint(result["checkpoint"])
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
     assert all(math.isfinite(r.get("train_loss", 0.0)) for r in log)
+
+
+def test_runs_without_tqdm_and_matplotlib(tmp_path, monkeypatch, capsys):
+    """Both are optional (the GPU machines, and some users, lack them): progress lines
+    instead of a bar, no curves PNG, the same training."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "tqdm", None)  # `import tqdm` raises ImportError
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    result = train(_config(tmp_path / "bare", epochs=1, progress=True))
+    assert result["status"] == "finished" and result["plot"] is None
+    assert not os.path.exists(os.path.join(str(tmp_path / "bare"), "curves.png"))
+    assert [r["epoch"] for r in _read_log(result["log"])] == [1]
+    assert "matplotlib is not installed" in capsys.readouterr().err

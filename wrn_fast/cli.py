@@ -147,7 +147,7 @@ def _cmd_train(args) -> int:
     print(f"\n{line} after {result['epoch']} epochs / {result['step']} steps in "
           f"{_format_duration(result['seconds'])}")
     print(f"  checkpoint {result['checkpoint']}\n  log        {result['log']}")
-    if os.path.exists(result["plot"]):
+    if result["plot"] and os.path.exists(result["plot"]):
         print(f"  curves     {result['plot']}")
     return 0 if result["status"] != "interrupted" else 130
 

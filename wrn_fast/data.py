@@ -289,8 +289,12 @@ def load_digits(image_size: int = 16, test_fraction: float = 0.2, seed: int = 0)
     test images. Pixel values 0..16 become 0..255; upscaling is bilinear.
     No horizontal flip: digits are not mirror-symmetric.
     """
-    from sklearn.datasets import load_digits as sk_load_digits
-    from sklearn.model_selection import train_test_split
+    try:
+        from sklearn.datasets import load_digits as sk_load_digits
+        from sklearn.model_selection import train_test_split
+    except ImportError as e:
+        raise ImportError("dataset 'digits' needs scikit-learn (it ships the images): "
+                          "pip install scikit-learn, or pip install 'wrn_fast[train]'") from e
 
     digits = sk_load_digits()
     x = torch.from_numpy(digits.images.astype(np.float32) * (255.0 / 16.0)).unsqueeze(1)

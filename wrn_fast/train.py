@@ -587,9 +587,38 @@ class _StopRequest:
 
 def _print(ctx: _Dist, *args, **kwargs) -> None:
     if ctx.is_main:
-        from tqdm import tqdm
-
+        try:
+            from tqdm import tqdm
+        except ImportError:  # tqdm is optional: plain lines without a progress bar
+            print(*args, **kwargs)
+            return
         tqdm.write(" ".join(str(a) for a in args), **kwargs)
+
+
+class _NoBar:
+    """Stands in for tqdm's bar when tqdm is not installed (progress lines only)."""
+
+    disable = True
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def update(self, n=1):
+        pass
+
+    def set_postfix(self, **kwargs):
+        pass
+
+    def close(self):
+        pass
+
+
+def _progress_bar_class():
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return _NoBar
+    return tqdm
 
 
 def _write_log(path: str, history: List[Dict[str, Any]]) -> None:
@@ -604,9 +633,16 @@ def _append_log(path: str, record: Dict[str, Any]) -> None:
         os.fsync(f.fileno())
 
 
-def plot_history(history: List[Dict[str, Any]], path: str, title: str = "") -> None:
-    """Loss and accuracy curves (train / test, EMA when present) per epoch, as a PNG."""
-    import matplotlib
+def plot_history(history: List[Dict[str, Any]], path: str, title: str = "") -> bool:
+    """Loss and accuracy curves (train / test, EMA when present) per epoch, as a PNG.
+
+    Returns False (and writes nothing) when matplotlib is not installed."""
+    try:
+        import matplotlib
+    except ImportError:
+        print("wrn_fast: matplotlib is not installed: no curves PNG (the JSONL log has every figure)",
+              file=sys.stderr)
+        return False
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -632,6 +668,7 @@ def plot_history(history: List[Dict[str, Any]], path: str, title: str = "") -> N
         atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
     finally:
         plt.close(fig)
+    return True
 
 
 # What a resumed run may change: how long and where it runs, not what it computes.
@@ -825,7 +862,7 @@ def _train(config: TrainConfig, ckpt: Optional[Dict[str, Any]], ctx: _Dist, devi
         # All ranks must stop at the same step or the collectives hang: agree every log_every steps.
         return step % log_every == 0 and _any_rank(ctx, stop, device)
 
-    from tqdm import tqdm
+    tqdm = _progress_bar_class()
 
     with stop:
         try:
@@ -927,8 +964,8 @@ def _train(config: TrainConfig, ckpt: Optional[Dict[str, Any]], ctx: _Dist, devi
         result.update(test_loss=loss, test_acc=acc)
         if history and "ema_test_acc" in history[-1]:
             result.update(ema_test_loss=history[-1]["ema_test_loss"], ema_test_acc=history[-1]["ema_test_acc"])
-    if ctx.is_main and history:
-        plot_history(history, plot_path, title=f"{config.model} on {config.dataset}")
+    if ctx.is_main and history and not plot_history(history, plot_path, title=f"{config.model} on {config.dataset}"):
+        result["plot"] = None
     result["seconds"] = time.perf_counter() - started
     result["history"] = history
     return result
