@@ -65,7 +65,8 @@ run_tests() {  # $1 = log name, $2 = time limit (s), rest = pytest targets
 
 GPU_TESTS=(tests/test_model_gpu.py tests/test_bn_act_conv.py tests/test_bn_act_dropout.py
            tests/test_bn_act_dropout_cpu.py tests/test_batch_norm_act.py tests/test_channel_stats.py
-           tests/test_bn_finalize.py tests/test_bn_backward.py tests/test_bitmask.py tests/test_build_info.py)
+           tests/test_bn_finalize.py tests/test_bn_finalize_partials.py tests/test_bn_backward.py tests/test_bitmask.py
+           tests/test_build_info.py)
 
 for phase in "${PHASES[@]}"; do
   case "$phase" in
