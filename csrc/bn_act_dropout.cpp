@@ -64,7 +64,6 @@ inline T times_act_derivative(T g, T z, T slope) {
 }
 
 constexpr int64_t kChunk = cpu::kMaskChunk;  // elements per dropout-mask chunk
-constexpr int kLanes = 8;                       // independent partial sums so the reductions vectorize
 constexpr int64_t kSubRows = 16;                // channels-last rows summed in acc_t before going to double
 
 // y = dropout(act(x * scale + shift)), instantiated per (activation, dropout) so
@@ -137,24 +136,44 @@ at::Tensor bn_act_dropout_fwd_cpu(const at::Tensor& x_in, const at::Tensor& scal
   return y;
 }
 
-// g_z = grad_y * keep/(1-p) * act'(z) for `count` consecutive memory elements
-// (coefficients given per element); writes grad_x = g_z * scale and g_z, x (acc_t).
-template <typename scalar_t, typename acc_t, int ACT, bool DROP, bool PER_ELEMENT_COEF>
+// Channels-last: g_z = grad_y * keep/(1-p) * act'(z) for `count` consecutive channels
+// of one row (coefficients per element); writes grad_x = g_z * scale and g_z, x (acc_t).
+template <typename scalar_t, typename acc_t, int ACT, bool DROP>
 inline void bwd_chunk(const scalar_t* __restrict xr, const scalar_t* __restrict gr, const acc_t* __restrict sc,
-                      const acc_t* __restrict sh, acc_t s0, acc_t h0, const float* __restrict mult, acc_t slope,
-                      int64_t count, scalar_t* __restrict gxr, acc_t* __restrict gz_out, acc_t* __restrict x_out) {
+                      const acc_t* __restrict sh, const float* __restrict mult, acc_t slope, int64_t count,
+                      scalar_t* __restrict gxr, acc_t* __restrict gz_out, acc_t* __restrict x_out) {
   for (int64_t j = 0; j < count; ++j) {
-    const acc_t s = PER_ELEMENT_COEF ? sc[j] : s0;
-    const acc_t h = PER_ELEMENT_COEF ? sh[j] : h0;
     const acc_t xv = static_cast<acc_t>(xr[j]);
-    const acc_t z = xv * s + h;
     acc_t g = static_cast<acc_t>(gr[j]);
     if constexpr (DROP) g = g * static_cast<acc_t>(mult[j]);
-    const acc_t g_z = times_act_derivative<ACT, acc_t>(g, z, slope);
-    gxr[j] = static_cast<scalar_t>(g_z * s);
+    const acc_t g_z = times_act_derivative<ACT, acc_t>(g, xv * sc[j] + sh[j], slope);
+    gxr[j] = static_cast<scalar_t>(g_z * sc[j]);
     gz_out[j] = g_z;
     x_out[j] = xv;
   }
+}
+
+// One NCHW run of `count` elements of one channel: writes grad_x = g_z * s and adds
+// g_z * x and g_z to the run's sums. `omp simd reduction` lets the compiler vectorize
+// the two float sums (a plain loop may not be reassociated without -ffast-math); the
+// order is fixed by the binary, so results are reproducible.
+template <typename scalar_t, typename acc_t, int ACT, bool DROP>
+inline void bwd_run(const scalar_t* __restrict xr, const scalar_t* __restrict gr, acc_t s, acc_t h,
+                    const float* __restrict mult, acc_t slope, int64_t count, scalar_t* __restrict gxr,
+                    acc_t& sum_gx, acc_t& sum_g) {
+  acc_t sgx = 0, sg = 0;
+#pragma omp simd reduction(+ : sgx, sg)
+  for (int64_t j = 0; j < count; ++j) {
+    const acc_t xv = static_cast<acc_t>(xr[j]);
+    acc_t g = static_cast<acc_t>(gr[j]);
+    if constexpr (DROP) g = g * static_cast<acc_t>(mult[j]);
+    const acc_t g_z = times_act_derivative<ACT, acc_t>(g, xv * s + h, slope);
+    gxr[j] = static_cast<scalar_t>(g_z * s);
+    sgx += g_z * xv;
+    sg += g_z;
+  }
+  sum_gx += sgx;
+  sum_g += sg;
 }
 
 template <typename scalar_t, int ACT, bool DROP>
@@ -173,38 +192,27 @@ void bn_act_dropout_bwd_kernel(const BnActDropoutArgs& args, const at::Tensor& g
   const acc_t slope = static_cast<acc_t>(args.negative_slope);
   const float p = args.p, inv_keep = args.inv_keep;
   if (!layout.channels_last) {
-    // One channel per task; each (n, c) plane is summed in acc_t over kLanes
-    // lanes, planes are added in double.
+    // One channel per task; each (n, c) plane is summed in acc_t (bwd_run), the
+    // planes are added in double.
     const int64_t inner = layout.inner(), outer = layout.outer();
     at::parallel_for(0, channels, 1, [&](int64_t begin, int64_t end) {
       float mult[kChunk];
-      acc_t gz[kChunk], xa[kChunk];
       for (int64_t ch = begin; ch < end; ++ch) {
         const acc_t s = sc[ch], h = sh[ch];
         double sum_gx = 0, sum_g = 0;
         for (int64_t o = 0; o < outer; ++o) {
           const int64_t base = (o * channels + ch) * inner;
-          acc_t lane_gx[kLanes] = {}, lane_g[kLanes] = {};
-          for (int64_t off = 0; off < inner; off += kChunk) {
-            const int64_t count = std::min(kChunk, inner - off);
-            if constexpr (DROP) cpu::dropout_multipliers(seed, base + off, 1, count, p, inv_keep, mult);
-            bwd_chunk<scalar_t, acc_t, ACT, DROP, false>(xp + base + off, gp + base + off, nullptr, nullptr, s, h,
-                                                         mult, slope, count, gx + base + off, gz, xa);
-            int64_t j = 0;
-            for (; j + kLanes <= count; j += kLanes)
-              for (int l = 0; l < kLanes; ++l) {
-                lane_gx[l] += gz[j + l] * xa[j + l];
-                lane_g[l] += gz[j + l];
-              }
-            for (int l = 0; j < count; ++j, ++l) {
-              lane_gx[l] += gz[j] * xa[j];
-              lane_g[l] += gz[j];
-            }
-          }
           acc_t plane_gx = 0, plane_g = 0;
-          for (int l = 0; l < kLanes; ++l) {
-            plane_gx += lane_gx[l];
-            plane_g += lane_g[l];
+          if constexpr (!DROP) {
+            bwd_run<scalar_t, acc_t, ACT, false>(xp + base, gp + base, s, h, nullptr, slope, inner, gx + base,
+                                                 plane_gx, plane_g);
+          } else {
+            for (int64_t off = 0; off < inner; off += kChunk) {
+              const int64_t count = std::min(kChunk, inner - off);
+              cpu::dropout_multipliers(seed, base + off, 1, count, p, inv_keep, mult);
+              bwd_run<scalar_t, acc_t, ACT, true>(xp + base + off, gp + base + off, s, h, mult, slope, count,
+                                                  gx + base + off, plane_gx, plane_g);
+            }
           }
           sum_gx += static_cast<double>(plane_gx);
           sum_g += static_cast<double>(plane_g);
@@ -243,8 +251,8 @@ void bn_act_dropout_bwd_kernel(const BnActDropoutArgs& args, const at::Tensor& g
             const int64_t count = std::min(kChunk, channels - c0);
             if constexpr (DROP)
               cpu::dropout_multipliers(seed, logical_first + c0 * spatial, spatial, count, p, inv_keep, mult);
-            bwd_chunk<scalar_t, acc_t, ACT, DROP, true>(xp + row + c0, gp + row + c0, sc + c0, sh + c0, acc_t(0),
-                                                        acc_t(0), mult, slope, count, gx + row + c0, gz, xa);
+            bwd_chunk<scalar_t, acc_t, ACT, DROP>(xp + row + c0, gp + row + c0, sc + c0, sh + c0, mult, slope, count,
+                                                  gx + row + c0, gz, xa);
             for (int64_t j = 0; j < count; ++j) {
               part_gx[c0 + j] += gz[j] * xa[j];
               part_g[c0 + j] += gz[j];
