@@ -18,37 +18,24 @@ namespace wrn_fast {
 namespace {
 
 constexpr int64_t kPlaneChunk = 4096;  // two-pass chunk: stays in L1/L2 between the passes
-constexpr int kLanes = 8;               // independent accumulators so the sums vectorize
 
 // Mean and M2 of one contiguous run: the corrected two-pass algorithm in double
 // (second pass around the first-pass mean plus the sum of the residuals), so a
-// large mean with a small spread loses nothing to cancellation.
+// large mean with a small spread loses nothing to cancellation. `omp simd
+// reduction` vectorizes the sums (a plain loop may not be reassociated); the order
+// is fixed by the binary, so results are reproducible.
 template <typename scalar_t>
 void run_moments(const scalar_t* data, int64_t length, double& mean, double& m2) {
-  double lanes[kLanes] = {};
-  int64_t i = 0;
-  for (; i + kLanes <= length; i += kLanes)
-    for (int l = 0; l < kLanes; ++l) lanes[l] += static_cast<double>(data[i + l]);
   double sum = 0;
-  for (; i < length; ++i) sum += static_cast<double>(data[i]);
-  for (int l = 0; l < kLanes; ++l) sum += lanes[l];
+#pragma omp simd reduction(+ : sum)
+  for (int64_t i = 0; i < length; ++i) sum += static_cast<double>(data[i]);
   const double first_mean = sum / static_cast<double>(length);
-  double sq[kLanes] = {}, res[kLanes] = {};
-  for (i = 0; i + kLanes <= length; i += kLanes)
-    for (int l = 0; l < kLanes; ++l) {
-      const double d = static_cast<double>(data[i + l]) - first_mean;
-      sq[l] += d * d;
-      res[l] += d;
-    }
   double sum_sq = 0, sum_res = 0;
-  for (; i < length; ++i) {
+#pragma omp simd reduction(+ : sum_sq, sum_res)
+  for (int64_t i = 0; i < length; ++i) {
     const double d = static_cast<double>(data[i]) - first_mean;
     sum_sq += d * d;
     sum_res += d;
-  }
-  for (int l = 0; l < kLanes; ++l) {
-    sum_sq += sq[l];
-    sum_res += res[l];
   }
   mean = first_mean + sum_res / static_cast<double>(length);
   m2 = std::max(0.0, sum_sq - sum_res * sum_res / static_cast<double>(length));
