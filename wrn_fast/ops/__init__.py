@@ -27,6 +27,10 @@ so the gradient w.r.t. x is the sum of the consumer's direct term
 ``grad_z * scale`` and the statistics term that the *producer* of x adds when it
 receives grad_mean / grad_var:  ``grad_x += grad_mean / n + 2 * (x - mean) * grad_var / n``.
 Eval mode uses running_mean / running_var in bn_finalize (no stats).
+Two ops compose these pieces as one autograd node with a C++ backward, to keep
+Python out of the per-BN chain rule: ``bn_finalize_partials`` (producer partials ->
+merged stats -> scale, shift; Triton backend) and ``batch_norm_act`` (stats ->
+finalize -> act(x*scale+shift) (+dropout); CPU backend).
 
 Activation ``act`` is one of 'identity', 'relu', 'leaky_relu' (with
 ``negative_slope``), 'silu'. Activation derivatives follow PyTorch's backward
