@@ -224,6 +224,7 @@ def test_normalize_batch():
 def test_digits_without_scikit_learn_says_what_to_install(monkeypatch):
     import sys
 
-    monkeypatch.setitem(sys.modules, "sklearn", None)  # `import sklearn...` raises ImportError
+    for name in ("sklearn", "sklearn.datasets", "sklearn.model_selection"):  # imported by earlier tests
+        monkeypatch.setitem(sys.modules, name, None)  # `import ...` raises ImportError
     with pytest.raises(ImportError, match="dataset 'digits' needs scikit-learn"):
         load_digits(image_size=8)
