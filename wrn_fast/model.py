@@ -99,9 +99,6 @@ class _Engine:
         )
         self.compute_dtype = compute_dtype
         self.sync_bn = sync_bn
-        # cpu backend: a consumer computes the statistics it needs fused with its BN-act
-        # (sync-BN needs them as separate tensors to all-gather)
-        self.deferred_stats = backend == "cpu" and not sync_bn
         self.pending: List[_RunningUpdate] = []
         self._unconsumed: List[_DeferredBN] = []
         self._last_activation = None  # (x, affine, (act, slope), a): the cpu backend's last prologue
@@ -119,7 +116,6 @@ class _Engine:
         residual: Optional[torch.Tensor] = None,
         stats: bool = False,
     ) -> Tuple[torch.Tensor, Optional[Stats]]:
-        ext = _ext()
         stats = stats and self.batch_stats
         weight, bias = conv.weight, conv.bias
         if self.compute_dtype is not None:  # autocast: convs run in the autocast dtype
@@ -146,12 +142,7 @@ class _Engine:
                 act=act if affine is not None else "identity",
                 negative_slope=negative_slope, dropout_p=p, compute_stats=stats,
             )
-            st = None
-            if stats and self.sync_bn:  # sync-BN all-gathers the merged statistics
-                mean, var = ext.merge_partial_stats(y, mean_p, m2_p, count_p)
-                st = Stats(mean, var, y.numel() // y.shape[1])
-            elif stats:
-                st = Stats(None, None, y.numel() // y.shape[1], source=y, partials=(mean_p, m2_p, count_p))
+            partials = (mean_p, m2_p, count_p)
         else:
             a = x
             if affine is not None:
@@ -163,15 +154,14 @@ class _Engine:
                 y = F.conv2d(F.pad(a, (left, right, top, bottom)), weight, bias, stride)
             if residual is not None:
                 y = y + residual
-            st = None
-            if stats and self.deferred_stats:
-                st = Stats(None, None, y.numel() // y.shape[1], source=y)
-            elif stats:
-                mean, var = ext.channel_stats(y)
-                st = Stats(mean, var, y.numel() // y.shape[1])
-        if st is not None and self.sync_bn:
-            st = _sync_stats(st)
-        return y, st
+            partials = None
+        if not stats:
+            return y, None
+        count = y.numel() // y.shape[1]
+        if not self.sync_bn:  # the consumer's BN computes / merges them in one C++ autograd node
+            return y, Stats(None, None, count, source=y, partials=partials)
+        # sync-BN all-gathers the statistics: they must exist as tensors here
+        return y, _sync_stats(Stats(*_batch_stats(y, partials), count))
 
     def _activated(self, x, affine, act, negative_slope, p, seed):
         """cpu backend: dropout(act(bn(x))) materialised once per (x, affine), since a
@@ -205,11 +195,7 @@ class _Engine:
             return
         if stats.source is not None:
             with torch.no_grad():
-                if stats.partials is not None:
-                    mean, var = _ext().merge_partial_stats(stats.source, *stats.partials)
-                else:
-                    mean, var = _ext().channel_stats(stats.source)
-            stats = Stats(mean, var, stats.count)
+                stats = Stats(*_batch_stats(stats.source, stats.partials), stats.count)
         self._track(bn, stats)
 
     # -- a BatchNorm as a per-channel affine (train: batch stats; eval: running stats)
@@ -254,6 +240,11 @@ class _Engine:
                     st.mean.detach(), st.var.detach(), st.count, bn.momentum,
                 )
         self.pending.clear()
+
+
+def _batch_stats(y: torch.Tensor, partials) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(mean, var) of y: merged from its producer's epilogue partials (triton) or computed."""
+    return _ext().merge_partial_stats(y, *partials) if partials is not None else _ext().channel_stats(y)
 
 
 def _sync_stats(st: Stats) -> Stats:
