@@ -45,6 +45,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -60,6 +61,7 @@ H100 = dict(regs=65536, reg_alloc_unit=256, max_regs_thread=255, max_warps=64, m
             smem_sm=233472, smem_block=232448, smem_reserved_block=1024, issue_per_clk=4)
 FMA_PER_CLK = {"bf16": 2048, "fp16": 2048, "fp32-tf32": 1024, "fp32-ieee": 128}
 TARGET_CEILING = 0.9
+SHARD_JOBS = 16  # jobs per worker process
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,10 +108,26 @@ def config_tuple(c):
 
 # --------------------------------------------------------------------------- cache
 
-def _source_hash():
+def source_tree(rev):
+    """A directory holding kernels/ and wrn_fast/ as committed at ``rev`` (git archive),
+    so a report can name the commit it describes while the working tree moves."""
+    sha = subprocess.run(["git", "rev-parse", "--verify", rev + "^{commit}"], cwd=ROOT, capture_output=True,
+                         text=True, check=True).stdout.strip()
+    dest = os.path.join(CACHE_DIR, "src", sha)
+    if not os.path.isdir(dest):
+        tmp = dest + f".{os.getpid()}"
+        os.makedirs(tmp)
+        archive = subprocess.run(["git", "archive", sha, "kernels", "wrn_fast"], cwd=ROOT, capture_output=True,
+                                 check=True).stdout
+        subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
+        os.replace(tmp, dest)
+    return dest
+
+
+def _source_hash(src_root=ROOT):
     h = hashlib.sha256()
     for d in ("kernels", os.path.join("wrn_fast", "ops")):
-        full = os.path.join(ROOT, d)
+        full = os.path.join(src_root, d)
         for name in sorted(os.listdir(full)):
             if name.endswith(".py"):
                 with open(os.path.join(full, name), "rb") as f:
@@ -133,24 +151,26 @@ def _cache_path(src_hash, triton_version, job):
 
 # --------------------------------------------------------------------------- public API
 
-def analyze(variant, config=None, *, python=None):
+def analyze(variant, config=None, **kw):
     """Analysis of one variant at ``config`` (a 5-tuple, or None = the launcher's default)."""
-    return analyze_many([(variant, config)], python=python)[0]
+    return analyze_many([(variant, config)], **kw)[0]
 
 
-def list_configs(variant, *, python=None):
-    """The configs the launcher's autotuner would consider for this variant (after its
-    pruning), as 5-tuples, and the default config (WRN_FAST_AUTOTUNE=0)."""
-    return analyze_many([(variant, "list")], python=python)[0]
+def list_configs(variant, **kw):
+    """{"configs": the configs (5-tuples) the launcher's autotuner would consider for this
+    variant, after its pruning}."""
+    return analyze_many([(variant, "list")], **kw)[0]
 
 
-def analyze_many(jobs, *, processes=2, python=None, progress=None):
+def analyze_many(jobs, *, processes=2, python=None, progress=None, src_root=None):
     """[(Variant, config | None | "list")] -> list of result dicts, in order.
 
-    Cache misses are compiled by ``processes`` worker subprocesses (each compiles its
-    share in one process: the import of torch + triton is paid once)."""
+    ``src_root``: where kernels/ and wrn_fast/ are read from (default: this checkout;
+    ``source_tree(rev)`` for a commit). Cache misses are compiled by ``processes`` worker
+    subprocesses, in shards (the import of torch + triton is paid once per shard)."""
     python = python or sys.executable
-    src_hash, tv = _source_hash(), _triton_version(python)
+    src_root = src_root or ROOT
+    src_hash, tv = _source_hash(src_root), _triton_version(python)
     results, todo = [None] * len(jobs), []
     for i, (v, cfg) in enumerate(jobs):
         job = _job(v, cfg)
@@ -162,31 +182,35 @@ def analyze_many(jobs, *, processes=2, python=None, progress=None):
             todo.append((i, job, path))
     if todo:
         os.makedirs(CACHE_DIR, exist_ok=True)
-        # Default-config and list jobs need WRN_FAST_AUTOTUNE=0 / 1 at import: separate workers.
+        # Default-config jobs need WRN_FAST_AUTOTUNE=0 at import, the others 1: separate
+        # workers. Small shards: a crash or time-out loses little, results are cached as
+        # they stream in.
         groups = {}
         for item in todo:
             groups.setdefault(item[1]["config"] is None, []).append(item)
         shards = []
         for default_mode, items in groups.items():
-            n = max(1, min(processes, len(items)))
-            shards += [(default_mode, items[k::n]) for k in range(n)]
+            n = max(processes, -(-len(items) // SHARD_JOBS))
+            shards += [(default_mode, items[k::n]) for k in range(n) if items[k::n]]
         done = [0]
+
+        def store(item, res):
+            i, job, path = item
+            res["variant"], res["requested_config"] = job["variant"], job["config"]
+            res["source_hash"], res["triton"] = src_hash, tv
+            if "error" not in res or res.get("out_of_resources"):
+                tmp = path + f".{os.getpid()}.{i}.tmp"
+                with open(tmp, "w") as f:
+                    json.dump(res, f)
+                os.replace(tmp, path)
+            results[i] = res
+            done[0] += 1
+            if progress:
+                progress(done[0], len(todo), res)
 
         def run_shard(shard):
             default_mode, items = shard
-            out = _run_worker(python, [job for _, job, _ in items], default_mode)
-            for (i, job, path), res in zip(items, out):
-                res["variant"], res["requested_config"] = job["variant"], job["config"]
-                res["source_hash"], res["triton"] = src_hash, tv
-                if "error" not in res:
-                    tmp = path + f".{os.getpid()}.tmp"
-                    with open(tmp, "w") as f:
-                        json.dump(res, f)
-                    os.replace(tmp, path)
-                results[i] = res
-                done[0] += 1
-                if progress:
-                    progress(done[0], len(todo), res)
+            _run_worker(python, items, default_mode, store, src_root)
 
         with ThreadPoolExecutor(max_workers=max(1, processes)) as pool:
             list(pool.map(run_shard, shards))
@@ -199,26 +223,35 @@ def _job(variant, config):
     return {"variant": dataclasses.asdict(variant), "config": config}
 
 
-def _run_worker(python, jobs, default_mode):
+def _run_worker(python, items, default_mode, store, src_root):
+    """Compile ``items`` [(index, job, cache path)] in one subprocess; ``store(item, result)``
+    for each as its line arrives."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["WRN_FAST_AUTOTUNE"] = "0" if default_mode else "1"
+    env["WRN_FAST_SASS_SRC"] = src_root
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        json.dump(jobs, f)
+        json.dump([job for _, job, _ in items], f)
         jobs_file = f.name
+    got = 0
     try:
-        proc = subprocess.run([python, "-m", "bench.sass", "--worker", jobs_file], env=env, cwd=ROOT,
-                              capture_output=True, text=True, timeout=120 + 300 * len(jobs))
+        with tempfile.TemporaryFile("w+") as err, subprocess.Popen(
+                [python, "-m", "bench.sass", "--worker", jobs_file], env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                stderr=err, text=True) as proc:
+            killer = threading.Timer(120 + 240 * len(items), proc.kill)  # a hung compile
+            killer.start()
+            for line in proc.stdout:
+                if line.startswith("SASSJSON ") and got < len(items):
+                    store(items[got], json.loads(line[len("SASSJSON "):]))
+                    got += 1
+            proc.wait()
+            killer.cancel()
+            err.seek(0)
+            tail = err.read()[-3000:]
     finally:
         os.unlink(jobs_file)
-    out = []
-    for line in proc.stdout.splitlines():
-        if line.startswith("SASSJSON "):
-            out.append(json.loads(line[len("SASSJSON "):]))
-    if len(out) != len(jobs):
-        err = f"worker exited {proc.returncode}: {proc.stderr[-3000:]}"
-        out += [{"error": err} for _ in range(len(jobs) - len(out))]
-    return out
+    for item in items[got:]:
+        store(item, {"error": f"worker exited {proc.returncode} before this job: {tail}"})
 
 
 # --------------------------------------------------------------------------- SASS analysis
@@ -486,24 +519,34 @@ def _worker(jobs_file):
 
 
 def _import_kernels():
-    try:
+    """wrn_fast.kernels from WRN_FAST_SASS_SRC: the installed package when that is this
+    checkout and it imports, else a symlink tree in a scratch directory (kernels/ is
+    installed as wrn_fast.kernels; no compiled extension is needed to compile kernels)."""
+    src = os.path.realpath(os.environ.get("WRN_FAST_SASS_SRC", ROOT))
+    if src == os.path.realpath(ROOT):
+        try:
+            from wrn_fast.kernels import bn_act_conv as conv
+            from wrn_fast.kernels import bn_act_dropout as bad
+            if os.path.realpath(conv.__file__).startswith(src + os.sep):
+                return conv, bad
+        except ImportError:
+            pass
+    tree = tempfile.mkdtemp(prefix="wrn_fast_src_")
+    pkg = os.path.join(tree, "wrn_fast")
+    os.mkdir(pkg)
+    for name in os.listdir(os.path.join(src, "wrn_fast")):
+        if not name.startswith("_C") and name != "__pycache__":
+            os.symlink(os.path.join(src, "wrn_fast", name), os.path.join(pkg, name))
+    os.symlink(os.path.join(src, "kernels"), os.path.join(pkg, "kernels"))
+    sys.path.insert(0, tree)
+    for mod in [m for m in sys.modules if m == "wrn_fast" or m.startswith("wrn_fast.")]:
+        del sys.modules[mod]
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "extension not built": irrelevant to compiling kernels
         from wrn_fast.kernels import bn_act_conv as conv
         from wrn_fast.kernels import bn_act_dropout as bad
-    except ImportError:
-        # wrn_fast not installed (kernels/ is installed as wrn_fast.kernels): a symlink
-        # tree in a scratch directory makes the sources importable without the build.
-        tree = tempfile.mkdtemp(prefix="wrn_fast_src_")
-        pkg = os.path.join(tree, "wrn_fast")
-        os.mkdir(pkg)
-        for name in os.listdir(os.path.join(ROOT, "wrn_fast")):
-            if not name.startswith("_C") and name != "__pycache__":
-                os.symlink(os.path.join(ROOT, "wrn_fast", name), os.path.join(pkg, name))
-        os.symlink(os.path.join(ROOT, "kernels"), os.path.join(pkg, "kernels"))
-        sys.path.insert(0, tree)
-        for mod in [m for m in sys.modules if m == "wrn_fast" or m.startswith("wrn_fast.")]:
-            del sys.modules[mod]
-        from wrn_fast.kernels import bn_act_conv as conv
-        from wrn_fast.kernels import bn_act_dropout as bad
+    assert os.path.realpath(conv.__file__).startswith(src + os.sep), conv.__file__
     return conv, bad
 
 
@@ -567,7 +610,22 @@ def _launch(conv, bad, v, torch):
 
 
 def _ptxas_report(ptxas, ptx):
-    """(registers, spill store bytes, spill load bytes, stack bytes) from ptxas -v."""
+    """(registers, spill store bytes, spill load bytes, stack bytes) from ptxas -v, run again
+    on Triton's PTX with Triton's options (its own log is gone when its cache hits);
+    cached by the PTX's hash."""
+    path = os.path.join(CACHE_DIR, "ptxas", hashlib.sha256(ptx.encode()).hexdigest()[:24] + ".json")
+    if os.path.exists(path):
+        with open(path) as f:
+            return tuple(json.load(f))
+    rep = _run_ptxas(ptxas, ptx)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + f".{os.getpid()}", "w") as f:
+        json.dump(rep, f)
+    os.replace(path + f".{os.getpid()}", path)
+    return rep
+
+
+def _run_ptxas(ptxas, ptx):
     with tempfile.TemporaryDirectory() as d:
         src = os.path.join(d, "k.ptx")
         with open(src, "w") as f:
@@ -665,6 +723,7 @@ def main(argv=None):
     ap.add_argument("--config", help="BLOCK_M,BLOCK_N,BLOCK_K,stages,warps (default: the launcher's default)")
     ap.add_argument("--configs", action="store_true", help="every config the launcher would consider")
     ap.add_argument("--json", action="store_true", help="print the full result as JSON")
+    ap.add_argument("--rev", help="analyse kernels/ as committed at this git revision (default: the working tree)")
     args = ap.parse_args(argv)
     if args.worker:
         _worker(args.worker)
@@ -672,13 +731,14 @@ def main(argv=None):
     v = Variant(kind=args.kind, dtype="fp32-tf32" if args.dtype == "fp32" else args.dtype, n=args.n, cin=args.cin,
                 cout=args.cout, hw=args.hw, stride=args.stride, ksize=args.ksize, act=args.act,
                 dropout=args.dropout, residual=args.residual, stats=args.stats)
+    src_root = source_tree(args.rev) if args.rev else None
     if args.configs:
-        listed = list_configs(v)
+        listed = list_configs(v, src_root=src_root)
         cfgs = [tuple(c) for c in listed.get("configs") or []]
         jobs = [(v, None)] + [(v, c) for c in cfgs]
     else:
         jobs = [(v, config_tuple(args.config) if args.config else None)]
-    results = analyze_many(jobs)
+    results = analyze_many(jobs, src_root=src_root)
     print(v.label())
     for (_, cfg), res in zip(jobs, results):
         print(f"[{'default' if cfg is None else 'config ' + ','.join(map(str, cfg))}]")
