@@ -8,7 +8,7 @@ import pytest
 
 from wrn_fast.__main__ import main
 from wrn_fast.cli import build_parser
-from wrn_fast.train import TrainConfig, load_checkpoint, recipe
+from wrn_fast.training import TrainConfig, load_checkpoint, recipe
 
 from _checks import needs_sklearn
 

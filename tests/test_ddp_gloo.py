@@ -25,7 +25,8 @@ import torch.nn.functional as F
 
 import wrn_fast
 from wrn_fast.data import apply_augmentation, draw_augmentation, load_digits, normalize_batch
-from wrn_fast.train import TrainConfig, _generator, derive_seed, load_checkpoint, train
+from wrn_fast.training import TrainConfig, load_checkpoint, train
+from wrn_fast.training.rng import derive_seed, generator as _generator
 
 from _checks import needs_sklearn
 
@@ -134,10 +135,11 @@ def test_ddp_per_rank_bn_equals_two_half_batches(tmp_path):
 
 def test_batch_not_divisible_by_world_size(tmp_path):
     from wrn_fast.data import InputError
-    from wrn_fast.train import _Dist, _train
+    from wrn_fast.training import Trainer
+    from wrn_fast.training.distributed import Dist
 
     with pytest.raises(InputError, match="global batch 65 must be divisible by the world size 2"):
-        _train(_config(tmp_path, batch_size=65), None, _Dist(rank=0, world=2), torch.device("cpu"))
+        Trainer(_config(tmp_path, batch_size=65), Dist(rank=0, world=2), torch.device("cpu"))
     assert not os.path.exists(tmp_path / "checkpoint.pt")
 
 

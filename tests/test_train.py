@@ -14,7 +14,7 @@ import torch
 import wrn_fast
 from wrn_fast.__main__ import main
 from wrn_fast.data import InputError
-from wrn_fast.train import TrainConfig, evaluate_checkpoint, load_checkpoint, save_checkpoint, train
+from wrn_fast.training import TrainConfig, evaluate_checkpoint, load_checkpoint, save_checkpoint, train
 
 from _checks import needs_sklearn
 
@@ -219,7 +219,7 @@ def test_architecture_mismatch_is_named(straight_run, tmp_path):
     with pytest.raises(InputError, match="checkpoint has depth 10, width 1 but --model wrn-28-10"):
         evaluate_checkpoint(raw, dataset="digits", image_size=8, model_name="wrn-28-10", device="cpu")
     with pytest.raises(InputError, match="checkpoint has 10 classes but --dataset cifar100 has 100"):
-        from wrn_fast.train import check_architecture
+        from wrn_fast.training import check_architecture
 
         check_architecture("x.pt", {"depth": 10, "widen_factor": 1, "num_classes": 10}, None, 100, 3, "cifar100")
 

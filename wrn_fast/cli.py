@@ -9,12 +9,16 @@
     python -m wrn_fast bench [bench options]         # from the repository root
 """
 import argparse
+import dataclasses
 import json
 import os
 import sys
 from typing import Any, Dict, List, Optional
 
 from .data import DATASETS, InputError
+from .training.config import TrainConfig, parse_amp
+from .training.progress import dumps, json_safe
+from .training.signals import Aborted
 
 _TRAIN_EPILOG = """\
 defaults per dataset (the WRN paper's recipes; every option overrides):
@@ -30,25 +34,13 @@ data layout under --data-dir (never downloaded):
   svhn         train_32x32.mat, test_32x32.mat
   imagefolder  train/CLASS/*.png|jpg and val/CLASS/... (or test/)
 
-output (--out, default runs/DATASET-MODEL-TIME): checkpoint.pt (every epoch, atomic),
-log.jsonl (one line per epoch), curves.png. Ctrl-C saves a checkpoint; --resume continues
-bit-for-bit. Multi-GPU / multi-node: launch with torchrun; --batch-size is the global batch.
+output (--out, default runs/DATASET-MODEL-TIME-SEED-SETTINGS): checkpoint.pt (every epoch, atomic,
+checksummed), log.jsonl (one line per epoch), curves.png; the directory is locked while a run uses it.
+Ctrl-C or SIGTERM finishes the step, saves a checkpoint and exits 130 / 143; --resume continues
+bit-for-bit, writing to --out or else the directory the checkpoint file is in (never rolling back a
+newer checkpoint there). A non-finite loss stops the run (exit 1) and keeps the last good checkpoint.
+Multi-GPU / multi-node: launch with torchrun; --batch-size is the global batch.
 """
-
-
-def _milestones(text: str) -> List[int]:
-    if text.strip() in ("", "none"):
-        return []
-    try:
-        return [int(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated epochs such as 60,120,160, got {text!r}")
-
-
-def _amp(text: str) -> str:
-    if text not in ("bf16", "fp16", "none", "auto"):
-        raise argparse.ArgumentTypeError(f"expected bf16, fp16, none or auto, got {text!r}")
-    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,37 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a WRN (default: a small one on the bundled digits)",
                        epilog=_TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    # Every hyper-parameter defaults to None = "the dataset's recipe" (see the epilog).
-    t.add_argument("--model", help="'wrn-DEPTH-WIDTH' (e.g. wrn-28-10) or wide_resnet50_2")
-    t.add_argument("--dataset", choices=DATASETS, help="default: digits")
-    t.add_argument("--data-dir", help="directory holding the dataset files")
-    t.add_argument("--image-size", type=int, help="imagefolder resize / digits upscale (default 32 / 16)")
-    t.add_argument("--epochs", type=int)
-    t.add_argument("--lr", type=float, help="initial learning rate (for the global batch)")
-    t.add_argument("--batch-size", type=int, help="global batch size (all ranks together)")
-    t.add_argument("--wd", dest="weight_decay", type=float, help="weight decay")
-    t.add_argument("--momentum", type=float)
-    t.add_argument("--nesterov", dest="nesterov", action="store_true", default=None)
-    t.add_argument("--no-nesterov", dest="nesterov", action="store_false")
-    t.add_argument("--schedule", choices=("step", "cosine"))
-    t.add_argument("--milestones", type=_milestones, help="step schedule epochs, e.g. 60,120,160")
-    t.add_argument("--gamma", type=float, help="step schedule factor")
-    t.add_argument("--dropout", type=float, help="dropout rate between the convolutions of a block")
-    t.add_argument("--label-smoothing", type=float)
-    t.add_argument("--ema", type=float, metavar="DECAY", help="also keep an EMA of the weights (e.g. 0.999)")
-    t.add_argument("--amp", type=_amp, help="bf16 | fp16 | none (default: bf16 on CUDA, none on CPU)")
-    t.add_argument("--channels-last", action="store_true", default=None)
-    t.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
-    t.add_argument("--sync-bn", action="store_true", default=None,
-                   help="BatchNorm statistics over the global batch (data-parallel runs)")
-    t.add_argument("--seed", type=int)
-    t.add_argument("--device", help="cpu, cuda, cuda:N (default: cuda when available)")
-    t.add_argument("--out", help="output directory (default runs/DATASET-MODEL-TIME)")
+    _add_config_options(t)
     t.add_argument("--resume", metavar="PATH", help="continue the run saved in this checkpoint")
-    t.add_argument("--workers", type=int, help="threads decoding imagefolder images (default 2)")
-    t.add_argument("--max-steps", type=int, metavar="N", help="stop after N optimizer steps in total")
-    t.add_argument("--no-progress", dest="progress", action="store_false", default=None,
-                   help="no progress bars (epoch lines are still printed)")
     t.add_argument("--json", action="store_true", help="print the final result as JSON")
 
     e = sub.add_parser("eval", help="test accuracy and loss of a checkpoint")
@@ -100,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "(see wrn_fast.convert_state_dict)")
     e.add_argument("--ema-weights", action="store_true", help="evaluate the checkpoint's EMA weights")
     e.add_argument("--batch-size", type=int, default=512)
-    e.add_argument("--amp", type=_amp, default="auto")
+    e.add_argument("--amp", type=parse_amp, default="auto")
     e.add_argument("--device")
     e.add_argument("--workers", type=int, default=2)
     e.add_argument("--json", action="store_true")
@@ -114,53 +77,73 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# Options of `train` that map onto TrainConfig fields.
-_TRAIN_FIELDS = ("model", "dataset", "data_dir", "image_size", "epochs", "lr", "batch_size", "weight_decay",
-                 "momentum", "nesterov", "schedule", "milestones", "gamma", "dropout", "label_smoothing", "ema",
-                 "amp", "channels_last", "compile", "sync_bn", "seed", "device", "out", "workers", "max_steps",
-                 "progress")
+def _add_config_options(parser: argparse.ArgumentParser) -> None:
+    """One option per TrainConfig field (flag, help and parser from the field's metadata), defaulting to None:
+    "the dataset's recipe" (see the epilog)."""
+    for f in dataclasses.fields(TrainConfig):
+        spec = dict(f.metadata.get("cli", {}))
+        flag = spec.pop("flag", None) or "--" + f.name.replace("_", "-")
+        if f.type is bool:
+            spec["action"] = argparse.BooleanOptionalAction
+        parser.add_argument(flag, dest=f.name, default=None, **spec)
+
+
+def _train_fields() -> List[str]:
+    return [f.name for f in dataclasses.fields(TrainConfig)]
 
 
 def _cmd_train(args) -> int:
-    from .train import TrainConfig, train
+    from .training import train
 
-    explicit: Dict[str, Any] = {k: getattr(args, k) for k in _TRAIN_FIELDS if getattr(args, k) is not None}
+    explicit: Dict[str, Any] = {k: getattr(args, k) for k in _train_fields() if getattr(args, k) is not None}
     dataset = explicit.pop("dataset", "digits")
     config = TrainConfig.for_dataset(dataset, **explicit)
     if args.resume:
         explicit["dataset"] = dataset if args.dataset is not None else None
         explicit = {k: v for k, v in explicit.items() if v is not None}
     result = train(config, resume=args.resume, explicit=explicit)
+    status = _exit_status(result)
     if result["rank"] != 0:  # rank 0 reports for everyone
-        return 0 if result["status"] != "interrupted" else 130
+        return status
     summary = {k: v for k, v in result.items() if k != "history"}
     if args.json:
-        print(json.dumps(summary))
-        return 0
-    from .train import _format_duration
+        print(dumps(summary))
+        return status
+    from .training.progress import format_duration
 
+    if result["status"] == "diverged":
+        print(f"\ntraining diverged: {result['error']} after {result['epoch']} epochs / {result['step']} steps")
+        print(f"  checkpoint {result['checkpoint']} (the last good state, if any)\n  log        {result['log']}")
+        return status
     acc, loss = result["test_acc"], result["test_loss"]
     label = "final test accuracy" if result["status"] == "finished" else f"test accuracy ({result['status']})"
     line = f"{label}: {100 * acc:.2f}% (loss {loss:.4f})"
     if "ema_test_acc" in result:
         line += f", EMA weights {100 * result['ema_test_acc']:.2f}%"
     print(f"\n{line} after {result['epoch']} epochs / {result['step']} steps in "
-          f"{_format_duration(result['seconds'])}")
+          f"{format_duration(result['seconds'])}")
     print(f"  checkpoint {result['checkpoint']}\n  log        {result['log']}")
     if result["plot"] and os.path.exists(result["plot"]):
         print(f"  curves     {result['plot']}")
-    return 0 if result["status"] != "interrupted" else 130
+    return status
+
+
+def _exit_status(result: Dict[str, Any]) -> int:
+    """0 finished / --max-steps, 1 diverged, 128 + signal when stopped by SIGINT (130) or SIGTERM (143)."""
+    if result["status"] == "interrupted":
+        return result.get("exit_status", 130)
+    return 1 if result["status"] == "diverged" else 0
 
 
 def _cmd_eval(args) -> int:
-    from .train import evaluate_checkpoint
+    from .training import evaluate_checkpoint
 
     result = evaluate_checkpoint(args.checkpoint, dataset=args.dataset, data_dir=args.data_dir,
                                  model_name=args.model, device=args.device, format=args.format,
                                  batch_size=args.batch_size, image_size=args.image_size, amp=args.amp,
                                  use_ema=args.ema_weights, workers=args.workers)
     if args.json:
-        print(json.dumps(result))
+        print(dumps(result))
     else:
         where = f" (epoch {result['epoch']}, step {result['step']})" if "epoch" in result else ""
         print(f"{result['checkpoint']}{where}: {result['model']} ({result['weights']} weights) on "
@@ -174,7 +157,7 @@ def _cmd_info(args) -> int:
 
     info = wrn_fast.build_info()
     if args.json:
-        print(json.dumps(info, indent=2, default=str))
+        print(json.dumps(json_safe(info), indent=2, default=str))
         return 0
     print(f"wrn_fast {wrn_fast.__version__}")
     for key, value in info.items():
@@ -218,3 +201,8 @@ def run(argv: Optional[List[str]] = None) -> int:
     except InputError as e:
         print(f"wrn-fast {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except Aborted as e:  # a second Ctrl-C / SIGTERM: the trainer has said what is on disk
+        return 128 + int(e.signum)
+    except KeyboardInterrupt:  # Ctrl-C outside the training loop (loading data, evaluating)
+        print(f"\nwrn-fast {args.command}: interrupted", file=sys.stderr)
+        return 130

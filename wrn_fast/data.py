@@ -331,8 +331,10 @@ def _find_subdir(data_dir: Optional[str], sub: str, marker: str) -> str:
 def load_dataset(name: str, data_dir: Optional[str] = None, image_size: Optional[int] = None,
                  workers: int = 2) -> Tuple[Split, Split, DatasetInfo]:
     """(train, test, info) for a dataset name in :data:`DATASETS`."""
+    if image_size is not None and (not isinstance(image_size, int) or isinstance(image_size, bool) or image_size <= 0):
+        raise InputError(f"--image-size: expected a positive int, got {image_size!r}")
     if name == "digits":
-        return load_digits(image_size or 16)
+        return load_digits(16 if image_size is None else image_size)
     if name not in DATASETS:
         raise InputError(f"--dataset: unknown dataset {name!r}; expected one of {', '.join(DATASETS)}")
     if data_dir is None:
@@ -347,7 +349,7 @@ def load_dataset(name: str, data_dir: Optional[str] = None, image_size: Optional
     elif name == "svhn":
         out = load_svhn(data_dir)
     else:
-        return load_imagefolder(data_dir, image_size or 32, workers)
+        return load_imagefolder(data_dir, 32 if image_size is None else image_size, workers)
     if image_size not in (None, 32):
         raise InputError(f"--image-size: {name} images are 32x32; got --image-size {image_size}")
     return out
