@@ -1,0 +1,404 @@
+"""Roofline of a WRN training step (or inference pass): eager PyTorch vs wrn_fast's fused path.
+
+    python -m bench.roofline [--models wrn-28-10,...] [--dtype bf16] [--static bench/results/static_*.json]
+                             [--device h200|h100] [--tflops 790] [--tbps 4.3]
+
+Per layer and per step: FLOPs, the minimum bytes each kernel moves (each input read once,
+each output written once, except where an algorithm needs two passes; see ASSUMPTIONS), the
+lower-bound time of every kernel = max(FLOPs / compute peak, bytes / bandwidth), and the
+activation memory kept for backward. wrn_fast's fused convolutions get
+max(FLOPs / (peak x issue ceiling), bytes / bandwidth), the issue ceiling being bench.static's
+for the DEFAULT config of that exact kernel variant. Everything here is predicted; nothing is
+measured. Layer shapes and which BN / act / dropout / residual / statistics each conv fuses
+come from bench.static.model_layers (the real architectures, as wrn_fast.model runs them).
+"""
+import argparse
+import dataclasses
+import datetime
+import glob
+import json
+import os
+import sys
+
+from bench import sass, static
+
+DEVICES = {  # dense bf16/fp16 tensor-core FLOP/s, copy bandwidth B/s, SMs
+    "h200": {"tflops": 790.0, "tbps": 4.3, "sms": 132,
+             "note": "H200: ~790 TFLOP/s bf16 matmul and ~4.3 TB/s copy as measured on such machines"},
+    "h100": {"tflops": 790.0, "tbps": 3.35, "sms": 132,
+             "note": "H100 SXM: the same compute as the H200 (790 TFLOP/s bf16 assumed), ~3.35 TB/s"},
+}
+ACT_BYTES = {"bf16": 2, "fp16": 2, "fp32-tf32": 4}
+TC_RATE = {"bf16": 1.0, "fp16": 1.0, "fp32-tf32": 0.5}  # of the bf16 peak (dense TF32 = half)
+STATS_M = 64  # rows per epilogue statistics record (kernels/bn_act_conv.py STATS_M)
+
+ASSUMPTIONS = [
+    "Lower bounds: a kernel takes max(FLOPs / compute peak, bytes / bandwidth); no launch overhead, no "
+    "wave quantisation, no occupancy or latency effects, no L2 reuse between kernels.",
+    "Bytes: every input tensor read once and every output written once per kernel (tiles re-read from L2 are "
+    "free), activations in the compute dtype, weights cast to it, statistics / partials in fp32.",
+    "Eager PyTorch (autocast, channels_last, cuDNN): per BN-act(-dropout)-conv chain it runs BatchNorm "
+    "(training: a statistics pass and a normalise pass, so x is read twice), ReLU (read, write), dropout "
+    "(read, write the output and a 1-byte bool mask), the conv (read input + weight, write output), the "
+    "residual add (read 2, write 1). Backward: conv dgrad (read grad + weight, write), wgrad (read grad + input, "
+    "write fp32 weight grad), dropout backward (read grad + mask, write), ReLU backward (read grad + output, "
+    "write), BN backward (two passes: reductions of grad and grad*x, then the apply: reads grad and x twice, "
+    "writes once). Gradients reaching one tensor from two consumers are summed by autograd (read 2, write 1).",
+    "Eager inference: BN with running statistics is one pass (read, write); ReLU (read, write); conv; add.",
+    "cuDNN is assumed to reach the tensor-core peak on every conv (an optimistic bound for eager), i.e. its issue "
+    "ceiling is 1; wrn_fast's convs are limited by their SASS issue ceiling (bench.static, DEFAULT config).",
+    "wrn_fast (triton backend): the conv kernel applies BN-act(-dropout) in its prologue and writes y, the "
+    "residual sum and the statistics partials (fp32 mean, M2 per 64 output rows and channel) in its epilogue; "
+    "BN finalize reads the partials. Dropout: a 1-bit keep mask (kernels' keep_bits) written once per step by a "
+    "mask kernel and read by forward, dgrad and wgrad (if kernels/bn_act_conv.py has no keep_bits: Philox "
+    "regenerated in the loops, 0 bytes). dgrad reads grad_y, weight, x (its epilogue recomputes act' and the "
+    "mask) and writes grad_x with per-tile channel sums; wgrad reads grad_y and x (recomputing the prologue) and "
+    "writes split-K fp32 partials that are summed (split as the launcher picks it for 132 SMs); the BN backward "
+    "is one elementwise pass (bn_backward_apply: read grad and x, write).",
+    "Common to both and counted in both: the autocast weight cast (read fp32, write the compute dtype) and the "
+    "SGD step (momentum, weight decay: read param, grad, buffer; write param, buffer; fp32). Not counted: the "
+    "stem's input, the classifier (pool + fc + loss), max-pool of WRN-50-2 (all small or equal in both).",
+    "WRN-50-2: the bottleneck's bn3 / downsample BN + residual add + ReLU run as PyTorch elementwise ops in "
+    "both; wrn_fast gets their statistics from the conv epilogue (one pass: scale-shift) where eager's BN needs "
+    "two.",
+    "Activation memory kept for backward: the distinct tensors autograd saves. Eager: each BN's input, the ReLU "
+    "output, the dropout mask (1 B/element) and the dropout output (= the conv input); wrn_fast: each fused "
+    "conv's input x (the previous output, already counted once), the 1-bit dropout mask, statistics partials. "
+    "Weights, gradients and optimizer state excluded (equal in both).",
+]
+
+
+@dataclasses.dataclass
+class Kernel:
+    impl: str        # "eager" | "fused" | "both"
+    phase: str       # "fwd" | "bwd" | "step"
+    layer: str
+    what: str
+    flops: float = 0.0
+    bytes: float = 0.0
+    tc_flops: float = 0.0        # FLOPs on the tensor cores (the convs)
+    ceiling: float = 1.0         # issue ceiling of a fused conv (1 for the others)
+    variant: str = ""
+
+    def time(self, peak_flops, bw):
+        t_mem = self.bytes / bw
+        t_cmp = self.tc_flops / (peak_flops * self.ceiling) if self.tc_flops else 0.0
+        return max(t_mem, t_cmp), t_cmp, t_mem
+
+
+def _split_k(cout, cin, k, m_rows, sms):
+    """The wgrad launcher's split-K (kernels/bn_act_conv.py): enough programs for 4 per SM."""
+    tiles = -(-cout // 64) * -(-cin // 64) * k * k
+    split = max(1, min(-(-4 * sms // tiles), -(-m_rows // 512)))
+    chunk = -(-(-(-m_rows // split)) // 64) * 64
+    return -(-m_rows // chunk)
+
+
+def _uses_bits():
+    with open(os.path.join(sass.ROOT, "kernels", "bn_act_conv.py")) as f:
+        return "keep_bits" in f.read()
+
+
+def build(model, dtype, ceilings, sms, mask_bits):
+    """All kernels of one step of ``model`` for both implementations, and the saved bytes."""
+    layers = static.model_layers(model)
+    train = static.MODELS[model][4]
+    s = ACT_BYTES[dtype]
+    ks = []
+    saved = {"eager": {}, "fused": {}}
+    params = 0
+    bn_seen = {}
+    # consumers per BN (a prologue shared by conv1 and the projection shortcut is computed once in eager)
+    for L in layers:
+        if isinstance(L, static.ConvLayer):
+            ks += _conv_kernels(L, dtype, s, ceilings, sms, mask_bits, saved, bn_seen, train)
+            params += L.cout * L.cin * L.k * L.k
+        else:
+            ks += _eltwise_kernels(L, s, saved, train)
+    if train:
+        ks.append(Kernel("both", "fwd", "weights", "autocast weight cast (fp32 -> compute dtype)",
+                         bytes=params * (4 + s)))
+        ks.append(Kernel("both", "step", "weights", "SGD step (momentum, weight decay)", bytes=params * 4 * 5))
+    else:
+        ks.append(Kernel("both", "fwd", "weights", "weight cast (fp32 -> compute dtype)", bytes=params * (4 + s)))
+    return ks, {impl: sum(d.values()) for impl, d in saved.items()}, params
+
+
+def _conv_kernels(L, dtype, s, ceilings, sms, mask_bits, saved, bn_seen, train):
+    ks = []
+    ho = L.hw_out
+    e_in = L.n * L.cin * L.hw * L.hw
+    e_out = L.n * L.cout * ho * ho
+    m_rows = L.n * ho * ho
+    w = L.cout * L.cin * L.k * L.k
+    flops = 2.0 * m_rows * L.cout * L.cin * L.k * L.k
+    drop = L.dropout if train else 0.0
+    name = L.name
+    # ---------------- eager: the BN-act(-dropout) producing this conv's input, once per BN
+    if L.prologue_bn:
+        first = L.prologue_bn not in bn_seen
+        bn_seen.setdefault(L.prologue_bn, 0)
+        bn_seen[L.prologue_bn] += 1
+        if first:
+            if train:
+                ks.append(Kernel("eager", "fwd", name, "BN forward (stats pass + normalise pass)", bytes=3 * e_in * s))
+                ks.append(Kernel("eager", "fwd", name, "ReLU", bytes=2 * e_in * s))
+                ks.append(Kernel("eager", "bwd", name, "ReLU backward", bytes=3 * e_in * s))
+                ks.append(Kernel("eager", "bwd", name, "BN backward (reduce pass + apply pass)", bytes=5 * e_in * s))
+                saved["eager"][L.prologue_bn + ".x"] = e_in * s      # BN input (also the previous conv's output)
+                saved["eager"][L.prologue_bn + ".relu"] = e_in * s   # ReLU output (= conv input without dropout)
+                saved["fused"][L.prologue_bn + ".x"] = e_in * s      # the fused conv's x (same tensor)
+            else:
+                ks.append(Kernel("eager", "fwd", name, "BN (running stats, one pass)", bytes=2 * e_in * s))
+                ks.append(Kernel("eager", "fwd", name, "ReLU", bytes=2 * e_in * s))
+            if drop:
+                ks.append(Kernel("eager", "fwd", name, "dropout (output + bool mask)", bytes=e_in * (2 * s + 1)))
+                ks.append(Kernel("eager", "bwd", name, "dropout backward", bytes=e_in * (2 * s + 1)))
+                saved["eager"][L.prologue_bn + ".mask"] = e_in
+                saved["eager"][L.prologue_bn + ".dropout_out"] = e_in * s
+                if mask_bits:
+                    ks.append(Kernel("fused", "fwd", name, "dropout keep bits (1 bit / element)", bytes=e_in / 8))
+                    saved["fused"][L.prologue_bn + ".bits"] = e_in / 8
+            if train:
+                ks.append(Kernel("fused", "bwd", name, "BN backward apply (one pass)", bytes=3 * e_in * s))
+        elif train:
+            # a second consumer of the same activation: gradients summed (both implementations)
+            ks.append(Kernel("both", "bwd", name, "grad accumulation (2 consumers)", bytes=3 * e_in * s))
+    # ---------------- eager conv + residual
+    ks.append(Kernel("eager", "fwd", name, "cuDNN conv fwd", flops, (e_in + e_out) * s + w * s, tc_flops=flops))
+    if L.residual:
+        ks.append(Kernel("eager", "fwd", name, "residual add", bytes=3 * e_out * s))
+        if train:  # the block input receives the residual gradient and its BN path's: summed
+            ks.append(Kernel("both", "bwd", name, "grad accumulation (residual)", bytes=3 * e_out * s))
+    if train:
+        if L.needs_dgrad:
+            ks.append(Kernel("eager", "bwd", name, "cuDNN dgrad", flops, (e_in + e_out) * s + w * s, tc_flops=flops))
+        ks.append(Kernel("eager", "bwd", name, "cuDNN wgrad", flops, (e_in + e_out) * s + w * 4, tc_flops=flops))
+    # ---------------- fused
+    bits = e_in / 8 if (drop and mask_bits) else 0.0
+    stats_b = (-(-m_rows // STATS_M)) * (L.cout * 8 + 4) if (L.stats and train) else 0.0
+    res_b = e_out * s if L.residual else 0.0
+
+    def ceil(kind):
+        v = L.variant(kind, dtype)
+        return ceilings(v)
+
+    c_f, lab = ceil("fwd")
+    ks.append(Kernel("fused", "fwd", name, "bn_act_conv fwd", flops, (e_in + e_out) * s + w * s + bits + res_b + stats_b,
+                     tc_flops=flops, ceiling=c_f, variant=lab))
+    if L.stats and train:
+        ks.append(Kernel("fused", "fwd", name, "BN finalize (merge partials)", bytes=stats_b))
+    if train:
+        if L.needs_dgrad:
+            c_d, lab = ceil("dgrad")
+            x_b = e_in * s if L.prologue_bn else 0.0
+            ks.append(Kernel("fused", "bwd", name, "bn_act_conv dgrad", flops,
+                             (e_in + e_out) * s + w * s + x_b + bits, tc_flops=flops, ceiling=c_d, variant=lab))
+        c_w, lab = ceil("wgrad")
+        split = _split_k(L.cout, L.cin, L.k, m_rows, sms)
+        part = split * w * 4
+        ks.append(Kernel("fused", "bwd", name, f"bn_act_conv wgrad (split-K {split})", flops,
+                         (e_in + e_out) * s + bits + part, tc_flops=flops, ceiling=c_w, variant=lab))
+        if split > 1:
+            ks.append(Kernel("fused", "bwd", name, "wgrad split-K sum", bytes=part + w * 4))
+    return ks
+
+
+def _eltwise_kernels(L, s, saved, train):
+    e = L.n * L.c * L.hw * L.hw
+    ks = []
+    if L.kernel == "bnad":
+        if train:
+            ks += [Kernel("eager", "fwd", L.name, "BN forward (2 passes)", bytes=3 * e * s),
+                   Kernel("eager", "fwd", L.name, "ReLU", bytes=2 * e * s),
+                   Kernel("eager", "bwd", L.name, "ReLU backward", bytes=3 * e * s),
+                   Kernel("eager", "bwd", L.name, "BN backward (2 passes)", bytes=5 * e * s),
+                   Kernel("fused", "fwd", L.name, "bn_act_dropout fwd", bytes=2 * e * s),
+                   Kernel("fused", "bwd", L.name, "bn_act_dropout bwd", bytes=3 * e * s),
+                   Kernel("fused", "bwd", L.name, "BN backward apply (one pass)", bytes=3 * e * s)]
+            saved["eager"][L.name + ".x"] = e * s
+            saved["eager"][L.name + ".relu"] = e * s
+            saved["fused"][L.name + ".x"] = e * s
+        else:
+            ks += [Kernel("eager", "fwd", L.name, "BN (running stats)", bytes=2 * e * s),
+                   Kernel("eager", "fwd", L.name, "ReLU", bytes=2 * e * s),
+                   Kernel("fused", "fwd", L.name, "bn_act_dropout fwd", bytes=2 * e * s)]
+    else:  # bn3 (+ downsample BN) + add + ReLU in PyTorch, both implementations
+        if train:
+            ks += [Kernel("eager", "fwd", L.name, "BN forward (2 passes)", bytes=3 * e * s),
+                   Kernel("eager", "bwd", L.name, "BN backward (2 passes)", bytes=5 * e * s),
+                   Kernel("fused", "fwd", L.name, "scale-shift (stats from the epilogue)", bytes=2 * e * s),
+                   Kernel("fused", "bwd", L.name, "scale-shift backward + stats backward", bytes=3 * e * s)]
+            saved["eager"][L.name + ".x"] = e * s
+            saved["fused"][L.name + ".x"] = e * s
+            saved["eager"][L.name + ".relu"] = e * s
+            saved["fused"][L.name + ".relu"] = e * s
+        else:
+            ks += [Kernel("eager", "fwd", L.name, "BN (running stats)", bytes=2 * e * s),
+                   Kernel("fused", "fwd", L.name, "scale-shift", bytes=2 * e * s)]
+        ks += [Kernel("both", "fwd", L.name, "residual add + ReLU", bytes=2 * 3 * e * s)]
+        if train:
+            ks += [Kernel("both", "bwd", L.name, "ReLU backward + grad accumulation", bytes=2 * 3 * e * s)]
+    return ks
+
+
+# --------------------------------------------------------------------------- issue ceilings
+
+def load_ceilings(path, dtype, model):
+    """Variant -> (issue ceiling of its DEFAULT config, label) from bench.static's JSON."""
+    table = {}
+    if path:
+        with open(path) as f:
+            data = json.load(f)
+        for r in data["rows"]:
+            loop = (r.get("default") or {}).get("main_loop")
+            if loop and r["dtype"] == dtype:
+                v = sass.Variant(**r["variant"])
+                table.setdefault(v, (loop["issue_ceiling"], r["model"]))
+                if r["model"] == model:
+                    table[v] = (loop["issue_ceiling"], r["model"])
+    missing = []
+
+    def ceiling(v):
+        if v in table:
+            return table[v][0], v.label()
+        missing.append(v)
+        return 1.0, v.label() + " (NOT ANALYSED: ceiling 1 assumed)"
+    return ceiling, missing
+
+
+def latest_static():
+    files = sorted(glob.glob(os.path.join(static.RESULTS, "static_*.json")), key=os.path.getmtime)
+    return files[-1] if files else None
+
+
+# --------------------------------------------------------------------------- report
+
+def summarise(ks, saved, peak, bw):
+    out = {}
+    for impl in ("eager", "fused"):
+        mine = [k for k in ks if k.impl in (impl, "both")]
+        t = [k.time(peak, bw)[0] for k in mine]
+        out[impl] = {"kernels": len(mine), "flops": sum(k.flops for k in mine), "bytes": sum(k.bytes for k in mine),
+                     "time_s": sum(t),
+                     "conv_time_s": sum(k.time(peak, bw)[0] for k in mine if k.tc_flops),
+                     "other_time_s": sum(k.time(peak, bw)[0] for k in mine if not k.tc_flops),
+                     "saved_bytes": saved[impl]}
+    out["speedup"] = out["eager"]["time_s"] / out["fused"]["time_s"]
+    out["memory_ratio"] = out["fused"]["saved_bytes"] / out["eager"]["saved_bytes"] if out["eager"]["saved_bytes"] \
+        else None
+    out["fused_if_ceiling_1_s"] = sum(max(k.bytes / bw, k.tc_flops / peak if k.tc_flops else 0.0)
+                                      for k in ks if k.impl in ("fused", "both"))
+    return out
+
+
+def _ms(t):
+    return f"{t * 1e3:.3f}"
+
+
+def report(models, dtype, devices, static_path, peak_override, bw_override):
+    mask_bits = _uses_bits()
+    results = {"meta": {}, "models": {}}
+    L = ["# Roofline (predicted, no GPU): eager PyTorch vs wrn_fast fused path", "",
+         "**Predicted, not measured.** Lower bounds from FLOPs and minimum bytes; wrn_fast's convolutions scaled by "
+         "the SASS issue ceiling of their DEFAULT config (bench.static).", ""]
+    meta = {"label": "predicted, no GPU", "dtype": dtype, "static report": os.path.relpath(static_path, sass.ROOT)
+            if static_path else "none (every ceiling assumed 1)", "dropout mask in the fused path":
+            "1-bit keep_bits" if mask_bits else "Philox in the loops (0 bytes)",
+            "date (UTC)": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
+            "commit": static._git("rev-parse", "--short", "HEAD"),
+            "command": "python -m bench.roofline " + " ".join(sys.argv[1:])}
+    results["meta"] = dict(meta, assumptions=ASSUMPTIONS)
+    L += [f"- {k}: {v}" for k, v in meta.items()]
+    L += ["", "## Assumptions", ""] + [f"{i}. {a}" for i, a in enumerate(ASSUMPTIONS, 1)]
+    L += ["", "## Summary", "",
+          "| model | device | eager step (ms) | wrn_fast step (ms) | predicted speedup | wrn_fast if every ceiling were 1 "
+          "(ms) | eager saved activations (GiB) | wrn_fast (GiB) | memory ratio | kernels eager / fused |",
+          "|---|---|---|---|---|---|---|---|---|---|"]
+    details = []
+    for model in models:
+        ceilings, missing = load_ceilings(static_path, dtype, model)
+        for dev in devices:
+            d = DEVICES[dev]
+            peak = (peak_override or d["tflops"]) * 1e12 * TC_RATE[dtype]
+            bw = (bw_override or d["tbps"]) * 1e12
+            ks, saved, params = build(model, dtype, ceilings, d["sms"], mask_bits)
+            summ = summarise(ks, saved, peak, bw)
+            results["models"].setdefault(model, {})[dev] = {
+                "peak_flops": peak, "bandwidth": bw, "summary": summ, "params": params,
+                "missing_ceilings": sorted({v.label() for v in missing}),
+                "kernels": [dict(dataclasses.asdict(k), time_s=k.time(peak, bw)[0], compute_s=k.time(peak, bw)[1],
+                                 memory_s=k.time(peak, bw)[2]) for k in ks]}
+            e, f = summ["eager"], summ["fused"]
+            L.append(f"| {model} (N={static.MODELS[model][2]}, {'train' if static.MODELS[model][4] else 'infer'}) | "
+                     f"{dev} | {_ms(e['time_s'])} | {_ms(f['time_s'])} | **{summ['speedup']:.2f}x** | "
+                     f"{_ms(summ['fused_if_ceiling_1_s'])} | {e['saved_bytes'] / 2**30:.2f} | "
+                     f"{f['saved_bytes'] / 2**30:.2f} | **{summ['memory_ratio']:.2f}** | "
+                     f"{e['kernels']} / {f['kernels']} |" if summ["memory_ratio"] is not None else
+                     f"| {model} | {dev} | {_ms(e['time_s'])} | {_ms(f['time_s'])} | **{summ['speedup']:.2f}x** | "
+                     f"{_ms(summ['fused_if_ceiling_1_s'])} | - | - | - | {e['kernels']} / {f['kernels']} |")
+            if dev == devices[0]:
+                details.append(_layer_table(model, dev, ks, peak, bw, summ, missing))
+    L += ["", "Speedup = eager step time / wrn_fast step time, both lower bounds as defined above. Memory ratio = "
+          "wrn_fast / eager activation bytes kept for backward."]
+    for dtl in details:
+        L += [""] + dtl
+    return L, results
+
+
+def _layer_table(model, dev, ks, peak, bw, summ, missing):
+    L = [f"## {model} on {dev}: per layer", "",
+         f"Totals: eager {_ms(summ['eager']['time_s'])} ms (convs {_ms(summ['eager']['conv_time_s'])}, other "
+         f"{_ms(summ['eager']['other_time_s'])}), {summ['eager']['bytes'] / 1e9:.2f} GB moved; wrn_fast "
+         f"{_ms(summ['fused']['time_s'])} ms (convs {_ms(summ['fused']['conv_time_s'])}, other "
+         f"{_ms(summ['fused']['other_time_s'])}), {summ['fused']['bytes'] / 1e9:.2f} GB moved; "
+         f"{summ['eager']['flops'] / 1e12:.2f} TFLOP per step.", ""]
+    if missing:
+        L += [f"Not in the static report (ceiling 1 assumed): {', '.join(sorted({v.label() for v in missing}))}", ""]
+    L += ["| layer | GFLOP (fwd) | eager fwd ms | eager bwd ms | fused fwd ms | fused bwd ms | fused conv ceilings "
+          "fwd / dgrad / wgrad |", "|---|---|---|---|---|---|---|"]
+    order = []
+    for k in ks:
+        if k.layer not in order:
+            order.append(k.layer)
+    for layer in order:
+        mine = [k for k in ks if k.layer == layer]
+
+        def t(impl, phase):
+            return sum(k.time(peak, bw)[0] for k in mine if k.impl in (impl, "both") and k.phase == phase)
+        gf = sum(k.flops for k in mine if k.impl == "eager" and k.phase == "fwd") / 1e9
+        ceils = " / ".join(f"{k.ceiling:.2f}" for k in mine if k.impl == "fused" and k.tc_flops)
+        L.append(f"| {layer} | {gf:.1f} | {_ms(t('eager', 'fwd'))} | {_ms(t('eager', 'bwd') + t('eager', 'step'))} | "
+                 f"{_ms(t('fused', 'fwd'))} | {_ms(t('fused', 'bwd') + t('fused', 'step'))} | {ceils or '-'} |")
+    return L
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m bench.roofline", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", default="wrn-28-10,wrn-28-10-infer,wrn-28-2,wrn-70-16,wrn-50-2")
+    ap.add_argument("--dtype", default="bf16", choices=tuple(ACT_BYTES))
+    ap.add_argument("--devices", default="h200,h100")
+    ap.add_argument("--static", help="bench.static JSON (default: the newest bench/results/static_*.json)")
+    ap.add_argument("--tflops", type=float, help="override the bf16 dense tensor-core peak (TFLOP/s)")
+    ap.add_argument("--tbps", type=float, help="override the bandwidth (TB/s)")
+    ap.add_argument("--out", help="output path without extension (default bench/results/roofline_<date>_<commit>)")
+    args = ap.parse_args(argv)
+    static_path = args.static or latest_static()
+    models = args.models.split(",")
+    devices = args.devices.split(",")
+    L, results = report(models, args.dtype, devices, static_path, args.tflops, args.tbps)
+    base = args.out or os.path.join(static.RESULTS, f"roofline_{datetime.date.today():%Y%m%d}_"
+                                                    f"{results['meta']['commit']}_{args.dtype}")
+    with open(base + ".md", "w") as f:
+        f.write("\n".join(L) + "\n")
+    with open(base + ".json", "w") as f:
+        json.dump(results, f, indent=1)
+    for line in L:
+        if line.startswith("| wrn") or line.startswith("| model"):
+            print(line)
+    print(f"wrote {base}.md and .json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
