@@ -525,9 +525,9 @@ class Trainer:
         except Aborted as e:
             self._abort_message(signal_name(e.signum))
             raise
-        if dist.is_main and self.history and status != "diverged" and not plot_history(
-                self.history, self.plot_path, title=f"{config.model} on {config.dataset}"):
-            result["plot"] = None
+        if not (dist.is_main and self.history and status != "diverged" and plot_history(
+                self.history, self.plot_path, title=f"{config.model} on {config.dataset}")):
+            result["plot"] = None if not os.path.exists(self.plot_path) else self.plot_path
         result["seconds"] = time.perf_counter() - self.started
         result["history"] = self.history
         return result
