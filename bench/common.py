@@ -57,6 +57,23 @@ class Skip(Exception):
     """An entry that cannot run here; the message is the recorded reason."""
 
 
+class Terminated(BaseException):
+    """Raised by the SIGTERM handler (``timeout`` sends SIGTERM): not an ``Exception``, so the
+    per-entry ``except Exception`` handlers let it through to the ``finally`` that writes the run."""
+
+
+def raise_on_sigterm() -> None:
+    """Turn SIGTERM into ``Terminated`` in the main thread (the rows already written stay; the
+    run's JSON and markdown are written by the caller's ``finally``)."""
+    import signal
+
+    def handler(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process
+        raise Terminated(f"signal {signum} (SIGTERM)")
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def tol_key(dtype_name: str, device: torch.device) -> str:
     if dtype_name == "fp32" and device.type == "cuda":
         return "fp32-tf32"
@@ -132,6 +149,45 @@ def time_fn(fn: Callable[[int], object], n_buffers: int, device: torch.device, *
     return summarize(times)
 
 
+def time_interleaved(fns: Dict[str, Callable[[int], object]], n_buffers: int, device: torch.device, *,
+                     warmup: int = 3, rounds: int = 20, per_round: int = 1,
+                     max_s: Optional[float] = None) -> Dict[str, Dict[str, float]]:
+    """Median / p10 / p90 ms per call of each ``fns[name](i)``, A/B interleaved: every round times
+    ``per_round`` consecutive calls of each function in turn (order reversed every other round),
+    so drift (clocks, temperature, other tenants) hits all of them alike. Inputs rotate over
+    ``n_buffers`` sets. ``max_s`` caps the timed phase (at least 3 rounds are always taken)."""
+    n_buffers = max(1, int(n_buffers))
+    names = list(fns)
+    for name in names:
+        for i in range(warmup):
+            fns[name](i % n_buffers)
+    sync(device)
+    per: Dict[str, List[float]] = {n: [] for n in names}
+    t0 = time.perf_counter()
+    k = 0
+    for r in range(rounds):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            fn = fns[name]
+            if device.type == "cuda":
+                s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                s.record()
+                for j in range(per_round):
+                    fn((k + j) % n_buffers)
+                e.record()
+                e.synchronize()
+                ms = s.elapsed_time(e)
+            else:
+                s0 = time.perf_counter()
+                for j in range(per_round):
+                    fn((k + j) % n_buffers)
+                ms = (time.perf_counter() - s0) * 1e3
+            per[name].append(ms / per_round)
+        k += per_round
+        if max_s is not None and r >= 2 and time.perf_counter() - t0 > max_s:
+            break
+    return {n: summarize(v) for n, v in per.items()}
+
+
 def summarize(times_ms: List[float]) -> Dict[str, float]:
     ts = sorted(times_ms)
 
@@ -171,14 +227,11 @@ def _run(cmd: List[str]) -> Optional[str]:
 
 
 def git_info() -> Dict[str, object]:
-    commit = _run(["git", "rev-parse", "HEAD"])
-    status = _run(["git", "status", "--porcelain", "--untracked-files=no"])
-    return {
-        "commit": commit,
-        "short_commit": commit[:8] if commit else "nogit",
-        "dirty": bool(status) if status is not None else None,
-        "branch": _run(["git", "rev-parse", "--abbrev-ref", "HEAD"]),
-    }
+    """Commit, dirty flag and branch: from git here, from bench/.session_commit on a machine without .git."""
+    from . import session
+
+    info = session.commit_info(REPO)
+    return {k: info.get(k) for k in ("commit", "short_commit", "dirty", "branch", "source", "tree_matches")}
 
 
 def cpu_model() -> str:
@@ -354,15 +407,31 @@ class Recorder:
             cand = f"{stem}-{k}"
         self.stem = cand
         self.run_id = cand
+        self.terminated: Optional[str] = None
+        # Every record is appended here the moment it exists (flushed and fsynced), so a run killed
+        # at any point leaves all the rows it measured, whatever happens to the final JSON.
+        self.rows_path = os.path.join(out_dir, self.stem + ".rows.jsonl")
+        self._rows = open(self.rows_path, "a")
+        self.after_add: Optional[Callable[[Dict[str, object]], None]] = None  # test hook (bench.gpu_table)
+
+    def _row_base(self) -> Dict[str, object]:
+        return {k: (self.run_id if k == "run_id" else self.quick if k == "quick" else self.env.get(k))
+                for k in _TABLE_RUN_FIELDS}
 
     def add(self, rec: Dict[str, object]) -> Dict[str, object]:
         self.records.append(rec)
+        if not self._rows.closed:
+            self._rows.write(json.dumps({**self._row_base(), **rec}, default=_json_default) + "\n")
+            self._rows.flush()
+            os.fsync(self._rows.fileno())
         if self.verbose:
-            what = rec.get("op") or rec.get("model")
+            what = rec.get("op") or rec.get("model") or rec.get("what") or ""
             shape = rec.get("shape_label", "")
             tail = (f"{rec['median_ms']:.3f} ms" if rec.get("median_ms") is not None else rec.get("reason", ""))
             print(f"[bench] {rec.get('section')} {what} {shape} {rec.get('dtype', '')} {rec.get('pass', rec.get('mode', ''))} "
                   f"{rec.get('impl')}: {rec.get('status')} {tail}", flush=True)
+        if self.after_add is not None:
+            self.after_add(rec)
         return rec
 
     @property
@@ -379,11 +448,15 @@ class Recorder:
             "environment": self.env,
             "peaks": self.peaks,
             "notes": self.notes,
+            "terminated": self.terminated,
             "records": self.records,
         }
         return d
 
     def write(self) -> Dict[str, str]:
+        """The run's JSON and markdown, and its rows appended to the results table ``results.jsonl``."""
+        if not self._rows.closed:
+            self._rows.close()
         run = self.run_dict()
         with open(self.json_path, "w") as f:
             json.dump(run, f, indent=1, default=_json_default)
@@ -392,11 +465,10 @@ class Recorder:
             f.write(markdown(run))
         table = os.path.join(self.out_dir, "results.jsonl")
         with open(table, "a") as f:
-            base = {k: (self.run_id if k == "run_id" else self.quick if k == "quick" else self.env.get(
-                {"git_commit": "git_commit", "git_dirty": "git_dirty"}.get(k, k))) for k in _TABLE_RUN_FIELDS}
+            base = self._row_base()
             for rec in self.records:
                 f.write(json.dumps({**base, **rec}, default=_json_default) + "\n")
-        return {"json": self.json_path, "markdown": md_path, "table": table}
+        return {"json": self.json_path, "markdown": md_path, "table": table, "rows": self.rows_path}
 
 
 def _json_default(o):
@@ -425,6 +497,8 @@ def markdown(run: Dict[str, object]) -> str:
     lines = [f"# wrn_fast benchmark run {run['run_id']}", ""]
     lines.append(f"> {run['disclaimer']}")
     lines.append("")
+    if run.get("terminated"):
+        lines += [f"**Partial run: terminated ({run['terminated']}); the rows below are those measured before.**", ""]
     lines.append(f"- device: **{env.get('device_name')}** ({env.get('device_type')}), GPU memory: "
                  f"{_fmt(env.get('gpu_memory_bytes'))}, driver: {env.get('driver')}")
     lines.append(f"- torch {env.get('torch')} (CUDA {env.get('torch_cuda')}, cuDNN {env.get('cudnn')}), "

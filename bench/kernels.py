@@ -70,8 +70,9 @@ class ConvSpec:
                 "H": self.H, "W": self.W, "Ho": self.Ho, "Wo": self.Wo, "role": self.role}
 
 
-def wrn_cifar_convs(depth: int, k: int, batch: int, res: int = 32) -> List[ConvSpec]:
-    """Every distinct (geometry, role) convolution of CIFAR WRN-depth-k (B(3,3), 'preact' shortcut).
+def wrn_cifar_convs(depth: int, k: int, batch: int, res: int = 32, distinct: bool = True) -> List[ConvSpec]:
+    """Every distinct (geometry, role) convolution of CIFAR WRN-depth-k (B(3,3), 'preact' shortcut);
+    with ``distinct=False`` every convolution of the network in order (repeats included).
 
     Widths 16, 16k, 32k, 64k; groups at resolution res, res/2, res/4 (stride 2 on the first conv of
     groups 2 and 3); a 1x1 projection where a block changes width or stride; the 3x3 stem.
@@ -92,7 +93,7 @@ def wrn_cifar_convs(depth: int, k: int, batch: int, res: int = 32) -> List[ConvS
             if cin != cout or s != 1:
                 specs.append(ConvSpec(batch, cin, cout, 1, s, h, h, "shortcut"))
             cin, h = cout, ho
-    return _distinct(specs)
+    return _distinct(specs) if distinct else specs
 
 
 def wrn50_2_convs(batch: int, res: int = 224) -> List[ConvSpec]:

@@ -76,14 +76,17 @@ class Runner:
     """One implementation: ``train(i)`` / ``infer(i)`` on input set ``i``."""
 
     def __init__(self, name: str, model, device, dtype: str, data, compile_model: bool = False,
-                 cuda_graph: bool = False):
+                 cuda_graph: bool = False, compile_mode: str = "default", compile_backend: str = "inductor"):
         self.name = name
         self.model = model
         self.device = device
         self.dtype = dtype
         self.data = data  # list of (x, y)
         self.opt = _sgd(model)
-        self.fwd = torch.compile(model) if compile_model else model
+        self.fwd = model
+        if compile_model:
+            mode = None if compile_mode == "default" or compile_backend != "inductor" else compile_mode
+            self.fwd = torch.compile(model, mode=mode, backend=compile_backend)
         self.cuda_graph = cuda_graph
         self.graphs: Dict[str, object] = {}
 
@@ -180,9 +183,12 @@ def _peak_step(runner: Runner, mode: str, steps: int = 2) -> int:
 
 def bench_model(name: str, depth: int, k: int, batch: int, args, device, rec, budget: common.Budget) -> None:
     dtype = args.model_dtype
-    res = 16 if args.quick else 32
+    res = getattr(args, "resolution", None) or (16 if args.quick else 32)
     memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-    impl_names = ["reference-eager", "reference-compile", "wrn_fast"] + (
+    compile_mode = getattr(args, "compile_mode", None) or "default"
+    compile_backend = getattr(args, "compile_backend", None) or "inductor"
+    compile_name = "reference-compile" if compile_mode == "default" else f"reference-compile-{compile_mode}"
+    impl_names = ["reference-eager", compile_name, "wrn_fast"] + (
         ["wrn_fast-cudagraph"] if device.type == "cuda" else [])
     if args.impls:
         impl_names = [n for n in impl_names if n == "reference-eager" or any(f in n for f in args.impls)]
@@ -231,12 +237,13 @@ def bench_model(name: str, depth: int, k: int, batch: int, args, device, rec, bu
             if n.startswith("wrn_fast") and fast_status is not None:
                 pre[n] = {"status": fast_status, "reason": fast_reason}
                 continue
-            if n == "reference-compile" and args.quick and not args.compile:
+            if n == compile_name and args.quick and not args.compile:
                 raise Skip("torch.compile skipped in --quick (compile time exceeds the quick budget; pass --compile)")
             src = models["reference"] if n.startswith("reference") else models["fast"]
             m = copy.deepcopy(src)
-            runners[n] = Runner(n, m, device, dtype, data, compile_model=(n == "reference-compile"),
-                                cuda_graph=(n == "wrn_fast-cudagraph"))
+            runners[n] = Runner(n, m, device, dtype, data, compile_model=(n == compile_name),
+                                cuda_graph=(n == "wrn_fast-cudagraph"), compile_mode=compile_mode,
+                                compile_backend=compile_backend)
         except Skip as e:
             pre[n] = {"status": STATUS_SKIPPED, "reason": str(e)}
         except Exception as e:  # noqa: BLE001
@@ -286,6 +293,8 @@ def bench_model(name: str, depth: int, k: int, batch: int, args, device, rec, bu
             if n.startswith("wrn_fast") and logit_err is not None:
                 r["errors"] = logit_err
                 r["max_rel_err"] = logit_err["fast"]
+            if n == compile_name:
+                r["compile_mode"], r["compile_backend"] = compile_mode, compile_backend
             if n in status:
                 rec.add(dict(r, **status[n]))
                 continue
@@ -317,8 +326,21 @@ def bench_model(name: str, depth: int, k: int, batch: int, args, device, rec, bu
         torch.cuda.empty_cache()
 
 
-def _fits(name: str, depth: int, k: int, batch: int, args, device, model, opt_model=None) -> bool:
+FITS, OOM, INDEX_LIMIT = "fits", "out of memory", "int32 index bound"
+
+
+def is_index_limit(e: BaseException) -> bool:
+    """The kernels' int32-index guard (a batch whose tensors have >= 2**31 elements): a bound of
+    the implementation, not a failure. Matched by the guard's message, which names int32."""
+    msg = str(e)
+    return isinstance(e, (ValueError, RuntimeError, OverflowError)) and (
+        "int32" in msg or "2**31" in msg or type(e).__name__.lower().startswith("index"))
+
+
+def _fits(name: str, depth: int, k: int, batch: int, args, device, model, opt_model=None) -> str:
+    """FITS, OOM or INDEX_LIMIT for two training steps at ``batch``; anything else raises."""
     memory_format = torch.channels_last
+    x = y = loss = opt = None
     try:
         x = torch.randn(batch, 3, 32, 32, device=device).contiguous(memory_format=memory_format)
         y = torch.randint(0, 10, (batch,), device=device)
@@ -331,20 +353,53 @@ def _fits(name: str, depth: int, k: int, batch: int, args, device, model, opt_mo
             loss.backward()
             opt.step()
         torch.cuda.synchronize(device)
-        ok = True
+        return FITS
     except torch.cuda.OutOfMemoryError:
-        ok = False
+        return OOM
+    except (ValueError, RuntimeError, OverflowError) as e:
+        if is_index_limit(e):
+            return INDEX_LIMIT
+        raise
     finally:
         for p in model.parameters():
             p.grad = None
         x = y = loss = opt = None  # noqa: F841
         gc.collect()
         torch.cuda.empty_cache()
-    return ok
+
+
+def search_max_batch(fits, cap: int, start: int = 128, expired=lambda: False):
+    """Largest batch with ``fits(b) == FITS``: doubling from ``start``, then bisection to within
+    max(8, lo/32), multiples of 8. Returns (lo, hi, limit): ``hi`` the smallest batch seen not to fit
+    (or the cap), ``limit`` what stopped it: OOM, INDEX_LIMIT, 'cap' or 'time budget'."""
+    lo, hi, limit = 0, None, None
+    b = start
+    while hi is None and b <= cap and not expired():
+        got = fits(b)
+        if got == FITS:
+            lo, b = b, b * 2
+        else:
+            hi, limit = b, got
+    if hi is None:
+        hi, limit = min(b, cap), ("time budget" if expired() else "cap")
+    gran = max(8, lo // 32)
+    while hi - lo > gran and not expired():
+        mid = (lo + hi) // 2 // 8 * 8 or 8
+        if mid <= lo:
+            break
+        got = fits(mid)
+        if got == FITS:
+            lo = mid
+        else:
+            hi, limit = mid, got
+    return lo, hi, limit
 
 
 def max_batch(name: str, depth: int, k: int, args, device, rec, budget: common.Budget) -> None:
-    """Largest training batch (bf16 autocast, channels_last) that fits, by doubling then bisection."""
+    """Largest training batch (bf16 autocast, channels_last) that fits, by doubling then bisection.
+
+    Both out-of-memory and the kernels' int32 index bound end the search; the row names which one
+    (``limited_by``), so a batch past the index bound is a bound of the row, not an ERROR."""
     for impl in ("reference-eager", "wrn_fast"):
         base = {"section": "max_batch", "model": name, "dtype": common.dtype_label(args.model_dtype, device),
                 "impl": impl, "max_batch": None}
@@ -357,26 +412,11 @@ def max_batch(name: str, depth: int, k: int, args, device, rec, budget: common.B
             if model is None:
                 raise Skip(f"wrn_fast.WideResNet unavailable: {models.get('fast_error')}")
             del models
-            lo, hi = 0, None
-            b = 128
-            while hi is None and b <= args.max_batch_cap and not budget.expired():
-                if _fits(name, depth, k, b, args, device, model):
-                    lo, b = b, b * 2
-                else:
-                    hi = b
-            if hi is None:
-                hi = b  # cap reached (or budget): lo is a lower bound
-            gran = max(8, lo // 32)
-            while hi - lo > gran and not budget.expired():
-                mid = (lo + hi) // 2 // 8 * 8 or 8
-                if mid <= lo:
-                    break
-                if _fits(name, depth, k, mid, args, device, model):
-                    lo = mid
-                else:
-                    hi = mid
-            rec.add(dict(base, status=STATUS_OK, max_batch=lo, upper_bound_oom=hi,
-                         reason=None if lo < args.max_batch_cap else f"reached --max-batch-cap {args.max_batch_cap}"))
+            lo, hi, limit = search_max_batch(
+                lambda b: _fits(name, depth, k, b, args, device, model), args.max_batch_cap,
+                expired=budget.expired)
+            rec.add(dict(base, status=STATUS_OK, max_batch=lo, upper_bound=hi, limited_by=limit,
+                         reason=f"{limit} at batch {hi}"))
             del model
         except Skip as e:
             rec.add(dict(base, status=STATUS_SKIPPED, reason=str(e)))

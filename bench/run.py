@@ -3,7 +3,9 @@
     python -m bench.run [--quick] [--device cpu|cuda] [--only kernels|models] [--dtype bf16,fp16,fp32] ...
 
 Writes <out>/<date>_<device>_<commit>.json (+ .md, + PNGs) and appends one row per figure to
-<out>/results.jsonl. See bench/README.md.
+<out>/results.jsonl; every row is also appended to <out>/<run>.rows.jsonl the moment it is
+measured. SIGTERM (``timeout``) ends the run early but still writes the JSON and markdown of
+the rows measured so far (exit status 143). See bench/README.md.
 """
 from __future__ import annotations
 
@@ -124,6 +126,9 @@ def main(argv: Optional[List[str]] = None) -> dict:
         torch.set_num_threads(1)  # seconds-scale smoke runs: no OpenMP spin contention on shared CI cores
     try:
         return _main(a, argv, device)
+    except common.Terminated as e:
+        print(f"[bench] terminated ({e}): partial results written", file=sys.stderr)
+        raise SystemExit(143)
     finally:
         torch.set_num_threads(threads)
 
@@ -136,10 +141,10 @@ def _main(a: argparse.Namespace, argv: List[str], device: torch.device) -> dict:
     if device.type == "cpu":
         rec.notes.append(common.CPU_DISCLAIMER)
     t0 = time.monotonic()
-    rec.peaks = common.measure_peaks(device, a.dtypes, a.quick)
     total = None if a.budget_min is None else a.budget_min * 60.0
     sections = [a.only] if a.only else ["kernels", "models"]
     try:
+        rec.peaks = common.measure_peaks(device, a.dtypes, a.quick)
         if "kernels" in sections:
             from . import kernels
 
@@ -151,6 +156,9 @@ def _main(a: argparse.Namespace, argv: List[str], device: torch.device) -> dict:
 
             mb = common.Budget(None if total is None else total - (time.monotonic() - t0))
             models.run_models(a, device, rec, mb)
+    except common.Terminated as e:
+        rec.terminated = str(e)
+        raise
     finally:
         env["elapsed_s"] = round(time.monotonic() - t0, 2)
         paths = rec.write()
@@ -167,4 +175,5 @@ def _main(a: argparse.Namespace, argv: List[str], device: torch.device) -> dict:
 
 
 if __name__ == "__main__":
+    common.raise_on_sigterm()  # `timeout` sends SIGTERM: write what was measured, then exit 143
     main()

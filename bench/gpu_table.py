@@ -1,0 +1,461 @@
+"""The GPU table of issue 14 (Part 2, step 3), one row at a time, each written as it is measured.
+
+    python3 -m bench.gpu_table [--device cuda] [--out DIR] [--deadline-s S] [--only layers,models,compile]
+    python3 -m bench.gpu_table --tiny --device cpu     # the same rows at toy sizes (CI dry run)
+
+bf16 autocast + channels_last on GPU. Rows, in the order they are measured (the most valuable
+first, so a run cut short by its deadline or by ``timeout`` still holds them):
+
+  peak     measured dense bf16 (and fp32) matmul TFLOP/s and copy GB/s (the MFU / %-peak base)
+  layer    every distinct WRN-28-10 b128 convolution, fused fwd / dgrad / wgrad (the fusion of its
+           place in the block: BN-ReLU prologue, dropout, residual, statistics) against cuDNN's plain
+           convolution of the same shape (F.conv2d / aten.convolution_backward), A/B interleaved;
+           and against the roofline prediction of bench/roofline.py where its JSON
+           (bench/results/roofline_*.json) is there, else that column is empty
+  model    interleaved medians of reference-eager (cuDNN), wrn_fast and wrn_fast-cudagraph:
+           WRN-28-10 train b128, WRN-28-10 inference b1024, WRN-28-2 train b960 (FixMatch's
+           64 + 7x64 x 2), WRN-70-16 train b128 with peak memory
+  mfu      WRN-28-10 train step: model FLOPs / step time / the measured bf16 matmul peak
+  model    reference-compile-max-autotune (torch.compile(mode="max-autotune") of the reference)
+           interleaved with eager again, same four rows: last, because its compiles take minutes
+
+Every row is validated before it is timed (fused kernels against a float32 reference with the
+op contract's dropout mask; models by their logits). Rows the deadline leaves out, or that a
+SIGTERM cuts off, are recorded SKIPPED with the reason. Output: <out>/<run>.rows.jsonl (streamed),
+<out>/<run>.json and .md (at the end, also after SIGTERM).
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import math
+import os
+import sys
+import time
+from types import SimpleNamespace
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from . import common
+from .common import STATUS_ERROR, STATUS_INVALID, STATUS_OK, STATUS_SKIPPED, Skip
+
+# (model, depth, k, batch, mode): the model rows of the table, in priority order.
+MODEL_ROWS = [("wrn-28-10", 28, 10, 128, "train"), ("wrn-28-10", 28, 10, 1024, "infer"),
+              ("wrn-28-2", 28, 2, 960, "train"), ("wrn-70-16", 70, 16, 128, "train")]
+LAYER_MODEL = ("wrn-28-10", 28, 10, 128, 32)  # name, depth, k, batch, resolution
+# --tiny: the same code paths at toy sizes (CPU dry run under TRITON_INTERPRET=1)
+TINY_MODEL_ROWS = [("wrn-10-1", 10, 1, 4, "train"), ("wrn-10-1", 10, 1, 8, "infer")]
+TINY_LAYER_MODEL = ("wrn-10-1", 10, 1, 2, 8)
+TINY_RESOLUTION = 8
+PASSES = ("fwd", "dgrad", "wgrad")
+
+# Test hook: after this many rows the run sleeps, so a test can kill it with `timeout`.
+STALL_ENV = "WRN_FAST_BENCH_STALL_AFTER"
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python3 -m bench.gpu_table", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
+    p.add_argument("--out", default=common.DEFAULT_OUT)
+    p.add_argument("--tiny", action="store_true", help="toy sizes, 1-2 repetitions (dry run of every row kind)")
+    p.add_argument("--only", default="layers,models,compile",
+                   help="comma list of layers, models, compile (peaks always; mfu with the WRN-28-10 train row)")
+    p.add_argument("--deadline-s", type=float, default=None,
+                   help="seconds from start; rows not started by then are recorded SKIPPED")
+    p.add_argument("--compile-backend", default=None,
+                   help="torch.compile backend of the compile rows (default inductor; --tiny: eager, which "
+                        "traces the same code path in seconds)")
+    p.add_argument("--dropout", type=float, default=0.3)
+    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds per layer / model row")
+    p.add_argument("--quiet", action="store_true")
+    a = p.parse_args(argv)
+    a.only = [s.strip() for s in a.only.split(",") if s.strip()]
+    for s in a.only:
+        if s not in ("layers", "models", "compile"):
+            raise SystemExit(f"--only: expected a comma list of layers, models, compile; got {s!r}")
+    return a
+
+
+# ----------------------------------------------------------------------------- roofline (bench/roofline.py)
+
+
+def load_roofline(results_dir: str) -> Tuple[Dict[tuple, float], Optional[str]]:
+    """(predicted ms keyed by (pass, N, Cin, Cout, k, stride, H, W), source) from the newest
+    roofline_*.json of bench/roofline.py; ({}, None) when there is none."""
+    import glob
+    import json
+
+    paths = sorted(glob.glob(os.path.join(results_dir, "roofline_*.json")), key=os.path.getmtime)
+    if not paths:
+        return {}, None
+    try:
+        with open(paths[-1]) as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return {}, None
+    entries = data
+    if isinstance(data, dict):
+        entries = next((data[k] for k in ("rows", "records", "entries", "layers", "predictions") if k in data), [])
+    out: Dict[tuple, float] = {}
+    for e in entries if isinstance(entries, list) else []:
+        if not isinstance(e, dict):
+            continue
+        shape = e.get("shape") if isinstance(e.get("shape"), dict) else e
+        pass_ = e.get("pass") or e.get("kernel") or e.get("op")
+        ms = next((e[k] for k in ("predicted_ms", "roofline_ms", "floor_ms", "time_ms") if e.get(k) is not None),
+                  None)
+        try:
+            key = (str(pass_), int(shape["N"]), int(shape["Cin"]), int(shape["Cout"]),
+                   int(shape.get("k", shape.get("kh"))), int(shape["stride"]), int(shape["H"]), int(shape["W"]))
+        except (KeyError, TypeError, ValueError):
+            continue
+        if ms is not None:
+            out[key] = float(ms)
+    return out, os.path.relpath(paths[-1], common.REPO)
+
+
+# ----------------------------------------------------------------------------- per-layer rows
+
+
+def _kernels_module():
+    try:
+        from wrn_fast.kernels import bn_act_conv as K
+    except Exception as e:  # noqa: BLE001
+        raise Skip(f"wrn_fast.kernels.bn_act_conv not importable: {type(e).__name__}: {e}")
+    return K
+
+
+def _layer_sets(spec, dt, device, memory_format, p: float, n_sets: int):
+    g = torch.Generator(device="cpu").manual_seed(2024)
+    sets = []
+    for _ in range(n_sets):
+        s = {"x": torch.randn(spec.N, spec.Cin, spec.H, spec.W, generator=g),
+             "w": torch.randn(spec.Cout, spec.Cin, spec.k, spec.k, generator=g) * math.sqrt(2.0 / (spec.Cout * spec.k ** 2)),
+             "gy": torch.randn(spec.N, spec.Cout, spec.Ho, spec.Wo, generator=g),
+             "res": torch.randn(spec.N, spec.Cout, spec.Ho, spec.Wo, generator=g),
+             "scale": 1.0 + 0.2 * torch.randn(spec.Cin, generator=g),
+             "shift": 0.2 * torch.randn(spec.Cin, generator=g)}
+        for k in ("x", "w", "gy", "res"):
+            s[k] = s[k].to(device=device, dtype=dt).contiguous(memory_format=memory_format)
+        s["scale"], s["shift"] = s["scale"].to(device), s["shift"].to(device)
+        s["seed"] = torch.tensor([int(torch.randint(0, 2 ** 31 - 1, (1,), generator=g))], dtype=torch.int64,
+                                 device=device)
+        sets.append(s)
+    return sets
+
+
+def _layer_fns(K, spec, p: float):
+    """{pass: (fused(s), cudnn(s))}: the fused kernel with the fusion of the conv's role, and
+    cuDNN's plain convolution of the same shape."""
+    from .kernels import ROLE_CONFIG
+
+    prologue, _, has_res, stats = ROLE_CONFIG[spec.role]
+    pad, stride = spec.pad, spec.stride
+    kw = dict(stride=stride, padding=(pad,) * 4, act="relu" if prologue else "identity", dropout_p=p)
+
+    def aff(s):
+        return (s["scale"], s["shift"]) if prologue else (None, None)
+
+    def seed(s):
+        return s["seed"] if p > 0 else None
+
+    def fused_fwd(s):
+        return K.bn_act_conv_fwd(s["x"], s["w"], *aff(s), seed=seed(s), residual=s["res"] if has_res else None,
+                                 compute_stats=stats, **kw)[0]
+
+    def fused_dgrad(s):
+        return K.bn_act_conv_dgrad(s["gy"], s["w"], s["x"], *aff(s), seed=seed(s), **kw)[0]
+
+    def fused_wgrad(s):
+        return K.bn_act_conv_wgrad(s["gy"], s["x"], *aff(s), weight_shape=tuple(s["w"].shape), seed=seed(s), **kw)
+
+    def cudnn_bwd(s, mask):
+        return torch.ops.aten.convolution_backward(s["gy"], s["x"], s["w"], None, [stride] * 2, [pad] * 2, [1, 1],
+                                                   False, [0, 0], 1, mask)
+
+    fns = {"fwd": (fused_fwd, lambda s: F.conv2d(s["x"], s["w"], None, stride, pad)),
+           "dgrad": (fused_dgrad, lambda s: cudnn_bwd(s, [True, False, False])[0]),
+           "wgrad": (fused_wgrad, lambda s: cudnn_bwd(s, [False, True, False])[1])}
+    if spec.role == "stem":  # the network input needs no gradient: no dgrad for the stem
+        del fns["dgrad"]
+    return fns
+
+
+def _layer_refs(spec, s, p: float, device) -> Dict[str, Dict[str, torch.Tensor]]:
+    """High-precision outputs of set ``s``: the fused function (with the contract's dropout mask) and
+    the plain convolution, forward, grad x and grad w."""
+    from .kernels import ROLE_CONFIG, philox_keep, reference_bn_act_conv
+
+    prologue, _, has_res, _ = ROLE_CONFIG[spec.role]
+    rdt = torch.float64 if device.type == "cpu" else torch.float32
+    keep = philox_keep(int(s["seed"].item()), tuple(s["x"].shape), p, device) if p > 0 else None
+    old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        out = {}
+        for impl in ("wrn_fast", "cudnn"):
+            x = s["x"].detach().to(rdt).requires_grad_(True)
+            w = s["w"].detach().to(rdt).requires_grad_(True)
+            if impl == "wrn_fast":
+                y = reference_bn_act_conv(x, w, s["scale"] if prologue else None, s["shift"] if prologue else None,
+                                          s["res"] if has_res else None, keep, stride=spec.stride, pad=spec.pad,
+                                          p=p, rdt=rdt)
+            else:
+                y = F.conv2d(x, w, None, spec.stride, spec.pad)
+            gx, gw = torch.autograd.grad(y, [x, w], s["gy"].to(rdt))
+            out[impl] = {"fwd": y.detach(), "dgrad": gx, "wgrad": gw}
+        return out
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+def layer_rows(t: "Table", spec, source: str) -> None:
+    """The fwd / dgrad / wgrad rows of one convolution shape (fused and cuDNN, interleaved)."""
+    from .kernels import ROLE_CONFIG
+
+    dev, dt_name = t.device, t.dtype
+    dt = common.DTYPES[dt_name]
+    tol = common.TOLERANCES[common.tol_key(dt_name, dev)]
+    p = t.args.dropout if ROLE_CONFIG[spec.role][1] else 0.0
+    passes = [q for q in PASSES if not (q == "dgrad" and spec.role == "stem")]
+    flops_fwd = 2.0 * spec.N * spec.Ho * spec.Wo * spec.Cout * spec.Cin * spec.k * spec.k
+    base = {"section": "layer", "source": source, "shape": spec.as_dict(), "shape_label": spec.label,
+            "dtype": common.dtype_label(dt_name, dev), "dropout_p": p, "flops": flops_fwd, "tol": tol}
+    labels = [(q, impl) for q in passes for impl in ("wrn_fast", "cudnn")]
+    if t.budget.expired():
+        for q, impl in labels:
+            t.add(dict(base, **{"pass": q, "impl": impl, "status": STATUS_SKIPPED, "reason": "deadline (--deadline-s)"}))
+        return
+    try:
+        K = _kernels_module()
+        es = torch.empty((), dtype=dt).element_size()
+        set_bytes = es * (spec.N * spec.Cin * spec.H * spec.W + 2 * spec.N * spec.Cout * spec.Ho * spec.Wo)
+        n_sets = 1 if t.args.tiny else common.n_buffers_for(set_bytes, dev, max_sets=4)
+        sets = _layer_sets(spec, dt, dev, t.memory_format, p, n_sets)
+        fns = _layer_fns(K, spec, p)
+        refs = _layer_refs(spec, sets[0], p, dev)
+    except Skip as e:
+        for q, impl in labels:
+            t.add(dict(base, **{"pass": q, "impl": impl, "status": STATUS_SKIPPED, "reason": str(e)}))
+        return
+    except Exception as e:  # noqa: BLE001
+        msg = f"inputs/reference: {type(e).__name__}: {e}".splitlines()[0][:300]
+        for q, impl in labels:
+            t.add(dict(base, **{"pass": q, "impl": impl, "status": STATUS_ERROR, "reason": msg}))
+        return
+    interp = dev.type == "cpu"
+    for q in passes:
+        fused, plain = fns[q]
+        rows = {}
+        live = {}
+        for impl, fn in (("wrn_fast", fused), ("cudnn", plain)):
+            r = dict(base, **{"pass": q, "impl": impl, "status": None, "reason": None, "median_ms": None})
+            r["flops"] = flops_fwd
+            try:
+                err = common.rel_err(fn(sets[0]), refs[impl][q])
+                r["max_rel_err"] = err
+                if not err <= tol:
+                    r.update(status=STATUS_INVALID, reason=f"validation failed: rel err {err:.3g} > tol {tol:g}")
+                else:
+                    live[impl] = fn
+            except Exception as e:  # noqa: BLE001
+                r.update(status=STATUS_ERROR, reason=f"{type(e).__name__}: {e}".splitlines()[0][:300])
+            rows[impl] = r
+        timed = {}
+        if live:
+            try:
+                with torch.no_grad():
+                    timed = common.time_interleaved(
+                        {n: (lambda i, fn=fn: fn(sets[i])) for n, fn in live.items()}, len(sets), dev,
+                        warmup=0 if interp else 3, rounds=1 if interp else t.rounds, per_round=1 if interp else 3,
+                        max_s=None if interp else 5.0)
+            except Exception as e:  # noqa: BLE001
+                for n in live:
+                    rows[n].update(status=STATUS_ERROR, reason=f"timing: {type(e).__name__}: {e}".splitlines()[0][:300])
+                timed = {}
+        for impl in ("wrn_fast", "cudnn"):
+            r = rows[impl]
+            if impl in timed:
+                tm = timed[impl]
+                r.update(tm)
+                r["rounds"] = r.pop("reps")
+                r["status"] = STATUS_OK
+                r["tflops"] = flops_fwd / (tm["median_ms"] * 1e-3) / 1e12
+                pk = t.peak_tflops()
+                r["pct_peak"] = 100.0 * r["tflops"] / pk if pk else None
+                if interp:
+                    r["note"] = "CPU: Triton interpreter / CPU conv, not a performance figure"
+            key = (q, spec.N, spec.Cin, spec.Cout, spec.k, spec.stride, spec.H, spec.W)
+            r["roofline_ms"] = t.roofline.get(key)
+            r["roofline_source"] = t.roofline_source
+            if r["status"] == STATUS_OK and r["roofline_ms"]:
+                r["ratio_vs_roofline"] = r["median_ms"] / r["roofline_ms"]
+        if "wrn_fast" in timed and "cudnn" in timed:
+            rows["wrn_fast"]["ratio_vs_cudnn"] = timed["wrn_fast"]["median_ms"] / timed["cudnn"]["median_ms"]
+        for impl in ("wrn_fast", "cudnn"):
+            t.add(rows[impl])
+    del sets, refs
+    gc.collect()
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+# ----------------------------------------------------------------------------- model and MFU rows
+
+
+def _model_args(t: "Table", impls: List[str], mode: str, compile_mode: Optional[str]) -> SimpleNamespace:
+    tiny = t.args.tiny
+    return SimpleNamespace(
+        model_dtype=t.dtype, quick=False, compile=True, impls=impls, model_modes=[mode],
+        model_dropout=t.args.dropout, model_warmup=1 if tiny else 3, model_rounds=2 if tiny else t.rounds // 2,
+        model_steps=1 if tiny else 4, resolution=TINY_RESOLUTION if tiny else 32,
+        compile_mode=compile_mode, compile_backend=t.compile_backend)
+
+
+def model_step_flops(depth: int, k: int, batch: int, res: int, num_classes: int = 10) -> float:
+    """FLOPs of one training step of CIFAR WRN-depth-k: every convolution forward, dgrad (not the
+    stem's: the input needs no gradient) and wgrad, 2 FLOPs per multiply-add, plus the classifier.
+    BN, activations and the optimizer are left out (they are memory-bound and small in FLOPs)."""
+    from .kernels import wrn_cifar_convs
+
+    total = 0.0
+    for s in wrn_cifar_convs(depth, k, batch, res, distinct=False):
+        f = 2.0 * s.N * s.Ho * s.Wo * s.Cout * s.Cin * s.k * s.k
+        total += f * (2 if s.role == "stem" else 3)
+    return total + 3 * 2.0 * batch * 64 * k * num_classes
+
+
+def mfu_rows(t: "Table", name: str, depth: int, k: int, batch: int) -> None:
+    res = TINY_RESOLUTION if t.args.tiny else 32
+    flops = model_step_flops(depth, k, batch, res)
+    pk = t.peak_tflops()
+    rows = [r for r in t.rec.records if r.get("section") == "model" and r.get("model") == name
+            and r.get("batch") == batch and r.get("mode") == "train"]
+    for r in rows:
+        m = {"section": "mfu", "model": name, "batch": batch, "mode": "train", "impl": r["impl"],
+             "dtype": r.get("dtype"), "step_flops": flops, "peak_tflops": pk, "peak_ref": t.peak_label}
+        if r.get("status") != STATUS_OK:
+            t.add(dict(m, status=STATUS_SKIPPED, reason=f"no step time ({r.get('status')}: {r.get('reason')})"))
+            continue
+        achieved = flops / (r["median_ms"] * 1e-3) / 1e12
+        t.add(dict(m, status=STATUS_OK, median_ms=r["median_ms"], achieved_tflops=achieved,
+                   mfu=achieved / pk if pk else None,
+                   note="CPU: not a performance figure" if t.device.type == "cpu" else None))
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+class Table:
+    def __init__(self, args, device: torch.device, rec: common.Recorder):
+        self.args, self.device, self.rec = args, device, rec
+        self.dtype = "bf16" if device.type == "cuda" else "fp32"
+        self.memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+        self.budget = common.Budget(args.deadline_s)
+        self.rounds = args.rounds or (2 if args.tiny else 20)
+        self.compile_backend = args.compile_backend or ("eager" if args.tiny else "inductor")
+        self.roofline, self.roofline_source = load_roofline(common.DEFAULT_OUT)
+        self.peak_label = None
+        stall_after = int(os.environ.get(STALL_ENV, "0") or 0)
+        if stall_after:
+            def stall(row):
+                if len(rec.records) >= stall_after:
+                    print(f"[gpu_table] {STALL_ENV}={stall_after}: stalling (test hook)", flush=True)
+                    time.sleep(3600)
+            rec.after_add = stall
+
+    def add(self, row: Dict[str, object]) -> None:
+        self.rec.add(row)
+
+    def peak_tflops(self) -> Optional[float]:
+        mm = (self.rec.peaks or {}).get("matmul_tflops") or {}
+        label = common.dtype_label(self.dtype, self.device)
+        self.peak_label = f"measured matmul {label}" if mm.get(label) else None
+        return mm.get(label)
+
+    def peaks(self) -> None:
+        self.rec.peaks = common.measure_peaks(self.device, [self.dtype], self.args.tiny)
+        for label, v in (self.rec.peaks.get("matmul_tflops") or {}).items():
+            self.add({"section": "peak", "what": f"matmul {label}", "n": self.rec.peaks.get("matmul_n"),
+                      "tflops": v, "status": STATUS_OK})
+        self.add({"section": "peak", "what": "copy fp32", "bytes": self.rec.peaks.get("copy_bytes"),
+                  "gbs": self.rec.peaks.get("copy_gbs"), "status": STATUS_OK if self.rec.peaks.get("copy_gbs")
+                  else STATUS_ERROR, "reason": "; ".join(self.rec.peaks.get("notes") or []) or None})
+
+    def layers(self) -> None:
+        from .kernels import wrn_cifar_convs
+
+        name, depth, k, batch, res = TINY_LAYER_MODEL if self.args.tiny else LAYER_MODEL
+        specs = wrn_cifar_convs(depth, k, batch, res)
+        if self.args.tiny:  # two shapes keep the interpreter run at seconds: conv2 has every fusion
+            # (prologue, dropout, residual, statistics), the shortcut a stride and a 1x1 kernel
+            specs = [next(s for s in specs if s.role == r) for r in ("conv2", "shortcut")]
+        for spec in specs:
+            layer_rows(self, spec, f"{name} b{batch}")
+
+    def models(self, compile_rows: bool) -> None:
+        from . import models
+
+        rows = TINY_MODEL_ROWS if self.args.tiny else MODEL_ROWS
+        for name, depth, k, batch, mode in rows:
+            margs = _model_args(self, ["reference-compile"] if compile_rows else ["wrn_fast"], mode,
+                                "max-autotune" if compile_rows else None)
+            models.bench_model(name, depth, k, batch, margs, self.device, self.rec, self.budget)
+            if not compile_rows and mode == "train" and (name, batch) == (rows[0][0], rows[0][3]):
+                mfu_rows(self, name, depth, k, batch)
+
+    def run(self) -> None:
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+            torch.backends.cudnn.benchmark = True
+        self.peaks()
+        if "layers" in self.args.only:
+            self.layers()
+        if "models" in self.args.only:
+            self.models(compile_rows=False)
+        if "compile" in self.args.only:
+            self.models(compile_rows=True)
+
+
+def main(argv: Optional[List[str]] = None) -> Dict[str, str]:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    a = parse_args(argv)
+    a.device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if a.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is available here")
+    device = torch.device(a.device, 0) if a.device == "cuda" else torch.device("cpu")
+    env = common.capture_env(device, argv)
+    env["command"] = env["command"].replace("-m bench.run", "-m bench.gpu_table")
+    env["wrn_fast_autotune"] = os.environ.get("WRN_FAST_AUTOTUNE")
+    rec = common.Recorder(a.out, env, a.tiny, verbose=not a.quiet)
+    rec.notes.append(f"gpu_table: dtype {'bf16 autocast, channels_last' if device.type == 'cuda' else 'fp32'}, "
+                     f"sections {a.only}, deadline {a.deadline_s} s, WRN_FAST_AUTOTUNE={env['wrn_fast_autotune']}")
+    if device.type == "cpu":
+        rec.notes.append(common.CPU_DISCLAIMER)
+    if a.tiny and device.type == "cpu":
+        torch.set_num_threads(1)  # toy sizes: a second thread buys nothing; OpenMP spin-waits on shared cores
+    table = Table(a, device, rec)
+    if table.roofline_source is None:
+        rec.notes.append("roofline: no bench/results/roofline_*.json (bench/roofline.py): roofline_ms left empty")
+    t0 = time.monotonic()
+    try:
+        table.run()
+    except common.Terminated as e:
+        rec.terminated = str(e)
+        print(f"[gpu_table] terminated ({e}): writing the {len(rec.records)} rows measured", file=sys.stderr)
+    finally:
+        env["elapsed_s"] = round(time.monotonic() - t0, 2)
+        paths = rec.write()
+    print(f"[gpu_table] wrote {paths['json']} ({len(rec.records)} rows, {env['elapsed_s']} s)")
+    if rec.terminated:
+        raise SystemExit(143)
+    return paths
+
+
+if __name__ == "__main__":
+    common.raise_on_sigterm()
+    main()
