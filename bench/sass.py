@@ -190,7 +190,8 @@ def analyze_many(jobs, *, processes=2, python=None, progress=None, src_root=None
             groups.setdefault(item[1]["config"] is None, []).append(item)
         shards = []
         for default_mode, items in groups.items():
-            n = max(processes, -(-len(items) // SHARD_JOBS))
+            per_shard = SHARD_JOBS * (8 if all(job["config"] == "list" for _, job, _ in items) else 1)
+            n = max(processes, -(-len(items) // per_shard))
             shards += [(default_mode, items[k::n]) for k in range(n) if items[k::n]]
         done = [0]
 
@@ -431,6 +432,10 @@ def verdict(res):
 
 def _worker(jobs_file):
     assert os.environ.get("TRITON_INTERPRET", "0") != "1", "the worker must run without TRITON_INTERPRET"
+    if sys.platform.startswith("linux"):  # die with the parent (an interrupted report leaves no workers)
+        import ctypes
+        import signal
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     import torch
     import triton.runtime.autotuner as autotuner
     from triton.backends.compiler import GPUTarget
