@@ -60,6 +60,19 @@ def test_train_options_parse():
         build_parser().parse_args(["train", "--milestones", "a,b"])
 
 
+def test_train_options_are_derived_from_the_config():
+    """One list of training settings: every TrainConfig field is a `train` option of the same name (flag, help
+    and parser from the field's metadata), and `train` has no other options but --resume and --json."""
+    import dataclasses
+
+    train_parser = build_parser()._subparsers._group_actions[0].choices["train"]
+    dests = {a.dest for a in train_parser._actions}
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    assert dests - fields == {"help", "resume", "json"} and fields <= dests
+    args = train_parser.parse_args(["--eval-batch-size", "7", "--no-ema-warmup", "--wd", "0.1"])
+    assert (args.eval_batch_size, args.ema_warmup, args.weight_decay, args.lr) == (7, False, 0.1, None)
+
+
 @needs_sklearn
 def test_default_command_trains_on_the_bundled_digits(tmp_path, capsys):
     """`python -m wrn_fast train` with nothing else is the README's demo; cut to 3 steps here."""

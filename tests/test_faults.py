@@ -23,51 +23,25 @@ import torch
 
 from wrn_fast.__main__ import main
 from wrn_fast.data import InputError
-from wrn_fast.training import TrainConfig, load_checkpoint, save_checkpoint, train
+from wrn_fast.training import load_checkpoint, save_checkpoint, train
 from wrn_fast.training.checkpoint import read_checkpoint
 from wrn_fast.training.ema import ModelEMA, ema_decay
 from wrn_fast.training.rundir import LOCK_NAME, RunLock, create_run_dir, default_run_dir
 
 from _checks import needs_sklearn
+from _training import STEPS_PER_EPOCH, assert_same_state as _assert_same_state, read_log as _read_log, \
+    tiny_config as _config, without_timing as _without_timing
 
 pytestmark = [pytest.mark.usefixtures("one_thread"), needs_sklearn]
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEED = int(os.environ.get("WRN_FAST_FAULT_SEED", time.time_ns() % 100000))
-STEPS_PER_EPOCH, EPOCHS = 11, 2
+EPOCHS = 2
 TOTAL_STEPS = STEPS_PER_EPOCH * EPOCHS
-_TIMING_KEYS = ("images_per_s", "epoch_time_s", "time_s")
 
-# The CLI spelling of _config(): the same run (the resumes below compare against an in-process run).
+# The CLI spelling of _config() (tests/_training.py): the same run (the resumes below compare against an in-process run).
 CLI_ARGS = ["--model", "wrn-10-1", "--image-size", "8", "--batch-size", "128", "--epochs", str(EPOCHS),
             "--lr", "0.05", "--dropout", "0.3", "--ema", "0.9", "--seed", "1", "--device", "cpu", "--no-progress"]
-
-
-def _config(out, **overrides):
-    values = dict(model="wrn-10-1", dataset="digits", image_size=8, epochs=EPOCHS, batch_size=128, lr=0.05,
-                  schedule="cosine", dropout=0.3, ema=0.9, seed=1, device="cpu", progress=False, out=str(out))
-    values.update(overrides)
-    return TrainConfig(**values)
-
-
-def _without_timing(history):
-    return [{k: v for k, v in r.items() if k not in _TIMING_KEYS} for r in history]
-
-
-def _read_log(path):
-    with open(path) as f:
-        return [json.loads(line) for line in f]
-
-
-def _assert_same_state(a, b):
-    for part in ("model", "ema"):
-        assert a[part].keys() == b[part].keys()
-        for k in a[part]:
-            assert torch.equal(a[part][k], b[part][k]), f"{part}.{k} differs"
-    mom_a = [s["momentum_buffer"] for s in a["optimizer"]["state"].values()]
-    mom_b = [s["momentum_buffer"] for s in b["optimizer"]["state"].values()]
-    assert len(mom_a) == len(mom_b) and all(torch.equal(x, y) for x, y in zip(mom_a, mom_b))
-    assert (a["epoch"], a["step"], a["scheduler"]["last_epoch"]) == (b["epoch"], b["step"], b["scheduler"]["last_epoch"])
 
 
 def _debris(directory):

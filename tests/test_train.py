@@ -3,7 +3,6 @@
 All runs use WRN-10-1 on the bundled digits at 8x8 (11 steps per epoch at batch
 128), a few seconds each on 2 CPU cores.
 """
-import json
 import math
 import os
 import signal
@@ -14,41 +13,13 @@ import torch
 import wrn_fast
 from wrn_fast.__main__ import main
 from wrn_fast.data import InputError
-from wrn_fast.training import TrainConfig, evaluate_checkpoint, load_checkpoint, save_checkpoint, train
+from wrn_fast.training import evaluate_checkpoint, load_checkpoint, save_checkpoint, train
 
 from _checks import needs_sklearn
+from _training import assert_same_state as _assert_same_state, read_log as _read_log, tiny_config as _config, \
+    without_timing as _without_timing
 
 pytestmark = [pytest.mark.usefixtures("one_thread"), needs_sklearn]
-
-# Values that legitimately differ between two runs of the same training (wall-clock).
-_TIMING_KEYS = ("images_per_s", "epoch_time_s", "time_s")
-
-
-def _config(out, **overrides):
-    values = dict(model="wrn-10-1", dataset="digits", image_size=8, epochs=2, batch_size=128, lr=0.05,
-                  schedule="cosine", dropout=0.3, ema=0.9, seed=1, device="cpu", progress=False, out=str(out))
-    values.update(overrides)
-    return TrainConfig(**values)
-
-
-def _without_timing(history):
-    return [{k: v for k, v in r.items() if k not in _TIMING_KEYS} for r in history]
-
-
-def _read_log(path):
-    with open(path) as f:
-        return [json.loads(line) for line in f]
-
-
-def _assert_same_state(ckpt_a, ckpt_b):
-    for part in ("model", "ema"):
-        assert ckpt_a[part].keys() == ckpt_b[part].keys()
-        for k in ckpt_a[part]:
-            assert torch.equal(ckpt_a[part][k], ckpt_b[part][k]), f"{part}.{k} differs"
-    mom_a = [s["momentum_buffer"] for s in ckpt_a["optimizer"]["state"].values()]
-    mom_b = [s["momentum_buffer"] for s in ckpt_b["optimizer"]["state"].values()]
-    assert all(torch.equal(a, b) for a, b in zip(mom_a, mom_b))
-    assert ckpt_a["scheduler"]["last_epoch"] == ckpt_b["scheduler"]["last_epoch"]
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any, Dict, Optional
 
 from ..data import InputError
+from .checkpoint import is_train_checkpoint, load_checkpoint
 
 try:
     import fcntl
@@ -169,3 +170,33 @@ class RunLock:
     def __exit__(self, *exc):
         self.release()
         return False
+
+
+def check_existing_run(out: str, checkpoint_name: str, flag: str, ckpt: Optional[Dict[str, Any]],
+                       resume_path: Optional[str]) -> None:
+    """Never overwrite another run, nor a checkpoint further along than the one resumed (``ckpt``, from
+    ``resume_path``; None for a new run). ``flag`` names the directory in messages."""
+    target = os.path.join(out, checkpoint_name)
+    if not os.path.exists(target):
+        return
+    if ckpt is None:
+        raise InputError(f"{flag} {out}: already holds {checkpoint_name} from an earlier run; continue "
+                         f"it with --resume {target}, or choose another --out")
+    if os.path.samefile(target, resume_path):
+        return
+    try:
+        theirs = load_checkpoint(target, flag=flag)
+        if not is_train_checkpoint(theirs):
+            raise InputError(f"{target}: not a wrn_fast training checkpoint")
+    except InputError as e:
+        raise InputError(f"{flag} {out}: holds a {checkpoint_name} that resuming {resume_path} would replace, and "
+                         f"it cannot be read ({e}); move it away or choose another --out") from e
+    if ckpt.get("run_id") and theirs.get("run_id") and ckpt["run_id"] != theirs["run_id"]:
+        raise InputError(f"{flag} {out}: holds {checkpoint_name} of another run (epoch {theirs.get('epoch')}, step "
+                         f"{theirs.get('step')}); resuming {resume_path} there would overwrite it. "
+                         f"Choose another --out")
+    if theirs.get("step", 0) > ckpt["step"]:
+        raise InputError(f"{flag} {out}: holds a newer checkpoint of this run (epoch {theirs.get('epoch')}, step "
+                         f"{theirs.get('step')}) than {resume_path} (epoch {ckpt['epoch']}, step "
+                         f"{ckpt['step']}); resuming would roll it back. Continue the newer one with --resume "
+                         f"{target}, or branch off with --out NEW_DIR")

@@ -41,8 +41,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..data import InputError, Split, apply_augmentation, draw_augmentation, load_dataset, normalize_batch
-from .checkpoint import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, check_train_checkpoint, is_train_checkpoint,
-                         load_checkpoint, remove_stale_temporaries, save_checkpoint)
+from .checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, remove_stale_temporaries, save_checkpoint
 from .config import RUN_CONTROL, TrainConfig
 from .distributed import Dist, apply_sync_bn, init_distributed
 from .ema import ModelEMA
@@ -50,7 +49,8 @@ from .evaluation import amp_dtype as _amp_dtype, evaluate
 from .models import arch_kwargs_from_name, build_model, check_architecture, load_weights
 from .progress import append_log, format_record, plot_history, print_main, progress_bar_class, write_log
 from .rng import derive_seed, generator, rng_state, set_rng_state
-from .rundir import RunLock, check_out_dir, create_run_dir, default_run_dir
+from .resume import resolve_resume
+from .rundir import RunLock, check_existing_run, check_out_dir, create_run_dir, default_run_dir
 from .signals import Aborted, StopRequest, signal_name
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -190,34 +190,7 @@ class Trainer:
             raise InputError(error)
 
     def _check_existing_run(self) -> None:
-        """Never overwrite another run, nor a checkpoint further along than the one resumed."""
-        out, target = self.config.out, self.ckpt_path
-        if not os.path.exists(target):
-            return
-        if self.ckpt is None:
-            raise InputError(f"{self.out_flag} {out}: already holds {CHECKPOINT_NAME} from an earlier run; continue "
-                             f"it with --resume {target}, or choose another --out")
-        if os.path.samefile(target, self.resume_path):
-            return
-        try:
-            other = load_checkpoint(target, flag=self.out_flag)
-            if not is_train_checkpoint(other):
-                raise InputError(f"{target}: not a wrn_fast training checkpoint")
-        except InputError as e:
-            raise InputError(f"{self.out_flag} {out}: holds a {CHECKPOINT_NAME} that resuming {self.resume_path} "
-                             f"would replace, and it cannot be read ({e}); move it away or choose another "
-                             f"--out") from e
-        mine, theirs = self.ckpt, other
-        where = f"{self.out_flag} {out}"
-        if mine.get("run_id") and theirs.get("run_id") and mine["run_id"] != theirs["run_id"]:
-            raise InputError(f"{where}: holds {CHECKPOINT_NAME} of another run (epoch {theirs.get('epoch')}, step "
-                             f"{theirs.get('step')}); resuming {self.resume_path} there would overwrite it. "
-                             f"Choose another --out")
-        if theirs.get("step", 0) > mine["step"]:
-            raise InputError(f"{where}: holds a newer checkpoint of this run (epoch {theirs.get('epoch')}, step "
-                             f"{theirs.get('step')}) than {self.resume_path} (epoch {mine['epoch']}, step "
-                             f"{mine['step']}); resuming would roll it back. Continue the newer one with --resume "
-                             f"{target}, or branch off with --out NEW_DIR")
+        check_existing_run(self.config.out, CHECKPOINT_NAME, self.out_flag, self.ckpt, self.resume_path)
 
     def _open_run_dir(self) -> None:
         """Create and lock the run directory, re-check it under the lock, clear debris of killed writers."""
@@ -541,49 +514,6 @@ class Trainer:
 
 
 # --------------------------------------------------------------------------- entry point
-def resolve_resume(resume: str, explicit: Dict[str, Any]) -> Tuple[TrainConfig, Dict[str, Any], str]:
-    """(config, checkpoint, out flag) of a resumed run: the checkpoint's config with run-control overrides.
-
-    Writes go to --out when given, else to the directory the checkpoint file is
-    in (not the one recorded inside it: a copy elsewhere must not touch the
-    original run). Conflicting hyper-parameters are errors.
-    """
-    source = f"--resume {resume}"
-    ckpt = load_checkpoint(resume, flag="--resume")
-    if not is_train_checkpoint(ckpt):
-        raise InputError(f"{source}: not a wrn_fast training checkpoint (a raw state_dict has no optimizer "
-                         "state; use it with `eval`)")
-    check_train_checkpoint(ckpt, source, for_resume=True)
-    saved = dict(ckpt["config"])
-    if "model" in explicit and explicit["model"] != saved.get("model"):
-        check_architecture(source, {**arch_kwargs_from_name(str(saved.get("model"))), **ckpt["model_kwargs"]},
-                           explicit["model"])
-        raise InputError(f"{source}: checkpoint is {saved.get('model')} but --model {explicit['model']}")
-    saved.setdefault("ema_warmup", False)  # checkpoints from before the warm-up continue without it
-    conflicts = [f"{TrainConfig.flag(k)} {explicit[k]!r} (checkpoint: {saved.get(k)!r})" for k in explicit
-                 if k not in RUN_CONTROL and k != "model" and explicit[k] != saved.get(k)]
-    if conflicts:
-        raise InputError(f"{source}: continues the checkpoint's run, whose settings differ from "
-                         f"{'; '.join(conflicts)}. Drop these options, or start a new run without --resume")
-    saved.update({k: v for k, v in explicit.items() if k in RUN_CONTROL})
-    saved["max_steps"] = explicit.get("max_steps")  # a stop for one invocation, not part of the run
-    out_flag = "--out"
-    if explicit.get("out") is None:
-        saved["out"] = os.path.dirname(os.path.abspath(resume))
-        out_flag = f"--resume {resume}: its directory"
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(saved) - fields)
-    if unknown:
-        raise InputError(f"{source}: the checkpoint's stored config has unknown settings {unknown}; it was written "
-                         "by another wrn_fast version")
-    try:
-        config = TrainConfig(**saved)
-    except TypeError as e:
-        raise InputError(f"{source}: the checkpoint's stored config cannot be read ({e})") from e
-    config.validate(stored_in=resume, given=explicit)
-    return config, ckpt, out_flag
-
-
 def train(config: TrainConfig, resume: Optional[str] = None, explicit: Optional[Dict[str, Any]] = None
           ) -> Dict[str, Any]:
     """Train (or continue) a run; returns the final metrics and the output paths.
