@@ -17,13 +17,20 @@ then zero padding) so the normalised activation ``a`` never exists in memory:
             program column), K = N*Ho*Wo with split-K (partials summed in fp32).
 
 Tensors are logical NCHW with arbitrary strides (channels_last is the fast
-layout). Dropout masks are a function of (seed, logical NCHW index of the input
-element) only (``kernels._common.dropout_keep``), so the three kernels regenerate
-the same mask under any tiling. ``p`` reaches the kernels as an fp32 scalar:
-the mask is ``rand >= fp32(p)`` and kept values are scaled by ``1/(1-fp32(p))``.
+layout). The dropout mask is a function of (seed, logical NCHW index of the input
+element) only (``kernels._common``); it is evaluated once into a bitmask
+(``dropout_bits``: 1 bit per element, one int32 word per pixel and 32 channels),
+which the three kernels test instead of running Philox per element in their K
+loops. ``p`` reaches the kernels as an fp32 scalar: the mask is ``rand >= fp32(p)``
+and kept values are scaled by ``1/(1-fp32(p))``.
 
-Accumulation is fp32 (fp64 for fp64 inputs). fp32 inputs use exact ("ieee")
-products unless ``allow_tf32``; fp16/bf16 go to tl.dot natively.
+Accumulation is fp32 (fp64 for fp64 inputs). fp32 inputs use TF32 tensor cores when
+``allow_tf32`` (PyTorch's convention for convolutions), else exact ("ieee")
+products; fp16/bf16 go to tl.dot natively.
+
+Tile configs: with WRN_FAST_AUTOTUNE=0 (or in the interpreter) each launch uses
+``default_config`` (a per-shape heuristic, no timing); otherwise the autotuner picks
+from the kind's list, keyed on the shape and every compile-time variant.
 """
 import os
 import struct
@@ -32,12 +39,15 @@ import torch
 import triton
 import triton.language as tl
 
-from wrn_fast._counters import bump
-from wrn_fast.ops import output_memory_format
-
-from ._common import ACT_CODES, act_grad, apply_act, dropout_keep
+from ._common import act_grad, apply_act, dropout_bits_kernel, keep_from_bits, launch_device
+from .contract import (IndexRangeError, MAX_INDEX, check_activation, dropout_bits_shape, norm_padding, out_hw,
+                       output_memory_format)
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+# Tile decisions are fixed at import: compile-only harnesses (tests/_triton_aot.py,
+# bench/sass.py) flip INTERPRET afterwards to accept CPU tensors, and must still get
+# the GPU's configs.
+_GPU_TILES = not INTERPRET
 
 # Rows of the forward GEMM (output pixels) per partial-stats record. Fixed (not
 # tied to the autotuned BLOCK_M) so the number of partials is a function of the
@@ -53,60 +63,112 @@ def _cfg(bm, bn, bk, stages, warps):
     return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_stages=stages, num_warps=warps)
 
 
-# WRN_FAST_AUTOTUNE=0: one mid-size config per kernel, no autotuning (fast first
-# calls: the GPU test suite sets it, each shape would otherwise compile and time
-# every config). Default: autotune; timings are cached on disk by Triton
-# (cache_results), so a restarted run does not re-time its shapes.
+# WRN_FAST_AUTOTUNE=0: no autotuning, one config per launch from ``default_config``
+# (fast first calls; the GPU test suite and protocol set it). Default: autotune;
+# timings are cached on disk by Triton (cache_results), so a restarted run does not
+# re-time its shapes.
 AUTOTUNE = os.environ.get("WRN_FAST_AUTOTUNE", "1") != "0"
 
-if INTERPRET:
-    # One small config: autotuning in the interpreter measures numpy, not a GPU.
-    # BLOCK_N/BLOCK_K = 16 so the small test channel counts (12, 20) span
-    # several, partially masked tiles.
-    _FWD_CONFIGS = [_cfg(64, 16, 16, 1, 4)]
-    _DGRAD_CONFIGS = [_cfg(64, 16, 16, 1, 4)]
-    _WGRAD_CONFIGS = [_cfg(16, 16, 32, 1, 4)]
-else:  # Hopper / Ampere
-    _FWD_CONFIGS = [
-        _cfg(128, 128, 32, 3, 8),
-        _cfg(128, 128, 64, 3, 8),
-        _cfg(128, 64, 32, 4, 4),
-        _cfg(128, 64, 64, 3, 4),
-        _cfg(64, 128, 32, 4, 4),
-        _cfg(64, 64, 32, 4, 4),
-        _cfg(128, 32, 32, 4, 4),
-        _cfg(64, 32, 32, 4, 4),
-    ]
-    _DGRAD_CONFIGS = list(_FWD_CONFIGS)
-    _WGRAD_CONFIGS = [
-        _cfg(128, 128, 32, 3, 8),
-        _cfg(128, 128, 64, 3, 8),
-        _cfg(64, 128, 64, 3, 4),
-        _cfg(128, 64, 64, 3, 4),
-        _cfg(64, 64, 64, 4, 4),
-        _cfg(64, 32, 64, 4, 4),
-        _cfg(32, 64, 64, 4, 4),
-    ]
-# Every config a GPU may use (tests run each once, whatever AUTOTUNE says).
-ALL_CONFIGS = {"fwd": list(_FWD_CONFIGS), "dgrad": list(_DGRAD_CONFIGS), "wgrad": list(_WGRAD_CONFIGS)}
-if not AUTOTUNE and not INTERPRET:
-    _FWD_CONFIGS = [_cfg(64, 64, 32, 4, 4)]
-    _DGRAD_CONFIGS = [_cfg(64, 64, 32, 4, 4)]
-    _WGRAD_CONFIGS = [_cfg(64, 64, 64, 4, 4)]
+# The interpreter's one config: BLOCK_N = 16 so the small test channel counts (12, 20)
+# span several, partially masked tiles; BLOCK_K = 32 (one dropout-bitmask word).
+_INTERPRET_CONFIGS = {"fwd": _cfg(64, 16, 32, 1, 4), "dgrad": _cfg(64, 16, 32, 1, 4),
+                      "wgrad": _cfg(16, 32, 32, 1, 4)}
+
+# GPU lists (Hopper / Ampere). 16-bit operands: wgmma tiles; BLOCK_K = 64 halves the
+# per-iteration overhead of the K loop against 32. fp32 (TF32 or exact) and fp64 hold
+# twice the bytes per operand: their own, smaller list, free of spills.
+_CONFIGS_16 = {
+    "fwd": [_cfg(128, 128, 64, 3, 8), _cfg(128, 128, 32, 4, 8), _cfg(128, 256, 32, 3, 8),
+            _cfg(128, 64, 64, 3, 4), _cfg(64, 128, 64, 3, 4), _cfg(64, 64, 64, 4, 4), _cfg(128, 32, 64, 4, 4),
+            _cfg(64, 32, 64, 4, 4)],
+    "wgrad": [_cfg(128, 128, 64, 3, 8), _cfg(128, 128, 32, 4, 8), _cfg(64, 128, 64, 3, 4),
+              _cfg(128, 64, 64, 3, 4), _cfg(64, 64, 64, 4, 4), _cfg(64, 32, 64, 4, 4), _cfg(32, 64, 64, 4, 4)],
+}
+_CONFIGS_16["dgrad"] = list(_CONFIGS_16["fwd"])
+_CONFIGS_32 = {
+    "fwd": [_cfg(128, 64, 32, 3, 8), _cfg(64, 128, 32, 3, 8), _cfg(64, 64, 32, 3, 4), _cfg(128, 32, 32, 3, 4),
+            _cfg(64, 32, 32, 4, 4)],
+    "wgrad": [_cfg(128, 64, 32, 3, 8), _cfg(64, 128, 32, 3, 8), _cfg(64, 64, 32, 3, 4), _cfg(64, 32, 32, 4, 4),
+              _cfg(32, 64, 32, 4, 4)],
+}
+_CONFIGS_32["dgrad"] = list(_CONFIGS_32["fwd"])
+# Every config a GPU may use (the GPU tests run each once, whatever AUTOTUNE says).
+ALL_CONFIGS = {k: _CONFIGS_16[k] + _CONFIGS_32[k] for k in ("fwd", "dgrad", "wgrad")}
 
 
-def _prune_by_n(key_n):
-    """Drop configs whose BLOCK_N is far wider than the GEMM's N (stem, thin layers)."""
+def default_config(kind: str, dtype: torch.dtype, cin: int, cout: int, *, dropout: bool = False):
+    """The tile config used without autotuning: (BLOCK_M, BLOCK_N, BLOCK_K, num_stages, num_warps).
+
+    A heuristic, not timed: the GEMM's N side (Cout for fwd, Cin for dgrad/wgrad) gets the
+    widest tile that it fills to at least ~80%, because the BN-act prologue costs
+    instructions per element of the other operand, so its share of the K loop shrinks
+    as BLOCK_N grows; 16-bit operands use BLOCK_K = 64 (loop overhead per iteration
+    halves) with 8 warps (two wgmma warpgroups) on 128-row tiles. ``dropout`` is
+    accepted for the variants' sake; the bitmask costs the same under every tile.
+    """
+    if kind not in ("fwd", "dgrad", "wgrad"):
+        raise ValueError(f"kind must be 'fwd', 'dgrad' or 'wgrad', got {kind!r}")
+    if not _GPU_TILES:
+        c = _INTERPRET_CONFIGS[kind]
+        return (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_stages, c.num_warps)
+    n = cout if kind == "fwd" else cin
+    wide = dtype in (torch.float16, torch.bfloat16)
+
+    def fill(bn):  # useful fraction of the N tiles
+        return n / (triton.cdiv(n, bn) * bn)
+
+    if not wide:
+        if dtype == torch.float64:
+            return (64, 32, 16, 3, 4)
+        return (128, 64, 32, 3, 8) if n >= 64 and fill(64) >= 0.8 else (64, 32, 32, 4, 4)
+    if n >= 128 and fill(128) >= 0.8:
+        return (128, 128, 64, 3, 8)
+    if n >= 64 and fill(64) >= 0.8:
+        return (128, 64, 64, 3, 4)
+    return (64, 32, 64, 4, 4)
+
+
+def _configs_for(kind):
+    return _CONFIGS_16[kind] + _CONFIGS_32[kind]
+
+
+def _prune(key_n):
+    """Keep the configs of the operand width (16-bit vs 32/64-bit lists) whose BLOCK_N
+    is not far wider than the GEMM's N (stem, thin layers)."""
     def prune(configs, named_args, **kwargs):
-        n = named_args[key_n] if key_n in named_args else kwargs[key_n]
-        cap = max(32, triton.next_power_of_2(int(n)))
-        kept = [c for c in configs if c.kwargs["BLOCK_N"] <= cap]
-        return kept or configs
+        def arg(name):
+            return named_args[name] if name in named_args else kwargs[name]
+        n = int(arg(key_n))
+        wide = arg("w_ptr" if "w_ptr" in named_args else "gy_ptr").dtype in (torch.float16, torch.bfloat16)
+        kind_cfgs = [c for c in configs if (c in _CONFIGS_16_ALL) == wide]
+        cap = max(32, triton.next_power_of_2(n))
+        kept = [c for c in kind_cfgs if c.kwargs["BLOCK_N"] <= cap]
+        return kept or kind_cfgs or configs
     return {"early_config_prune": prune}
 
 
-def _min_block_m(configs):
-    return min(c.kwargs["BLOCK_M"] for c in configs)
+_CONFIGS_16_ALL = [c for k in _CONFIGS_16 for c in _CONFIGS_16[k]]
+
+# The autotune key: the shape and every compile-time variant (tensor dtypes are added
+# by Triton itself).
+_KEY = ["Cin", "Cout", "H", "W", "Ho", "Wo", "KH", "KW", "STRIDE", "PT", "PL", "ACT", "HAS_AFFINE", "HAS_DROPOUT",
+        "IS_FP64", "IN_PREC"]
+
+
+def _launch(kernel, grid, args, consts, kind, dtype, cin, cout, dropout):
+    """Launch ``kernel`` (an autotuner) with autotuning, or its jit function with the
+    default config (WRN_FAST_AUTOTUNE=0, interpreter)."""
+    if AUTOTUNE and _GPU_TILES:
+        kernel[grid](*args, **consts)
+        return
+    bm, bn, bk, stages, warps = default_config(kind, dtype, cin, cout, dropout=dropout)
+    kernel.fn[grid](*args, **consts, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_stages=stages, num_warps=warps)
+
+
+def _min_block_m(kind, dtype, cin, cout, dropout):
+    if AUTOTUNE and _GPU_TILES:
+        return min(c.kwargs["BLOCK_M"] for c in _configs_for(kind))
+    return default_config(kind, dtype, cin, cout, dropout=dropout)[0]
 
 
 # --------------------------------------------------------------------------- jit helpers
@@ -124,26 +186,26 @@ def _mma(a, b, acc, IN_PREC: tl.constexpr, UPCAST: tl.constexpr):
 
 
 @triton.jit
-def _prologue(xv, sc, sh, inb, nb, c, ih, iw, Cin, H, W, seed, slope, p, inv_keep,
-              ACT: tl.constexpr, HAS_DROPOUT: tl.constexpr):
-    """a = dropout(act(x*scale+shift)), zero where the tap falls in the padding.
+def _prologue(xv, sc, sh, m, slope, inv_keep, ACT: tl.constexpr, HAS_DROPOUT: tl.constexpr):
+    """a = dropout(act(x*scale+shift)), zero in rows that fall in the padding, as
+    act((x*scale + shift) * m), m = 0 in padding rows and dropped elements, else
+    ``keep_mul`` (1/(1-p); 1 for silu or without dropout): every activation has act(0) = 0
+    and identity / relu / leaky_relu commute with a positive scale, so one multiply does
+    padding, mask and 1/(1-p) (silu: times 1/(1-p) afterwards). A multiply, not a select:
+    it stays in fp32 ahead of the bf16 pack (the max of relu then folds into the pack).
 
-    xv [R, C] in the compute dtype, sc/sh broadcastable; nb/c/ih/iw broadcastable
-    int32 logical coordinates of the input element (for the dropout index)."""
-    z = xv * sc + sh
-    a = apply_act(z, ACT, slope)
-    if HAS_DROPOUT:
-        idx = ((nb * Cin + c) * H + ih) * W + iw
-        keep = dropout_keep(seed, idx, p)
-        a = tl.where(keep, a * inv_keep, 0.0)
-    return tl.where(inb, a, 0.0)  # padding is applied AFTER bn-act: act(shift) != 0
+    xv [R, C] in the compute dtype, sc/sh [1, C]. Lanes past Cin come out 0: x = scale =
+    shift = 0 there."""
+    a = apply_act((xv * sc + sh) * m, ACT, slope)
+    if HAS_DROPOUT and ACT == 3:
+        a = a * inv_keep
+    return a
 
 
 # --------------------------------------------------------------------------- forward
 
-@triton.autotune(configs=_FWD_CONFIGS, key=["Cin", "Cout", "H", "W", "Ho", "Wo", "KH", "KW", "STRIDE",
-                                           "HAS_AFFINE", "STATS"],
-                 prune_configs_by=_prune_by_n("Cout"), cache_results=not INTERPRET)
+@triton.autotune(configs=ALL_CONFIGS["fwd"], key=_KEY + ["HAS_BIAS", "HAS_RES", "STATS"],
+                 prune_configs_by=_prune("Cout"), cache_results=not INTERPRET)
 @triton.jit
 def _fwd_kernel(
     x_ptr,          # [N, Cin, H, W] any strides (sxn, sxc, sxh, sxw)
@@ -153,15 +215,15 @@ def _fwd_kernel(
     bias_ptr,       # [Cout] (HAS_BIAS)
     res_ptr,        # [N, Cout, Ho, Wo] any strides (HAS_RES)
     y_ptr,          # [N, Cout, Ho, Wo] strides (syn, syc, syh, syw)
-    seed_ptr,       # int64 [1] (HAS_DROPOUT)
+    bits_ptr,       # int32 [N*H*W, CW] dropout keep bits (HAS_DROPOUT)
     mean_ptr,       # fp32 [P, Cout] (STATS)
     m2_ptr,         # fp32 [P, Cout] (STATS)
     cnt_ptr,        # fp32 [P] (STATS)
-    Nb, Cin, H, W, Cout, Ho, Wo, M, P,
+    Nb, Cin, H, W, Cout, Ho, Wo, M, P, CW,
     sxn, sxc, sxh, sxw,
     srn, src, srh, srw,
     syn, syc, syh, syw,
-    slope, p, inv_keep,
+    slope, inv_keep, keep_mul,
     KH: tl.constexpr, KW: tl.constexpr, STRIDE: tl.constexpr, PT: tl.constexpr, PL: tl.constexpr,
     ACT: tl.constexpr, HAS_AFFINE: tl.constexpr, HAS_DROPOUT: tl.constexpr, HAS_BIAS: tl.constexpr,
     HAS_RES: tl.constexpr, STATS: tl.constexpr, STATS_ROWS: tl.constexpr, FLAT_K: tl.constexpr,
@@ -182,9 +244,6 @@ def _fwd_kernel(
     oh = rem // Wo
     ow = rem - oh * Wo
     x_row = nb.to(tl.int64) * sxn
-    seed = 0
-    if HAS_DROPOUT:
-        seed = tl.load(seed_ptr)
     if IS_FP64:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float64)
     else:
@@ -208,9 +267,12 @@ def _fwd_kernel(
             if HAS_AFFINE:
                 sc = tl.load(scale_ptr + c, mask=k_ok, other=0.0).to(acc.dtype)
                 sh = tl.load(shift_ptr + c, mask=k_ok, other=0.0).to(acc.dtype)
-                a = _prologue(xv.to(acc.dtype), sc[None, :], sh[None, :], inb, nb[:, None], c[None, :], ih, iw,
-                              Cin, H, W, seed, slope, p, inv_keep, ACT, HAS_DROPOUT)
-                a = a.to(w.dtype)
+                a = apply_act(xv.to(acc.dtype) * sc[None, :] + sh[None, :], ACT, slope)
+                if HAS_DROPOUT:  # a word per element: only the stem takes this path
+                    wd = tl.load(bits_ptr + ((nb[:, None] * H + ih) * W + iw) * CW + c[None, :] // 32,
+                                 mask=inb, other=0)
+                    a = tl.where(((wd >> (c[None, :] % 32)) & 1) != 0, a * inv_keep, 0.0)
+                a = tl.where(inb, a, 0.0).to(w.dtype)
             else:
                 a = xv
             acc = _mma(a, w, acc, IN_PREC, UPCAST)
@@ -226,15 +288,19 @@ def _fwd_kernel(
             ih = oh * STRIDE - PT + kh
             iw = ow * STRIDE - PL + kw
             r_ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-            inb = r_ok[:, None] & c_ok[None, :]
-            xv = tl.load(x_ptr + (x_row + ih * sxh + iw * sxw)[:, None] + c[None, :] * sxc, mask=inb, other=0.0)
+            xv = tl.load(x_ptr + (x_row + ih * sxh + iw * sxw)[:, None] + c[None, :] * sxc,
+                         mask=r_ok[:, None] & c_ok[None, :], other=0.0)
             w = tl.load(w_ptr + (tap * Cin + c)[:, None] * Cout + rn[None, :],
                         mask=c_ok[:, None] & n_ok[None, :], other=0.0)
             if HAS_AFFINE:
                 sc = tl.load(scale_ptr + c, mask=c_ok, other=0.0).to(acc.dtype)
                 sh = tl.load(shift_ptr + c, mask=c_ok, other=0.0).to(acc.dtype)
-                a = _prologue(xv.to(acc.dtype), sc[None, :], sh[None, :], inb, nb[:, None], c[None, :],
-                              ih[:, None], iw[:, None], Cin, H, W, seed, slope, p, inv_keep, ACT, HAS_DROPOUT)
+                if HAS_DROPOUT:
+                    keep = keep_from_bits(bits_ptr, ((nb * H + ih) * W + iw) * CW, r_ok, c0, rk, CW, BLOCK_K)
+                    m = tl.where(keep, keep_mul, 0.0)
+                else:
+                    m = tl.where(r_ok, 1.0, 0.0)[:, None]
+                a = _prologue(xv.to(acc.dtype), sc[None, :], sh[None, :], m, slope, inv_keep, ACT, HAS_DROPOUT)
                 a = a.to(w.dtype)
             else:
                 a = xv
@@ -271,9 +337,8 @@ def _fwd_kernel(
 
 # --------------------------------------------------------------------------- dgrad
 
-@triton.autotune(configs=_DGRAD_CONFIGS, key=["Cin", "Cout", "H", "W", "Ho", "Wo", "KH", "KW", "STRIDE",
-                                             "HAS_AFFINE"],
-                 prune_configs_by=_prune_by_n("Cin"), reset_to_zero=["psc_ptr", "psh_ptr"],
+@triton.autotune(configs=ALL_CONFIGS["dgrad"], key=_KEY,
+                 prune_configs_by=_prune("Cin"), reset_to_zero=["psc_ptr", "psh_ptr"],
                  cache_results=not INTERPRET)
 @triton.jit
 def _dgrad_kernel(
@@ -282,15 +347,15 @@ def _dgrad_kernel(
     x_ptr,          # [N, Cin, H, W] saved pre-BN input, any strides (HAS_AFFINE)
     scale_ptr,      # [Cin] (HAS_AFFINE)
     shift_ptr,      # [Cin] (HAS_AFFINE)
-    seed_ptr,       # int64 [1] (HAS_DROPOUT)
+    bits_ptr,       # int32 [N*H*W, CW] dropout keep bits (HAS_DROPOUT)
     gx_ptr,         # [N, Cin, H, W] strides (sdn, sdc, sdh, sdw)
     psc_ptr,        # [PM, Cin] partial sum(g_z * x) per M-tile (HAS_AFFINE), zero-initialised
     psh_ptr,        # [PM, Cin] partial sum(g_z) per M-tile (HAS_AFFINE), zero-initialised
-    Nb, Cin, H, W, Cout, Ho, Wo, M,
+    Nb, Cin, H, W, Cout, Ho, Wo, M, CW,
     sgn, sgc, sgh, sgw,
     sxn, sxc, sxh, sxw,
     sdn, sdc, sdh, sdw,
-    slope, p, inv_keep,
+    slope, inv_keep,
     KH: tl.constexpr, KW: tl.constexpr, STRIDE: tl.constexpr, PT: tl.constexpr, PL: tl.constexpr,
     ACT: tl.constexpr, HAS_AFFINE: tl.constexpr, HAS_DROPOUT: tl.constexpr,
     IS_FP64: tl.constexpr, IN_PREC: tl.constexpr, UPCAST: tl.constexpr,
@@ -352,10 +417,8 @@ def _dgrad_kernel(
         sh = tl.load(shift_ptr + rn, mask=n_ok, other=0.0).to(acc.dtype)
         z = xv * sc[None, :] + sh[None, :]
         gz = acc * act_grad(z, ACT, slope)
-        if HAS_DROPOUT:
-            seed = tl.load(seed_ptr)
-            idx = ((nb[:, None] * Cin + rn[None, :]) * H + ih[:, None]) * W + iw[:, None]
-            keep = dropout_keep(seed, idx, p)
+        if HAS_DROPOUT:  # rows are input pixels: word row = rm
+            keep = keep_from_bits(bits_ptr, rmc * CW, m_ok, pid_n * BLOCK_N, tl.arange(0, BLOCK_N), CW, BLOCK_N)
             gz = tl.where(keep, gz * inv_keep, 0.0)
         gz = tl.where(out_mask, gz, 0.0)
         tl.store(gx_ptrs, (gz * sc[None, :]).to(gx_ptr.dtype.element_ty), mask=out_mask)
@@ -367,21 +430,20 @@ def _dgrad_kernel(
 
 # --------------------------------------------------------------------------- wgrad
 
-@triton.autotune(configs=_WGRAD_CONFIGS, key=["Cin", "Cout", "H", "W", "Ho", "Wo", "KH", "KW", "STRIDE",
-                                             "HAS_AFFINE", "K_CHUNK"],
-                 prune_configs_by=_prune_by_n("Cin"), cache_results=not INTERPRET)
+@triton.autotune(configs=ALL_CONFIGS["wgrad"], key=_KEY + ["K_CHUNK"],
+                 prune_configs_by=_prune("Cin"), cache_results=not INTERPRET)
 @triton.jit
 def _wgrad_kernel(
     gy_ptr,         # [N, Cout, Ho, Wo] any strides (sgn, sgc, sgh, sgw)
     x_ptr,          # [N, Cin, H, W] saved pre-BN input, any strides
     scale_ptr,      # [Cin] (HAS_AFFINE)
     shift_ptr,      # [Cin] (HAS_AFFINE)
-    seed_ptr,       # int64 [1] (HAS_DROPOUT)
+    bits_ptr,       # int32 [N*H*W, CW] dropout keep bits (HAS_DROPOUT)
     part_ptr,       # [SPLIT, Cout, Cin*KH*KW] contiguous partial grad_w (fp32 / fp64)
-    Nb, Cin, H, W, Cout, Ho, Wo, M, K_CHUNK,
+    Nb, Cin, H, W, Cout, Ho, Wo, M, K_CHUNK, CW,
     sgn, sgc, sgh, sgw,
     sxn, sxc, sxh, sxw,
-    slope, p, inv_keep,
+    slope, inv_keep, keep_mul,
     KH: tl.constexpr, KW: tl.constexpr, STRIDE: tl.constexpr, PT: tl.constexpr, PL: tl.constexpr,
     ACT: tl.constexpr, HAS_AFFINE: tl.constexpr, HAS_DROPOUT: tl.constexpr,
     IS_FP64: tl.constexpr, IN_PREC: tl.constexpr, UPCAST: tl.constexpr,
@@ -400,9 +462,6 @@ def _wgrad_kernel(
     rk = tl.arange(0, BLOCK_K)
     co_ok = rco < Cout
     c_ok = rc < Cin
-    seed = 0
-    if HAS_DROPOUT:
-        seed = tl.load(seed_ptr)
     if HAS_AFFINE:
         sc = tl.load(scale_ptr + rc, mask=c_ok, other=0.0)
         sh = tl.load(shift_ptr + rc, mask=c_ok, other=0.0)
@@ -427,12 +486,16 @@ def _wgrad_kernel(
         ih = oh * STRIDE - PT + kh
         iw = ow * STRIDE - PL + kw
         sp_ok = r_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        inb = sp_ok[:, None] & c_ok[None, :]
         xv = tl.load(x_ptr + (nb64 * sxn + ih * sxh + iw * sxw)[:, None] + rc[None, :] * sxc,
-                     mask=inb, other=0.0)
+                     mask=sp_ok[:, None] & c_ok[None, :], other=0.0)
         if HAS_AFFINE:
-            a = _prologue(xv.to(acc.dtype), sc.to(acc.dtype)[None, :], sh.to(acc.dtype)[None, :], inb,
-                          nb[:, None], rc[None, :], ih[:, None], iw[:, None], Cin, H, W, seed, slope, p,
+            if HAS_DROPOUT:
+                keep = keep_from_bits(bits_ptr, ((nb * H + ih) * W + iw) * CW, sp_ok, cb * BLOCK_N,
+                                      tl.arange(0, BLOCK_N), CW, BLOCK_N)
+                m = tl.where(keep, keep_mul, 0.0)
+            else:
+                m = tl.where(sp_ok, 1.0, 0.0)[:, None]
+            a = _prologue(xv.to(acc.dtype), sc.to(acc.dtype)[None, :], sh.to(acc.dtype)[None, :], m, slope,
                           inv_keep, ACT, HAS_DROPOUT)
             a = a.to(g.dtype)
         else:
@@ -459,23 +522,10 @@ def _scalars(negative_slope, dropout_p):
     return _f32(negative_slope), p, _f32(1.0 / (1.0 - p))
 
 
-def _norm_padding(padding):
-    """int | (ph, pw) | (top, bottom, left, right) -> (top, bottom, left, right)."""
-    if isinstance(padding, int):
-        return (padding,) * 4
-    padding = tuple(int(v) for v in padding)
-    if len(padding) == 2:
-        return (padding[0], padding[0], padding[1], padding[1])
-    if len(padding) == 4:
-        if min(padding) < 0:
-            raise ValueError(f"padding must be >= 0, got {padding}")
-        return padding
-    raise ValueError(f"padding must be an int, (ph, pw) or (top, bottom, left, right), got {padding}")
-
-
-def out_hw(h, w, kh, kw, stride, padding):
-    pt, pb, pl, pr = _norm_padding(padding)
-    return (h + pt + pb - kh) // stride + 1, (w + pl + pr - kw) // stride + 1
+def _keep_mul(act, inv_keep):
+    """The prologue's multiplier of kept elements: 1/(1-p) is applied before the
+    activation except for silu, which does not commute with a scale (see _prologue)."""
+    return 1.0 if act == "silu" else inv_keep
 
 
 def stats_rows(n_rows: int) -> int:
@@ -500,6 +550,17 @@ def _num_sms(device):
     return 1
 
 
+def max_batch(x_shape, dropout_p: float = 0.0) -> int:
+    """The largest batch size N the launchers accept for an input [N, C, H, W] (the rest of
+    ``x_shape`` is what counts): the dropout index ((n*C + c)*H + h)*W + w is int32, so
+    with dropout N*C*H*W < 2**31; the GEMM row and bitmask word indices are int32 too."""
+    _, c, h, w = (int(v) for v in x_shape)
+    limit = (MAX_INDEX - 1) // max(1, h * w * triton.cdiv(c, 32))  # bitmask words, GEMM rows
+    if dropout_p > 0:
+        limit = min(limit, (MAX_INDEX - 1) // max(1, c * h * w))
+    return limit
+
+
 def _check_tensor(name, t, *, dim=None, dtypes=None, device=None):
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -511,7 +572,8 @@ def _check_tensor(name, t, *, dim=None, dtypes=None, device=None):
         raise ValueError(f"{name} must be on {device} (the device of x), got {t.device}")
 
 
-def _check_common(x, weight_shape, scale, shift, stride, padding, act, dropout_p, seed, *, weight=None):
+def _check_common(x, weight_shape, scale, shift, stride, padding, act, dropout_p, seed, keep_bits, *,
+                  weight=None):
     """Validate the shared arguments; return (KH, KW, pads, Ho, Wo, act_code)."""
     _check_tensor("x", x, dim=4, dtypes=_DTYPES)
     dev = x.device
@@ -531,13 +593,12 @@ def _check_common(x, weight_shape, scale, shift, stride, padding, act, dropout_p
         raise ValueError(f"weight shape must be positive, got {tuple(weight_shape)}")
     if not isinstance(stride, int) or stride < 1:
         raise ValueError(f"stride must be a positive int, got {stride!r}")
-    pads = _norm_padding(padding)
+    pads = norm_padding(padding)
     ho, wo = out_hw(x.shape[2], x.shape[3], kh, kw, stride, pads)
     if ho < 1 or wo < 1:
         raise ValueError(f"output would be empty: input {tuple(x.shape[2:])}, kernel {(kh, kw)}, "
                          f"stride {stride}, padding {pads}")
-    if act not in ACT_CODES:
-        raise ValueError(f"act must be one of {tuple(ACT_CODES)}, got {act!r}")
+    act_code = check_activation(act, "act")
     if not (0.0 <= float(dropout_p) < 1.0):
         raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
     if (scale is None) != (shift is None):
@@ -556,15 +617,48 @@ def _check_common(x, weight_shape, scale, shift, stride, padding, act, dropout_p
                 raise ValueError(f"{name} must have shape [Cin] = [{cin}], got {tuple(t.shape)}")
         if scale.dtype != shift.dtype:
             raise ValueError(f"scale and shift dtypes must match, got {scale.dtype} and {shift.dtype}")
+    limit = max_batch(x.shape, dropout_p)
+    if x.shape[0] > limit:
+        raise IndexRangeError(f"x of shape {tuple(x.shape)} is too large for the kernels' int32 indices "
+                              f"(dropout_p={dropout_p}): the batch must be <= {limit}; split it", limit)
     if dropout_p > 0:
-        if seed is None:
-            raise ValueError("seed (int64 tensor [1]) is required when dropout_p > 0")
-        _check_tensor("seed", seed, dtypes=(torch.int64,), device=dev)
-        if seed.numel() != 1:
-            raise ValueError(f"seed must have one element, got shape {tuple(seed.shape)}")
-        if x.numel() >= 2**31:
-            raise ValueError(f"dropout index is int32: x.numel() must be < 2**31, got {x.numel()}")
-    return kh, kw, pads, ho, wo, ACT_CODES[act]
+        if keep_bits is None:
+            if seed is None:
+                raise ValueError("seed (int64 tensor [1]) is required when dropout_p > 0")
+            _check_tensor("seed", seed, dtypes=(torch.int64,), device=dev)
+            if seed.numel() != 1:
+                raise ValueError(f"seed must have one element, got shape {tuple(seed.shape)}")
+        else:
+            _check_tensor("keep_bits", keep_bits, dim=2, dtypes=(torch.int32,), device=dev)
+            if tuple(keep_bits.shape) != dropout_bits_shape(x.shape) or not keep_bits.is_contiguous():
+                raise ValueError(f"keep_bits must be a contiguous int32 tensor of shape {dropout_bits_shape(x.shape)} "
+                                 f"(dropout_bits of x's shape), got {tuple(keep_bits.shape)}")
+    return kh, kw, pads, ho, wo, act_code
+
+
+def dropout_bits(seed, x_shape, dropout_p):
+    """The dropout keep mask of an input of logical shape [N, C, H, W] as a bitmask:
+    int32 [N*H*W, ceil(C/32)], bit c % 32 of word [(n*H + h)*W + w, c // 32] is
+    ``tl.rand(seed, ((n*C + c)*H + h)*W + w) >= fp32(p)`` (bits past C are 0). Evaluated
+    once and passed to the three kernels (``keep_bits=``), which test bits in their loops."""
+    _check_tensor("seed", seed, dtypes=(torch.int64,))
+    if seed.numel() != 1:
+        raise ValueError(f"seed must have one element, got shape {tuple(seed.shape)}")
+    if not (0.0 < float(dropout_p) < 1.0):
+        raise ValueError(f"dropout_p must be in (0, 1) for a dropout mask, got {dropout_p}")
+    n, c, h, w = (int(v) for v in x_shape)
+    if n * c * h * w >= MAX_INDEX:
+        raise IndexRangeError(f"dropout index is int32: N*C*H*W must be < 2**31, got shape {tuple(x_shape)}",
+                              (MAX_INDEX - 1) // max(1, c * h * w))
+    rows, cw = dropout_bits_shape(x_shape)
+    bits = torch.empty((rows, cw), device=seed.device, dtype=torch.int32)
+    if bits.numel() == 0:
+        return bits
+    block_r = 64 if INTERPRET else 128
+    with launch_device(seed):
+        dropout_bits_kernel[(triton.cdiv(rows, block_r), cw)](seed, bits, rows, c, h * w, cw, _f32(dropout_p),
+                                                             BLOCK_R=block_r, num_warps=4)
+    return bits
 
 
 def _affine_args(scale, shift, x):
@@ -573,18 +667,30 @@ def _affine_args(scale, shift, x):
     return scale.contiguous(), shift.contiguous()
 
 
+def _bits_arg(keep_bits, seed, x, p):
+    """(bits tensor, words per pixel) for the kernels: the given bitmask, one made from
+    seed, or (x, 1) without dropout (never read)."""
+    if p <= 0:
+        return x, 1
+    if keep_bits is None:
+        keep_bits = dropout_bits(seed, x.shape, p)
+    return keep_bits, keep_bits.shape[1]
+
+
 def bn_act_conv_fwd(x, weight, scale=None, shift=None, *, stride=1, padding=(1, 1, 1, 1), act="identity",
-                    negative_slope=0.0, dropout_p=0.0, seed=None, bias=None, residual=None,
+                    negative_slope=0.0, dropout_p=0.0, seed=None, keep_bits=None, bias=None, residual=None,
                     compute_stats=False, allow_tf32=False):
     """y = conv2d(pad(dropout(act(x*scale + shift))), weight) (+ bias) (+ residual).
 
-    Returns ``(y, stats)``; ``stats = (mean_p [P, Cout], m2_p [P, Cout], count_p [P])``
-    (fp32, P = stats_rows(N*Ho*Wo)) when ``compute_stats`` else None: per chunk of
-    STATS_M output pixels, mean and sum of squared deviations of the stored y.
+    The dropout mask is ``keep_bits`` (``dropout_bits(seed, x.shape, dropout_p)``, made
+    here from ``seed`` when not given). Returns ``(y, stats)``; ``stats = (mean_p [P, Cout],
+    m2_p [P, Cout], count_p [P])`` (fp32, P = stats_rows(N*Ho*Wo)) when ``compute_stats``
+    else None: per chunk of STATS_M output pixels, mean and sum of squared deviations of
+    the stored y.
     """
     kh, kw, (pt, pb, pl, pr), ho, wo, act_code = _check_common(
         x, weight.shape if isinstance(weight, torch.Tensor) else (), scale, shift, stride, padding, act,
-        dropout_p, seed, weight=weight)
+        dropout_p, seed, keep_bits, weight=weight)
     nb, cin, h, w = x.shape
     cout = weight.shape[0]
     dev = x.device
@@ -611,29 +717,32 @@ def bn_act_conv_fwd(x, weight, scale=None, shift=None, *, stride=1, padding=(1, 
     if y.numel() == 0:
         return y, ((mean_p, m2_p, cnt_p) if compute_stats else None)
 
-    w_t = weight.permute(2, 3, 1, 0).reshape(kh * kw * cin, cout).contiguous()
-    sc, sh = _affine_args(scale, shift, x)
-    res = residual if residual is not None else y
-    slope, p, inv_keep = _scalars(negative_slope, dropout_p)
-    in_prec, upcast = _dot_modes(x.dtype, allow_tf32)
-    grid = lambda META: (triton.cdiv(m_rows, META["BLOCK_M"]), triton.cdiv(cout, META["BLOCK_N"]))  # noqa: E731
-    _fwd_kernel[grid](
-        x, w_t, sc, sh, bias if bias is not None else y, res, y, seed if p > 0 else y,
-        mean_p, m2_p, cnt_p,
-        nb, cin, h, w, cout, ho, wo, m_rows, P,
-        *x.stride(), *res.stride(), *y.stride(),
-        slope, p, inv_keep,
-        KH=kh, KW=kw, STRIDE=stride, PT=pt, PL=pl,
-        ACT=act_code, HAS_AFFINE=scale is not None, HAS_DROPOUT=p > 0, HAS_BIAS=bias is not None,
-        HAS_RES=residual is not None, STATS=bool(compute_stats), STATS_ROWS=STATS_M, FLAT_K=cin < 16,
-        IS_FP64=x.dtype == torch.float64, IN_PREC=in_prec, UPCAST=upcast,
-    )
-    bump("bn_act_conv_fwd")
+    with launch_device(x):
+        w_t = weight.permute(2, 3, 1, 0).reshape(kh * kw * cin, cout).contiguous()
+        sc, sh = _affine_args(scale, shift, x)
+        res = residual if residual is not None else y
+        slope, p, inv_keep = _scalars(negative_slope, dropout_p)
+        bits, cw = _bits_arg(keep_bits, seed, x, p)
+        in_prec, upcast = _dot_modes(x.dtype, allow_tf32)
+        grid = lambda META: (triton.cdiv(m_rows, META["BLOCK_M"]), triton.cdiv(cout, META["BLOCK_N"]))  # noqa: E731
+        _launch(_fwd_kernel, grid, (
+            x, w_t, sc, sh, bias if bias is not None else y, res, y, bits,
+            mean_p, m2_p, cnt_p,
+            nb, cin, h, w, cout, ho, wo, m_rows, P, cw,
+            *x.stride(), *res.stride(), *y.stride(),
+            slope, inv_keep, _keep_mul(act, inv_keep),
+        ), dict(
+            KH=kh, KW=kw, STRIDE=stride, PT=pt, PL=pl,
+            ACT=act_code, HAS_AFFINE=scale is not None, HAS_DROPOUT=p > 0, HAS_BIAS=bias is not None,
+            HAS_RES=residual is not None, STATS=bool(compute_stats), STATS_ROWS=STATS_M, FLAT_K=cin < 16,
+            IS_FP64=x.dtype == torch.float64, IN_PREC=in_prec, UPCAST=upcast,
+        ), "fwd", x.dtype, cin, cout, p > 0)
     return y, ((mean_p, m2_p, cnt_p) if compute_stats else None)
 
 
 def bn_act_conv_dgrad(grad_y, weight, x, scale=None, shift=None, *, stride=1, padding=(1, 1, 1, 1),
-                      act="identity", negative_slope=0.0, dropout_p=0.0, seed=None, allow_tf32=False):
+                      act="identity", negative_slope=0.0, dropout_p=0.0, seed=None, keep_bits=None,
+                      allow_tf32=False):
     """Gradient w.r.t. x (through the BN-act-dropout prologue when scale is given).
 
     Returns ``(grad_x, grad_scale, grad_shift)``; the last two are None without scale,
@@ -641,7 +750,7 @@ def bn_act_conv_dgrad(grad_y, weight, x, scale=None, shift=None, *, stride=1, pa
     """
     kh, kw, (pt, pb, pl, pr), ho, wo, act_code = _check_common(
         x, weight.shape if isinstance(weight, torch.Tensor) else (), scale, shift, stride, padding, act,
-        dropout_p, seed, weight=weight)
+        dropout_p, seed, keep_bits, weight=weight)
     nb, cin, h, w = x.shape
     cout = weight.shape[0]
     dev = x.device
@@ -654,40 +763,43 @@ def bn_act_conv_dgrad(grad_y, weight, x, scale=None, shift=None, *, stride=1, pa
     has_affine = scale is not None
     acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     m_rows = nb * h * w
-    pm = triton.cdiv(m_rows, _min_block_m(_dgrad_kernel.configs)) if has_affine else 0  # rows per tile >= min
-    psc = torch.zeros((pm, cin), device=dev, dtype=acc_dtype) if has_affine else grad_x
-    psh = torch.zeros((pm, cin), device=dev, dtype=acc_dtype) if has_affine else grad_x
+    p_on = float(dropout_p) > 0
+    pm = triton.cdiv(m_rows, _min_block_m("dgrad", x.dtype, cin, cout, p_on)) if has_affine else 0
     if grad_x.numel() == 0:
         z = torch.zeros(cin, device=dev, dtype=scale.dtype) if has_affine else None
         return grad_x, z, (z.clone() if has_affine else None)
 
-    w_d = weight.permute(2, 3, 0, 1).reshape(kh * kw * cout, cin).contiguous()
-    sc, sh = _affine_args(scale, shift, x)
-    slope, p, inv_keep = _scalars(negative_slope, dropout_p)
-    in_prec, upcast = _dot_modes(x.dtype, allow_tf32)
-    grid = lambda META: (triton.cdiv(m_rows, META["BLOCK_M"]), triton.cdiv(cin, META["BLOCK_N"]))  # noqa: E731
-    _dgrad_kernel[grid](
-        grad_y, w_d, x, sc, sh, seed if p > 0 else x, grad_x, psc, psh,
-        nb, cin, h, w, cout, ho, wo, m_rows,
-        *grad_y.stride(), *x.stride(), *grad_x.stride(),
-        slope, p, inv_keep,
-        KH=kh, KW=kw, STRIDE=stride, PT=pt, PL=pl,
-        ACT=act_code, HAS_AFFINE=has_affine, HAS_DROPOUT=p > 0,
-        IS_FP64=x.dtype == torch.float64, IN_PREC=in_prec, UPCAST=upcast,
-    )
-    bump("bn_act_conv_dgrad")
-    if not has_affine:
-        return grad_x, None, None
-    return grad_x, psc.sum(0).to(scale.dtype), psh.sum(0).to(scale.dtype)
+    with launch_device(x):
+        psc = torch.zeros((pm, cin), device=dev, dtype=acc_dtype) if has_affine else grad_x
+        psh = torch.zeros((pm, cin), device=dev, dtype=acc_dtype) if has_affine else grad_x
+        w_d = weight.permute(2, 3, 0, 1).reshape(kh * kw * cout, cin).contiguous()
+        sc, sh = _affine_args(scale, shift, x)
+        slope, p, inv_keep = _scalars(negative_slope, dropout_p)
+        bits, cw = _bits_arg(keep_bits, seed, x, p)
+        in_prec, upcast = _dot_modes(x.dtype, allow_tf32)
+        grid = lambda META: (triton.cdiv(m_rows, META["BLOCK_M"]), triton.cdiv(cin, META["BLOCK_N"]))  # noqa: E731
+        _launch(_dgrad_kernel, grid, (
+            grad_y, w_d, x, sc, sh, bits, grad_x, psc, psh,
+            nb, cin, h, w, cout, ho, wo, m_rows, cw,
+            *grad_y.stride(), *x.stride(), *grad_x.stride(),
+            slope, inv_keep,
+        ), dict(
+            KH=kh, KW=kw, STRIDE=stride, PT=pt, PL=pl,
+            ACT=act_code, HAS_AFFINE=has_affine, HAS_DROPOUT=p > 0,
+            IS_FP64=x.dtype == torch.float64, IN_PREC=in_prec, UPCAST=upcast,
+        ), "dgrad", x.dtype, cin, cout, p > 0)
+        if not has_affine:
+            return grad_x, None, None
+        return grad_x, psc.sum(0).to(scale.dtype), psh.sum(0).to(scale.dtype)
 
 
 def bn_act_conv_wgrad(grad_y, x, scale=None, shift=None, *, weight_shape, stride=1, padding=(1, 1, 1, 1),
-                      act="identity", negative_slope=0.0, dropout_p=0.0, seed=None, allow_tf32=False,
-                      out_dtype=None):
+                      act="identity", negative_slope=0.0, dropout_p=0.0, seed=None, keep_bits=None,
+                      allow_tf32=False, out_dtype=None):
     """Gradient w.r.t. the weight, ``a`` recomputed from x. Returns [Cout, Cin, kh, kw]
     in ``out_dtype`` (default x's dtype); accumulated in fp32 (fp64 for fp64)."""
     kh, kw, (pt, pb, pl, pr), ho, wo, act_code = _check_common(
-        x, tuple(weight_shape), scale, shift, stride, padding, act, dropout_p, seed)
+        x, tuple(weight_shape), scale, shift, stride, padding, act, dropout_p, seed, keep_bits)
     nb, cin, h, w = x.shape
     cout = int(weight_shape[0])
     dev = x.device
@@ -708,22 +820,24 @@ def bn_act_conv_wgrad(grad_y, x, scale=None, shift=None, *, weight_shape, stride
     split = max(1, min(triton.cdiv(target, tiles), triton.cdiv(m_rows, min_chunk)))
     chunk = triton.cdiv(triton.cdiv(m_rows, split), 64) * 64
     split = triton.cdiv(m_rows, chunk)
-    part = torch.empty((split, cout, cin * kh * kw), device=dev, dtype=acc_dtype)
 
-    sc, sh = _affine_args(scale, shift, x)
-    slope, p, inv_keep = _scalars(negative_slope, dropout_p)
-    in_prec, upcast = _dot_modes(x.dtype, allow_tf32)
-    grid = lambda META: (triton.cdiv(cout, META["BLOCK_M"]), kh * kw * triton.cdiv(cin, META["BLOCK_N"]),  # noqa: E731
-                         split)
-    _wgrad_kernel[grid](
-        grad_y, x, sc, sh, seed if p > 0 else x, part,
-        nb, cin, h, w, cout, ho, wo, m_rows, chunk,
-        *grad_y.stride(), *x.stride(),
-        slope, p, inv_keep,
-        KH=kh, KW=kw, STRIDE=stride, PT=pt, PL=pl,
-        ACT=act_code, HAS_AFFINE=scale is not None, HAS_DROPOUT=p > 0,
-        IS_FP64=x.dtype == torch.float64, IN_PREC=in_prec, UPCAST=upcast,
-    )
-    bump("bn_act_conv_wgrad")
-    gw = part[0] if split == 1 else part.sum(0)
-    return gw.view(cout, cin, kh, kw).to(out_dtype)
+    with launch_device(x):
+        part = torch.empty((split, cout, cin * kh * kw), device=dev, dtype=acc_dtype)
+        sc, sh = _affine_args(scale, shift, x)
+        slope, p, inv_keep = _scalars(negative_slope, dropout_p)
+        bits, cw = _bits_arg(keep_bits, seed, x, p)
+        in_prec, upcast = _dot_modes(x.dtype, allow_tf32)
+        grid = lambda META: (triton.cdiv(cout, META["BLOCK_M"]),  # noqa: E731
+                             kh * kw * triton.cdiv(cin, META["BLOCK_N"]), split)
+        _launch(_wgrad_kernel, grid, (
+            grad_y, x, sc, sh, bits, part,
+            nb, cin, h, w, cout, ho, wo, m_rows, chunk, cw,
+            *grad_y.stride(), *x.stride(),
+            slope, inv_keep, _keep_mul(act, inv_keep),
+        ), dict(
+            KH=kh, KW=kw, STRIDE=stride, PT=pt, PL=pl,
+            ACT=act_code, HAS_AFFINE=scale is not None, HAS_DROPOUT=p > 0,
+            IS_FP64=x.dtype == torch.float64, IN_PREC=in_prec, UPCAST=upcast,
+        ), "wgrad", x.dtype, cin, cout, p > 0)
+        gw = part[0] if split == 1 else part.sum(0)
+        return gw.view(cout, cin, kh, kw).to(out_dtype)

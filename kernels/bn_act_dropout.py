@@ -40,10 +40,8 @@ import torch
 import triton
 import triton.language as tl
 
-from wrn_fast._counters import bump
-from wrn_fast.ops import output_memory_format
-
-from ._common import ACT_CODES, act_grad, apply_act, dropout_keep
+from ._common import act_grad, apply_act, dropout_keep, launch_device
+from .contract import MAX_INDEX, IndexRangeError, check_activation, output_memory_format
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -329,8 +327,7 @@ def _check_common(x, scale, shift, act, negative_slope, dropout_p, seed, what):
             raise ValueError(f"{what}: {name} must be on x's device {x.device}, got {t.device}")
     if scale.dtype != shift.dtype:
         raise TypeError(f"{what}: scale and shift must have the same dtype, got {scale.dtype} and {shift.dtype}")
-    if act not in ACT_CODES:
-        raise ValueError(f"{what}: act must be one of {tuple(ACT_CODES)}, got {act!r}")
+    check_activation(act, f"{what}: act")
     if not isinstance(negative_slope, (int, float)) or not math.isfinite(negative_slope):
         raise ValueError(f"{what}: negative_slope must be a finite float, got {negative_slope!r}")
     if not isinstance(dropout_p, (int, float)) or not (0.0 <= dropout_p <= 1.0):
@@ -344,9 +341,10 @@ def _check_common(x, scale, shift, act, negative_slope, dropout_p, seed, what):
                              f"shape {tuple(seed.shape)}")
         if seed.device != x.device:
             raise ValueError(f"{what}: seed must be on x's device {x.device}, got {seed.device}")
-    if x.numel() >= 2**31:
-        raise ValueError(f"{what}: x has {x.numel()} elements; the dropout index is int32, so numel must be "
-                         f"< 2**31 = {2**31} (split the batch)")
+    if x.numel() >= MAX_INDEX:
+        per_sample = max(1, x[0].numel()) if x.shape[0] else 1
+        raise IndexRangeError(f"{what}: x has {x.numel()} elements; the dropout index is int32, so numel must be "
+                              f"< 2**31 = {MAX_INDEX} (split the batch)", (MAX_INDEX - 1) // per_sample)
 
 
 def _launch_params(tensors, x, dropout_p):
@@ -396,16 +394,16 @@ def bn_act_dropout_fwd(x, scale, shift, *, act="relu", negative_slope=0.0, dropo
     sx, sy = k["strides"]
     has_dropout = k["p"] > 0.0
     grid = (k["num_tiles"], k["col_blocks"])
-    _bn_act_dropout_fwd_kernel[grid](
-        x, out, scale, shift, seed if has_dropout else scale,
-        k["R"], k["C"], k["HW"], k["W"], k["nhb"],
-        *sx, *sy,
-        float(negative_slope), k["p"], k["inv_keep"],
-        ACT=ACT_CODES[act], HAS_DROPOUT=has_dropout,
-        FLAT=k["flat"], SPLIT_HW=k["split_hw"], OFFS_64=k["offs64"], COMPUTE=k["compute"],
-        BLOCK_R=k["block_r"], BLOCK_C=k["block_c"], num_warps=k["num_warps"],
-    )
-    bump("bn_act_dropout_fwd")
+    with launch_device(x):
+        _bn_act_dropout_fwd_kernel[grid](
+            x, out, scale, shift, seed if has_dropout else scale,
+            k["R"], k["C"], k["HW"], k["W"], k["nhb"],
+            *sx, *sy,
+            float(negative_slope), k["p"], k["inv_keep"],
+            ACT=check_activation(act), HAS_DROPOUT=has_dropout,
+            FLAT=k["flat"], SPLIT_HW=k["split_hw"], OFFS_64=k["offs64"], COMPUTE=k["compute"],
+            BLOCK_R=k["block_r"], BLOCK_C=k["block_c"], num_warps=k["num_warps"],
+        )
     return out
 
 
@@ -440,20 +438,20 @@ def bn_act_dropout_bwd(grad_y, x, scale, shift, *, act="relu", negative_slope=0.
     sg, sx, sgx = k["strides"]
     P = _num_reduce_programs(k["num_tiles"], k["col_blocks"], x.device)
     acc_dtype = torch.float64 if k["compute"] == tl.float64 else torch.float32
-    part_s = torch.empty((P, C), dtype=acc_dtype, device=x.device)
-    part_b = torch.empty((P, C), dtype=acc_dtype, device=x.device)
     has_dropout = k["p"] > 0.0
     grid = (P, k["col_blocks"])
-    _bn_act_dropout_bwd_kernel[grid](
-        grad_y, x, grad_x_out, scale, shift, seed if has_dropout else scale, part_s, part_b,
-        k["R"], C, k["HW"], k["W"], k["nhb"], k["num_tiles"], P,
-        *sg, *sx, *sgx,
-        float(negative_slope), k["p"], k["inv_keep"],
-        ACT=ACT_CODES[act], HAS_DROPOUT=has_dropout,
-        FLAT=k["flat"], SPLIT_HW=k["split_hw"], OFFS_64=k["offs64"], COMPUTE=k["compute"],
-        BLOCK_R=k["block_r"], BLOCK_C=k["block_c"], num_warps=k["num_warps"],
-    )
-    bump("bn_act_dropout_bwd")
-    grad_scale = part_s.sum(dim=0).to(scale.dtype)
-    grad_shift = part_b.sum(dim=0).to(scale.dtype)
+    with launch_device(x):
+        part_s = torch.empty((P, C), dtype=acc_dtype, device=x.device)
+        part_b = torch.empty((P, C), dtype=acc_dtype, device=x.device)
+        _bn_act_dropout_bwd_kernel[grid](
+            grad_y, x, grad_x_out, scale, shift, seed if has_dropout else scale, part_s, part_b,
+            k["R"], C, k["HW"], k["W"], k["nhb"], k["num_tiles"], P,
+            *sg, *sx, *sgx,
+            float(negative_slope), k["p"], k["inv_keep"],
+            ACT=check_activation(act), HAS_DROPOUT=has_dropout,
+            FLAT=k["flat"], SPLIT_HW=k["split_hw"], OFFS_64=k["offs64"], COMPUTE=k["compute"],
+            BLOCK_R=k["block_r"], BLOCK_C=k["block_c"], num_warps=k["num_warps"],
+        )
+        grad_scale = part_s.sum(dim=0).to(scale.dtype)
+        grad_shift = part_b.sum(dim=0).to(scale.dtype)
     return grad_x_out, grad_scale, grad_shift

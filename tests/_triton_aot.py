@@ -56,7 +56,9 @@ def _compile_only(self, *args, grid, warmup, **kwargs):
 
 
 def _compile_configs(self, *args, **kwargs):
-    configs = self.configs if ALL_CONFIGS else self.configs[:1]
+    configs = self.configs
+    if self.early_config_prune:
+        configs = self.early_config_prune(configs, dict(zip(self.arg_names, args)), **kwargs)
     kernel = None
     for cfg in configs:
         kw = dict(kwargs)
@@ -72,8 +74,10 @@ from wrn_fast.kernels import bn_act_conv as conv  # noqa: E402
 from wrn_fast.kernels import bn_act_dropout as bad  # noqa: E402
 
 # Relax the launchers' CUDA-tensor check (GPU tile configs were chosen at import);
-# keep the GPU's dot modes (no interpreter bf16 upcast).
+# keep the GPU's dot modes (no interpreter bf16 upcast). --all-configs: through the
+# autotuners (every config); else each launch's default config (default_config).
 conv.INTERPRET = True
+conv.AUTOTUNE = ALL_CONFIGS
 bad._INTERPRET = True
 _dot_modes = conv._dot_modes
 

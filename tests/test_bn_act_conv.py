@@ -28,7 +28,7 @@ import triton.language as tl  # noqa: E402
 
 import wrn_fast  # noqa: E402
 from wrn_fast.kernels import bn_act_conv as K  # noqa: E402
-from wrn_fast.kernels._common import dropout_keep  # noqa: E402
+from wrn_fast.kernels._common import dropout_keep, keep_from_bits  # noqa: E402
 from wrn_fast.ops.conv import bn_act_conv  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
@@ -157,6 +157,8 @@ CASES = {
     "stem-cin3-relu-s2-tfsame-drop": (2, 3, 12, 7, 7, 3, 2, (0, 1, 0, 1), "relu", "nchw", 0.3, False, False),
     "plain1x1-s2-res-noncontig": (2, 5, 5, 7, 7, 1, 2, (0, 0, 0, 0), "identity", "nc", 0.0, False, True),
     "all-silu3x3-drop-bias-res-cl": (1, 20, 20, 9, 9, 3, 1, (1, 1, 1, 1), "silu", "cl", 0.3, True, True),
+    # Cin > 32: a second dropout-bitmask word per pixel (K chunks and wgrad tiles at c0 = 32)
+    "relu3x3-cin40-drop-res-cl": (1, 40, 36, 5, 5, 3, 1, (1, 1, 1, 1), "relu", "cl", 0.3, False, True),
 }
 FP64_CASES = ["relu3x3-s1-res-cl", "leaky3x3-s2-tfsame-drop-n1-cl", "stem-cin3-relu-s2-tfsame-drop",
               "all-silu3x3-drop-bias-res-cl", "plain1x1-s2-res-noncontig"]
@@ -179,7 +181,7 @@ def run_case(case, dtype, *, backward=True, compute_stats=True):
 
     y, mean_p, m2_p, cnt_p = bn_act_conv(x, weight, scale, shift, bias, residual, seed, stride=stride,
                                          padding=pads, act=act, negative_slope=slope, dropout_p=p,
-                                         compute_stats=compute_stats)
+                                         compute_stats=compute_stats, allow_tf32=False)  # exact fp32: TOL
     keep = keep_mask(seed, (n, cin, h, w), f32(p)) if p > 0 else None
 
     def leaf(t):
@@ -312,6 +314,52 @@ def test_different_seeds_differ_through_op():
     assert torch.equal(ys[0], ys[2])
 
 
+@triton.jit
+def _keep_from_bits_kernel(bits_ptr, out_ptr, R, C, CW, BLOCK_R: tl.constexpr, BLOCK: tl.constexpr):
+    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    c0 = tl.program_id(1) * BLOCK
+    cols = tl.arange(0, BLOCK)
+    r_ok = r < R
+    keep = keep_from_bits(bits_ptr, r * CW, r_ok, c0, cols, CW, BLOCK)
+    c = c0 + cols
+    tl.store(out_ptr + r[:, None] * C + c[None, :], keep.to(tl.int8), mask=r_ok[:, None] & (c < C)[None, :])
+
+
+@pytest.mark.parametrize("c", [5, 40, 70])
+def test_dropout_bits_match_the_mask(c):
+    """The bitmask the kernels test (one int32 word per pixel and 32 channels) holds the
+    reference mask bit for bit, and keep_from_bits reads it back under every tile width
+    the kernels use (16: interpreter, 32: one word, 64/128: several words per tile)."""
+    n, h, w, p = 2, 3, 5, 0.3
+    seed = torch.tensor([4242], dtype=torch.int64, device=DEV)
+    bits = K.dropout_bits(seed, (n, c, h, w), p)
+    assert bits.dtype == torch.int32 and tuple(bits.shape) == (n * h * w, triton.cdiv(c, 32))
+    keep = keep_mask(seed, (n, c, h, w), f32(p))                       # [n, c, h, w]
+    ref = keep.permute(0, 2, 3, 1).reshape(n * h * w, c)               # [pixel, channel]
+    words = bits.long() & 0xFFFFFFFF
+    unpacked = torch.stack([(words[:, j // 32] >> (j % 32)) & 1 for j in range(bits.shape[1] * 32)], 1)
+    assert torch.equal(unpacked[:, :c].bool(), ref)
+    assert not unpacked[:, c:].any(), "bits past C must be 0"
+    for block in (16, 32, 64, 128):
+        out = torch.full((n * h * w, c), -1, dtype=torch.int8, device=DEV)
+        grid = (triton.cdiv(n * h * w, 16), triton.cdiv(c, block))
+        _keep_from_bits_kernel[grid](bits, out, n * h * w, c, bits.shape[1], BLOCK_R=16, BLOCK=block)
+        assert torch.equal(out.bool(), ref), f"BLOCK={block}"
+
+
+def test_op_makes_the_bitmask_once_per_forward():
+    """Forward, dgrad and wgrad share one bitmask (saved for backward), not three Philox passes."""
+    x = make((2, 40, 5, 5), torch.float32, "cl").requires_grad_()
+    w = torch.randn(8, 40, 3, 3, requires_grad=True)
+    sc, sh = (torch.rand(40) + 0.5).requires_grad_(), torch.randn(40).requires_grad_()
+    wrn_fast.reset_counters()
+    y, *_ = bn_act_conv(x, w, sc, sh, seed=torch.tensor([3]), act="relu", dropout_p=0.3)
+    y.sum().backward()
+    c = wrn_fast.counters()
+    assert c.get("conv_dropout_bits") == 1
+    assert c.get("bn_act_conv_fwd") == 1 and c.get("bn_act_conv_dgrad") == 1 and c.get("bn_act_conv_wgrad") == 1
+
+
 # ----------------------------------------------------------------------------- wiring
 
 def test_counters_and_needs_input_grad():
@@ -402,13 +450,16 @@ def test_opcheck():
     b = torch.randn(6).requires_grad_()
     res = torch.randn(1, 6, 2, 2).requires_grad_()
     seed = torch.tensor([7], dtype=torch.int64)
-    args = (x, w, sc, sh, b, res, seed, 2, [0, 1, 0, 1], "silu", 0.0, 0.3, True, False)
+    bits = torch.ops.wrn_fast.conv_dropout_bits(seed, list(x.shape), 0.3)
+    torch.library.opcheck(torch.ops.wrn_fast.conv_dropout_bits.default, (seed, list(x.shape), 0.3),
+                          test_utils=["test_schema", "test_faketensor"])
+    args = (x, w, sc, sh, b, res, seed, bits, 2, [0, 1, 0, 1], "silu", 0.0, 0.3, True, False)
     # all four utils (aot_dispatch_dynamic re-runs forward + backward under tracing: ~10 s interpreted)
     utils = ["test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic"]
     torch.library.opcheck(torch.ops.wrn_fast.bn_act_conv.default, args, test_utils=utils)
     gy = torch.randn(1, 6, 2, 2)
-    bargs = (gy, x.detach(), w.detach(), sc.detach(), sh.detach(), seed, 2, [0, 1, 0, 1], "silu", 0.0, 0.3,
-             False, True, True, True)
+    bargs = (gy, x.detach(), w.detach(), sc.detach(), sh.detach(), seed, bits, 2, [0, 1, 0, 1], "silu", 0.0,
+             0.3, False, True, True, True)
     torch.library.opcheck(torch.ops.wrn_fast.bn_act_conv_backward.default, bargs,
                           test_utils=["test_schema", "test_faketensor"])
 
@@ -457,3 +508,120 @@ def test_bad_grad_y_shape():
         K.bn_act_conv_dgrad(torch.randn(1, 8, 6, 7), w, x)
     with pytest.raises(ValueError, match=r"grad_y shape must equal the output shape"):
         K.bn_act_conv_wgrad(torch.randn(1, 8, 6, 7), x, weight_shape=w.shape)
+
+
+# ----------------------------------------------------------------------------- configs, device, layering
+
+WRN_WIDTHS = [16, 32, 64, 128, 160, 256, 320, 512, 640, 1024]
+
+
+@pytest.mark.parametrize("kind", ["fwd", "dgrad", "wgrad"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_default_config_heuristic(kind, dtype, monkeypatch):
+    """The per-shape default (WRN_FAST_AUTOTUNE=0) is one of the GPU configs (so the GPU
+    test of every config covers it), 16-bit operands take BLOCK_K = 64, and at the WRN
+    widths the GEMM's N side is at least 80% used (160 -> 64-wide tiles, 320 -> 128)."""
+    monkeypatch.setattr(K, "_GPU_TILES", True)
+    gpu = {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_stages, c.num_warps)
+           for c in K.ALL_CONFIGS[kind]}
+    for cin in WRN_WIDTHS:
+        for cout in (cin, 2 * cin):
+            cfg = K.default_config(kind, dtype, cin, cout, dropout=True)
+            assert cfg in gpu, (cin, cout, cfg)
+            n = cout if kind == "fwd" else cin
+            bn = cfg[1]
+            if n >= 64:
+                assert n / (triton.cdiv(n, bn) * bn) >= 0.8, (n, cfg)
+            if dtype != torch.float32:
+                assert cfg[2] == 64
+    assert K.default_config("fwd", torch.bfloat16, 160, 160)[1] == 64
+    assert K.default_config("fwd", torch.bfloat16, 320, 320)[1] == 128
+    with pytest.raises(ValueError, match="kind must be"):
+        K.default_config("bwd", torch.bfloat16, 16, 16)
+
+
+def test_launches_enter_the_tensors_device(monkeypatch):
+    """Every launcher launches inside launch_device(x) (torch.cuda.device(x.device) on a
+    GPU: Triton launches on the current device, which need not be the tensors')."""
+    entered = []
+    real = K.launch_device
+
+    def recording(t):
+        entered.append(t.device)
+        return real(t)
+
+    monkeypatch.setattr(K, "launch_device", recording)
+    x = make((1, 5, 6, 6), torch.float32, "cl")
+    w = torch.randn(4, 5, 3, 3)
+    sc, sh, seed = torch.rand(5) + 0.5, torch.randn(5), torch.tensor([1])
+    y, _ = K.bn_act_conv_fwd(x, w, sc, sh, act="relu", dropout_p=0.2, seed=seed)  # + the bitmask launch
+    K.bn_act_conv_dgrad(torch.randn_like(y), w, x, sc, sh, act="relu")
+    K.bn_act_conv_wgrad(torch.randn_like(y), x, sc, sh, weight_shape=w.shape, act="relu")
+    assert entered == [x.device] * 4
+
+    # on a CUDA tensor launch_device is torch.cuda.device(that tensor's device)
+    used = []
+
+    class FakeCudaTensor:
+        is_cuda = True
+        device = torch.device("cuda", 1)
+
+    monkeypatch.setattr(torch.cuda, "device", lambda d: used.append(d) or __import__("contextlib").nullcontext())
+    with real(FakeCudaTensor()):
+        pass
+    assert used == [torch.device("cuda", 1)]
+
+
+def test_allow_tf32_follows_cudnn_flag(monkeypatch):
+    """fp32 convs follow PyTorch: allow_tf32=None reads torch.backends.cudnn.allow_tf32."""
+    seen = []
+    real = K.bn_act_conv_fwd
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs["allow_tf32"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(K, "bn_act_conv_fwd", recording)
+    x, w = make((1, 5, 5, 5), torch.float32, "cl"), torch.randn(4, 5, 3, 3)
+    for flag in (True, False):
+        with torch.backends.cudnn.flags(enabled=True, allow_tf32=flag):
+            bn_act_conv(x, w)
+    bn_act_conv(x, w, allow_tf32=False)
+    assert seen == [True, False, False]
+    assert K._dot_modes(torch.float32, True)[0] == "tf32" and K._dot_modes(torch.float32, False)[0] == "ieee"
+
+
+def test_int32_bound_is_a_batch_limit():
+    """Too large for int32 indexing: IndexRangeError (a ValueError) that carries the largest
+    batch that fits, raised before any allocation or launch."""
+    limit = K.max_batch((1, 640, 32, 32), dropout_p=0.3)
+    assert limit == (2**31 - 1) // (640 * 32 * 32)
+    assert K.max_batch((1, 640, 32, 32)) > limit  # without dropout only the row/word indices bound it
+    x = torch.ones(1, 640, 32, 32, dtype=torch.bfloat16).expand(limit + 1, -1, -1, -1)
+    w = torch.ones(640, 640, 3, 3, dtype=torch.bfloat16)
+    wrn_fast.reset_counters()
+    with pytest.raises(wrn_fast.ops.IndexRangeError, match=rf"batch must be <= {limit}") as info:
+        K.bn_act_conv_fwd(x, w, torch.ones(640), torch.zeros(640), act="relu", dropout_p=0.3,
+                          seed=torch.tensor([1]))
+    assert info.value.max_batch == limit
+    assert isinstance(info.value, ValueError)
+
+
+def test_kernels_are_the_bottom_layer():
+    """kernels/ imports only torch, triton and its own modules (never wrn_fast)."""
+    import ast
+    kdir = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "kernels")
+    for name in sorted(os.listdir(kdir)):
+        if not name.endswith(".py"):
+            continue
+        tree = ast.parse(open(os.path.join(kdir, name)).read())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                mods = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                mods = ["." if node.level else node.module]
+            else:
+                continue
+            for m in mods:
+                assert m == "." or m.split(".")[0] in ("torch", "triton", "os", "struct", "contextlib", "math",
+                                                       "typing"), f"kernels/{name} imports {m}"

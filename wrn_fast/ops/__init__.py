@@ -45,12 +45,11 @@ dropout and no random numbers drawn.
 """
 import torch
 
-ACT_CODES = {"identity": 0, "relu": 1, "leaky_relu": 2, "silu": 3}
-
-
-def check_activation(act: str) -> None:
-    if act not in ACT_CODES:
-        raise ValueError(f"activation must be one of {tuple(ACT_CODES)}, got {act!r}")
+# The contract's plain facts live in the kernels' leaf module (the bottom layer, so
+# that kernels/ never imports from above it); re-exported here under their old names.
+from wrn_fast.kernels.contract import (  # noqa: F401
+    ACT_CODES, IndexRangeError, check_activation, conv_out_shape, dropout_bits_shape, norm_padding, out_hw,
+    output_memory_format)
 
 
 def new_dropout_seed(device) -> torch.Tensor:
@@ -60,19 +59,3 @@ def new_dropout_seed(device) -> torch.Tensor:
     on every replay).
     """
     return torch.randint(0, 2**31 - 1, (1,), device=device, dtype=torch.int64)
-
-
-def output_memory_format(x: torch.Tensor) -> torch.memory_format:
-    """Memory format of outputs made for ``x``: channels_last in -> channels_last out.
-
-    One rule for the launchers and their fake kernels (which must not import triton).
-    """
-    if x.dim() != 4 or x.is_contiguous():
-        return torch.contiguous_format
-    if x.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    # a strided view: channels_last when c is its fastest-varying axis (e.g. a channel slice of one)
-    others = [x.stride(d) for d in (2, 3) if x.shape[d] > 1]
-    if x.shape[1] > 1 and others and x.stride(1) < min(others):
-        return torch.channels_last
-    return torch.contiguous_format

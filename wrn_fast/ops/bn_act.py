@@ -19,6 +19,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from .._counters import bump
 from . import output_memory_format
 
 __all__ = ["bn_act_dropout", "bn_act_dropout_backward"]
@@ -56,9 +57,11 @@ def bn_act_dropout(
     dtype and memory format. scale, shift: [C] float32. seed: int64 [1]
     (``wrn_fast.ops.new_dropout_seed``), required when dropout_p > 0.
     """
-    return _kernels().bn_act_dropout_fwd(
+    y = _kernels().bn_act_dropout_fwd(
         x, scale, shift, act=act, negative_slope=negative_slope, dropout_p=dropout_p, seed=seed
     )
+    bump("bn_act_dropout_fwd")
+    return y
 
 
 @bn_act_dropout.register_fake
@@ -80,9 +83,11 @@ def bn_act_dropout_backward(
     dropout_p: float = 0.0,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """(grad_x, grad_scale, grad_shift) of ``bn_act_dropout`` (mask regenerated from seed)."""
-    return _kernels().bn_act_dropout_bwd(
+    grads = _kernels().bn_act_dropout_bwd(
         grad_y, x, scale, shift, act=act, negative_slope=negative_slope, dropout_p=dropout_p, seed=seed
     )
+    bump("bn_act_dropout_bwd")
+    return grads
 
 
 @bn_act_dropout_backward.register_fake

@@ -2,9 +2,15 @@
 
 ``torch.ops.wrn_fast.bn_act_conv`` (forward) and ``torch.ops.wrn_fast.bn_act_conv_backward``
 are torch.library custom ops over the Triton launchers in ``wrn_fast.kernels.bn_act_conv``,
-with fake kernels (torch.compile can trace them) and autograd. Only x, weight, scale,
-shift and the dropout seed are saved: the backward recomputes the activation (dgrad
-epilogue and wgrad prologue) and the dropout mask from the seed.
+with fake kernels (torch.compile can trace them) and autograd. With dropout, the keep
+mask is evaluated once per forward as a bitmask (``wrn_fast::conv_dropout_bits``: 1 bit
+per element of x, a function of seed and the logical NCHW index) and passed to the
+forward, dgrad and wgrad kernels. Saved for backward: x, weight, scale, shift and the
+bitmask; the backward recomputes the activation (dgrad epilogue and wgrad prologue).
+
+fp32 follows PyTorch's convention for convolutions: ``allow_tf32=None`` (the default)
+reads ``torch.backends.cudnn.allow_tf32`` (True by default: TF32 tensor cores); False
+gives exact fp32 products.
 
 The partial statistics outputs are not differentiable here: the gradient of the
 batch statistics reaches x through the stats-merge op's own autograd.
@@ -14,7 +20,8 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
-from . import ACT_CODES, output_memory_format
+from .._counters import bump
+from . import check_activation, conv_out_shape, dropout_bits_shape, norm_padding, output_memory_format
 
 __all__ = ["bn_act_conv"]
 
@@ -26,24 +33,19 @@ def _k():
     return k
 
 
-def _pads(padding) -> List[int]:
-    if isinstance(padding, int):
-        return [padding] * 4
-    padding = [int(v) for v in padding]
-    if len(padding) == 2:
-        return [padding[0], padding[0], padding[1], padding[1]]
-    if len(padding) != 4:
-        raise ValueError(f"padding must be an int, (ph, pw) or (top, bottom, left, right), got {padding}")
-    return padding
+# --------------------------------------------------------------------------- dropout bitmask
+
+@torch.library.custom_op("wrn_fast::conv_dropout_bits", mutates_args=())
+def _dropout_bits_op(seed: Tensor, x_shape: List[int], dropout_p: float) -> Tensor:
+    """int32 [N*H*W, ceil(C/32)] keep bitmask of an input of shape x_shape (see kernels/_common.py)."""
+    bits = _k().dropout_bits(seed, x_shape, dropout_p)
+    bump("conv_dropout_bits")
+    return bits
 
 
-def _out_shape(x: Tensor, weight: Tensor, stride: int, padding: List[int]):
-    pt, pb, pl, pr = padding
-    kh, kw = weight.shape[2], weight.shape[3]
-    ho = (x.shape[2] + pt + pb - kh) // stride + 1
-    wo = (x.shape[3] + pl + pr - kw) // stride + 1
-    return x.shape[0], weight.shape[0], ho, wo
-
+@_dropout_bits_op.register_fake
+def _(seed, x_shape, dropout_p):
+    return torch.empty(dropout_bits_shape(x_shape), dtype=torch.int32, device=seed.device)
 
 
 # --------------------------------------------------------------------------- forward op
@@ -51,14 +53,15 @@ def _out_shape(x: Tensor, weight: Tensor, stride: int, padding: List[int]):
 @torch.library.custom_op("wrn_fast::bn_act_conv", mutates_args=())
 def _bn_act_conv_op(
     x: Tensor, weight: Tensor, scale: Optional[Tensor], shift: Optional[Tensor], bias: Optional[Tensor],
-    residual: Optional[Tensor], seed: Optional[Tensor], stride: int, padding: List[int], act: str,
-    negative_slope: float, dropout_p: float, compute_stats: bool, allow_tf32: bool,
+    residual: Optional[Tensor], seed: Optional[Tensor], keep_bits: Optional[Tensor], stride: int,
+    padding: List[int], act: str, negative_slope: float, dropout_p: float, compute_stats: bool, allow_tf32: bool,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     k = _k()
     y, stats = k.bn_act_conv_fwd(
         x, weight, scale, shift, stride=stride, padding=padding, act=act, negative_slope=negative_slope,
-        dropout_p=dropout_p, seed=seed, bias=bias, residual=residual, compute_stats=compute_stats,
-        allow_tf32=allow_tf32)
+        dropout_p=dropout_p, seed=seed, keep_bits=keep_bits, bias=bias, residual=residual,
+        compute_stats=compute_stats, allow_tf32=allow_tf32)
+    bump("bn_act_conv_fwd")
     if stats is None:
         cout = weight.shape[0]
         e = x.new_empty((0, cout), dtype=torch.float32)
@@ -67,9 +70,9 @@ def _bn_act_conv_op(
 
 
 @_bn_act_conv_op.register_fake
-def _(x, weight, scale, shift, bias, residual, seed, stride, padding, act, negative_slope, dropout_p,
+def _(x, weight, scale, shift, bias, residual, seed, keep_bits, stride, padding, act, negative_slope, dropout_p,
       compute_stats, allow_tf32):
-    n, cout, ho, wo = _out_shape(x, weight, stride, padding)
+    n, cout, ho, wo = conv_out_shape(x.shape, weight.shape, stride, padding)
     y = torch.empty((n, cout, ho, wo), dtype=x.dtype, device=x.device, memory_format=output_memory_format(x))
     p = _k().stats_rows(n * ho * wo) if compute_stats else 0
     f32 = dict(dtype=torch.float32, device=x.device)
@@ -81,20 +84,24 @@ def _(x, weight, scale, shift, bias, residual, seed, stride, padding, act, negat
 @torch.library.custom_op("wrn_fast::bn_act_conv_backward", mutates_args=())
 def _bn_act_conv_backward_op(
     grad_y: Tensor, x: Tensor, weight: Tensor, scale: Optional[Tensor], shift: Optional[Tensor],
-    seed: Optional[Tensor], stride: int, padding: List[int], act: str, negative_slope: float,
-    dropout_p: float, allow_tf32: bool, need_x: bool, need_weight: bool, need_affine: bool,
+    seed: Optional[Tensor], keep_bits: Optional[Tensor], stride: int, padding: List[int], act: str,
+    negative_slope: float, dropout_p: float, allow_tf32: bool, need_x: bool, need_weight: bool,
+    need_affine: bool,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """(grad_x, grad_weight, grad_scale, grad_shift); an unneeded gradient is an empty tensor."""
     k = _k()
     kw = dict(stride=stride, padding=padding, act=act, negative_slope=negative_slope, dropout_p=dropout_p,
-              seed=seed, allow_tf32=allow_tf32)
+              seed=seed, keep_bits=keep_bits, allow_tf32=allow_tf32)
     gx = gsc = gsh = None
     if need_x or (need_affine and scale is not None):
         gx, gsc, gsh = k.bn_act_conv_dgrad(grad_y, weight, x, scale, shift, **kw)
+        bump("bn_act_conv_dgrad")
     gw = None
     if need_weight:
         gw = k.bn_act_conv_wgrad(grad_y, x, scale, shift, weight_shape=tuple(weight.shape), out_dtype=weight.dtype,
                                  **kw)
+        bump("bn_act_conv_wgrad")
+
     def empty():  # distinct tensors: outputs of a custom op must not alias each other
         return x.new_empty((0,))
     return (gx if (need_x and gx is not None) else empty(),
@@ -104,8 +111,8 @@ def _bn_act_conv_backward_op(
 
 
 @_bn_act_conv_backward_op.register_fake
-def _(grad_y, x, weight, scale, shift, seed, stride, padding, act, negative_slope, dropout_p, allow_tf32,
-      need_x, need_weight, need_affine):
+def _(grad_y, x, weight, scale, shift, seed, keep_bits, stride, padding, act, negative_slope, dropout_p,
+      allow_tf32, need_x, need_weight, need_affine):
     gx = (torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=output_memory_format(x)) if need_x
           else x.new_empty((0,)))
     gw = torch.empty(weight.shape, dtype=weight.dtype, device=weight.device) if need_weight else x.new_empty((0,))
@@ -119,9 +126,9 @@ def _(grad_y, x, weight, scale, shift, seed, stride, padding, act, negative_slop
 # --------------------------------------------------------------------------- autograd
 
 def _setup_context(ctx, inputs, output):
-    (x, weight, scale, shift, bias, residual, seed, stride, padding, act, negative_slope, dropout_p,
+    (x, weight, scale, shift, bias, residual, seed, keep_bits, stride, padding, act, negative_slope, dropout_p,
      compute_stats, allow_tf32) = inputs
-    ctx.save_for_backward(x, weight, scale, shift, seed)
+    ctx.save_for_backward(x, weight, scale, shift, seed, keep_bits)
     ctx.mark_non_differentiable(*output[1:])  # the partial stats (see module doc)
     ctx.conf = (stride, list(padding), act, float(negative_slope), float(dropout_p), bool(allow_tf32))
     ctx.has_bias = bias is not None
@@ -129,17 +136,17 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, grad_y, grad_mean, grad_m2, grad_count):
-    x, weight, scale, shift, seed = ctx.saved_tensors
+    x, weight, scale, shift, seed, keep_bits = ctx.saved_tensors
     stride, padding, act, slope, p, tf32 = ctx.conf
     nig = ctx.needs_input_grad
     need_x, need_w = bool(nig[0]), bool(nig[1])
     need_affine = scale is not None and bool(nig[2] or nig[3])
     if grad_y is None:  # only the (non-differentiable) stats were used
-        return (None,) * 14
+        return (None,) * 15
     gx = gw = gsc = gsh = None
     if need_x or need_w or need_affine:
         gx, gw, gsc, gsh = _bn_act_conv_backward_op(
-            grad_y, x, weight, scale, shift, seed, stride, padding, act, slope, p, tf32,
+            grad_y, x, weight, scale, shift, seed, keep_bits, stride, padding, act, slope, p, tf32,
             need_x, need_w, need_affine)
         gx = gx if need_x else None
         gw = gw if need_w else None
@@ -147,7 +154,7 @@ def _backward(ctx, grad_y, grad_mean, grad_m2, grad_count):
         gsh = gsh if (need_affine and nig[3]) else None
     gb = grad_y.sum((0, 2, 3)).to(weight.dtype) if (ctx.has_bias and nig[4]) else None
     gr = grad_y if (ctx.has_residual and nig[5]) else None
-    return gx, gw, gsc, gsh, gb, gr, None, None, None, None, None, None, None, None
+    return (gx, gw, gsc, gsh, gb, gr) + (None,) * 9
 
 
 torch.library.register_autograd("wrn_fast::bn_act_conv", _backward, setup_context=_setup_context)
@@ -158,15 +165,22 @@ torch.library.register_autograd("wrn_fast::bn_act_conv", _backward, setup_contex
 def bn_act_conv(x: Tensor, weight: Tensor, scale: Optional[Tensor] = None, shift: Optional[Tensor] = None,
                 bias: Optional[Tensor] = None, residual: Optional[Tensor] = None, seed: Optional[Tensor] = None,
                 *, stride: int = 1, padding=(1, 1, 1, 1), act: str = "identity", negative_slope: float = 0.0,
-                dropout_p: float = 0.0, compute_stats: bool = False, allow_tf32: bool = False):
+                dropout_p: float = 0.0, compute_stats: bool = False, allow_tf32: Optional[bool] = None):
     """y = conv2d(zero_pad(dropout(act(x*scale + shift))), weight) (+ bias) (+ residual).
 
     padding: int, (ph, pw) or (top, bottom, left, right) (TF-SAME stride 2 is (0, 1, 0, 1)).
+    allow_tf32 (fp32 only): None = ``torch.backends.cudnn.allow_tf32`` (PyTorch's rule for
+    convolutions), True = TF32 tensor cores, False = exact fp32 products.
     Returns ``(y, mean_p, m2_p, count_p)``: the partial statistics of y (see
     ``kernels.bn_act_conv.bn_act_conv_fwd``) when ``compute_stats``, else empty tensors.
     Differentiable w.r.t. x, weight, scale, shift, bias and residual.
     """
-    if act not in ACT_CODES:
-        raise ValueError(f"act must be one of {tuple(ACT_CODES)}, got {act!r}")
-    return _bn_act_conv_op(x, weight, scale, shift, bias, residual, seed, int(stride), _pads(padding), act,
+    check_activation(act, "act")
+    pads = list(norm_padding(padding))
+    if allow_tf32 is None:
+        allow_tf32 = torch.backends.cudnn.allow_tf32
+    keep_bits = None
+    if dropout_p > 0 and isinstance(seed, Tensor) and isinstance(x, Tensor) and x.dim() == 4:
+        keep_bits = _dropout_bits_op(seed, list(x.shape), float(dropout_p))
+    return _bn_act_conv_op(x, weight, scale, shift, bias, residual, seed, keep_bits, int(stride), pads, act,
                            float(negative_slope), float(dropout_p), bool(compute_stats), bool(allow_tf32))
