@@ -113,9 +113,9 @@ CPU_CONFIGS = [
     dict(depth=10, widen_factor=2, activation="silu", padding="tf_same"),
     dict(depth=10, widen_factor=2, shortcut="raw", conv_bias=True),
     dict(depth=10, widen_factor=2, activate_before_residual=True, activation="leaky_relu", bn_momentum=0.001),
-    dict(depth=13, widen_factor=1, block="B(3,1,3)"),
+    dict(depth=10, widen_factor=1, block="B(3,1,3)"),
     dict(depth=10, widen_factor=2, block="B(1,3)"),
-    dict(depth=13, widen_factor=1, block="B(3,3,3)", bn_momentum=None),
+    dict(depth=10, widen_factor=1, block="B(3,3,3)", bn_momentum=None),
     dict(depth=10, widen_factor=2, input_mean=(0.4, 0.5, 0.6), input_std=(0.2, 0.25, 0.3)),
     dict(depth=16, widen_factor=1, num_classes=7),
 ]

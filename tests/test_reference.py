@@ -77,6 +77,66 @@ def test_wrn_70_16_size():
         assert count_params(R.wrn_70_16()) == 266_796_506  # 266.8M, as in ARCHITECTURE.md
 
 
+# The paper's Table 1 (block types at comparable size): its names, its parameter counts (rounded
+# to 0.1M there); the exact counts are for 10 classes. Every group holds (depth - 4) / 6 blocks.
+TABLE_1 = [
+    ("WRN-40-2-B(1,3,1)", 40, "B(1,3,1)", 1.4, 1_429_082),
+    ("WRN-40-2-B(3,1)", 40, "B(3,1)", 1.2, 1_211_354),
+    ("WRN-40-2-B(1,3)", 40, "B(1,3)", 1.3, 1_297_370),
+    ("WRN-40-2-B(3,1,1)", 40, "B(3,1,1)", 1.3, 1_343_066),
+    ("WRN-28-2-B(3,3)", 28, "B(3,3)", 1.5, 1_467_610),
+    ("WRN-22-2-B(3,1,3)", 22, "B(3,1,3)", 1.1, 1_145_498),
+]
+
+
+@pytest.mark.parametrize("name,depth,block,paper_millions,exact", TABLE_1, ids=[row[0] for row in TABLE_1])
+def test_paper_table_1_networks(name, depth, block, paper_millions, exact):
+    with torch.device("meta"):
+        model = R.WideResNet(depth, 2, block=block)
+    assert model.num_blocks_per_group == (depth - 4) // 6
+    assert round(count_params(model) / 1e6, 1) == paper_millions, name
+    assert count_params(model) == exact
+    # The same network spelled with an explicit blocks_per_group.
+    with torch.device("meta"):
+        explicit = R.WideResNet(None, 2, block=block, blocks_per_group=(depth - 4) // 6)
+    assert explicit.depth == depth and count_params(explicit) == exact
+
+
+def test_paper_table_2_deepening_factor_keeps_36_convolutions():
+    # Table 2: WRN-40-2 with l = 1..4 convolutions of 3x3 per block, "same number of parameters
+    # (2.2M)": 36 convolutions in blocks, i.e. 12, 6, 4, 3 blocks per group.
+    for l, n in ((1, 12), (2, 6), (3, 4), (4, 3)):
+        with torch.device("meta"):
+            model = R.WideResNet(40, 2, block=(3,) * l, blocks_per_group=n)
+        assert model.num_blocks_per_group == n and round(count_params(model) / 1e6, 1) == 2.2
+
+
+def test_depth_counted_in_convolutions_is_refused_with_the_paper_name():
+    # 31 = 3 * 3 * 3 + 4: 3 blocks of B(3,1,3) counted by convolutions; the paper calls it WRN-22.
+    with pytest.raises(ValueError, match=r"got 31; 31 = 3 \* 3 \* 3 \+ 4 .*WideResNet\(22, \.\.\., block='B\(3,1,3\)'\)"
+                                         r", or pass blocks_per_group=3"):
+        R.WideResNet(31, 2, block="B(3,1,3)")
+    assert R.WideResNet(31, 1, block="B(3,1,3)", blocks_per_group=3).num_blocks_per_group == 3
+
+
+def test_two_convolution_blocks_keep_their_sizes():
+    with torch.device("meta"):
+        assert count_params(R.WideResNet(28, 10, block="B(3,3)")) == 36_479_194
+        assert count_params(R.WideResNet(40, 2, block=(3, 1))) == count_params(R.WideResNet(40, 2, block="B(3,1)"))
+
+
+def test_positional_widen_factor_guard_explains_the_argument_order():
+    # xternalz's WideResNet(16, 100) means 100 classes; here it would be widen_factor=100.
+    with pytest.raises(ValueError, match=r"widen_factor: got 100 as the second positional argument.*"
+                                         r"WideResNet\(depth, widen_factor, dropout_rate, num_classes\).*"
+                                         r"wrn_fast.compat.xternalz"):
+        R.WideResNet(16, 100)
+    with pytest.raises(ValueError, match=r"dropout_rate: expected a float in \[0, 1\), got 10 \(the positional order"):
+        R.WideResNet(28, 10, 10)  # xternalz's (depth, num_classes, widen_factor)
+    with torch.device("meta"):
+        assert R.WideResNet(16, widen_factor=40).widen_factor == 40  # a keyword means it
+
+
 # ----------------------------------------------------------------------------- state_dict names
 
 
@@ -127,7 +187,7 @@ def test_block_attributes():
     assert second2.conv_paddings == ((1, 1, 1, 1), (1, 1, 1, 1))
     assert not model.block1.layer[0].raw_input  # group 1 activates before the residual
     assert first2.shortcut == "raw" and first2.activation == "silu" and first2.kernel_sizes == (3, 3)
-    b = R.WideResNet(13, 1, block="B(3,1,3)").block1.layer[0]
+    b = R.WideResNet(10, 1, block="B(3,1,3)").block1.layer[0]
     assert b.kernel_sizes == (3, 1, 3) and b.equal_in_out and b.convShortcut is None  # 16 -> 16
     assert [getattr(b, f"bn{i}").num_features for i in (1, 2, 3)] == [16, 16, 16]
     assert [getattr(b, f"conv{i}").kernel_size for i in (1, 2, 3)] == [(3, 3), (1, 1), (3, 3)]
@@ -173,9 +233,9 @@ def functional_wrn(x, p, cfg, training):
     abr = (abr, abr, abr) if isinstance(abr, bool) else abr
     drop = cfg.get("dropout_rate", 0.0)
 
-    def bn(t, name):
+    def bn(t, name, bn_eps=eps):
         return F.batch_norm(t, p[name + ".running_mean"], p[name + ".running_var"], p[name + ".weight"],
-                            p[name + ".bias"], training, mom, eps)
+                            p[name + ".bias"], training, mom, bn_eps)
 
     def conv(t, name, stride, kernel):
         return F.conv2d(F.pad(t, pads_of(kernel, stride, padding)), p[name + ".weight"], p.get(name + ".bias"), stride)
@@ -186,11 +246,11 @@ def functional_wrn(x, p, cfg, training):
         std = torch.tensor(cfg["input_std"], dtype=torch.float32).to(x.dtype).view(1, -1, 1, 1)
         x = (x - mean) / std
     out = conv(x, "conv1", 1, 3)
-    n = (cfg["depth"] - 4) // (3 * len(kernels))
+    n = cfg.get("blocks_per_group") or (cfg["depth"] - 4) // 6  # the paper's naming for every block
     for g in range(3):
         for i in range(n):
             base = f"block{g + 1}.layer.{i}"
-            stride = 2 if (g > 0 and i == 0) else 1
+            stride = (cfg.get("first_stride", 1) if g == 0 else 2) if i == 0 else 1
             projects = base + ".convShortcut.weight" in p
             raw = projects and not abr[g]
             a = act_fn(bn(out, base + ".bn1"), activation, slope)
@@ -204,8 +264,8 @@ def functional_wrn(x, p, cfg, training):
             else:
                 short = out
             out = h + short
-    out = act_fn(bn(out, "bn1"), activation, slope).mean(dim=(2, 3))
-    return F.linear(out, p["fc.weight"], p["fc.bias"])
+    out = act_fn(bn(out, "bn1", cfg.get("final_bn_eps", eps)), activation, slope).mean(dim=(2, 3))
+    return F.linear(out, p["fc.weight"], p.get("fc.bias"))
 
 
 FUNCTIONAL_CONFIGS = [
@@ -217,14 +277,16 @@ FUNCTIONAL_CONFIGS = [
     dict(depth=10, widen_factor=2, activation="leaky_relu", conv_bias=True, bn_momentum=0.001, bn_eps=1e-3,
          activate_before_residual=(True, False, False)),
     dict(depth=10, widen_factor=2, activate_before_residual=False, shortcut="raw"),
-    dict(depth=13, widen_factor=2, block="B(3,1,3)", padding="tf_same"),
-    dict(depth=13, widen_factor=2, block=(1, 3, 1), padding="tf_same"),
+    dict(depth=10, widen_factor=2, block="B(3,1,3)", padding="tf_same"),
+    dict(depth=10, widen_factor=2, block=(1, 3, 1), padding="tf_same"),
     dict(depth=10, widen_factor=2, block=(1, 3)),
     dict(depth=10, widen_factor=2, block=(3, 1)),
-    dict(depth=13, widen_factor=2, block=(3, 1, 1)),
-    dict(depth=7, widen_factor=2, block=(3,)),
-    dict(depth=13, widen_factor=2, block=(3, 3, 3)),
-    dict(depth=16, widen_factor=2, block=(3, 3, 3, 3)),
+    dict(depth=10, widen_factor=2, block=(3, 1, 1)),
+    dict(depth=10, widen_factor=2, block=(3,)),
+    dict(depth=10, widen_factor=2, block=(3, 3, 3)),
+    dict(depth=16, widen_factor=2, block=(3, 3, 3, 3), blocks_per_group=1),  # Table 2's naming: 12 convs + 4
+    dict(depth=10, widen_factor=2, conv_bias=True, stem_bias=False, bn_eps=1e-5, final_bn_eps=1e-3, fc_bias=False),
+    dict(depth=10, widen_factor=2, first_stride=2, activate_before_residual=(True, False, False)),
 ]
 
 
@@ -299,7 +361,7 @@ SHAPE_CASES = [
     dict(dropout_rate=0.3),
     dict(in_channels=1),
     dict(num_classes=100),
-    *[dict(block=b, depth=3 * len(b) + 4) for b in R.BLOCK_STRUCTURES],
+    *[dict(block=b, depth=10) for b in R.BLOCK_STRUCTURES],
 ]
 
 
@@ -354,13 +416,13 @@ def test_dropout_is_stochastic_in_train_and_deterministic_in_eval():
 
 def test_state_dict_round_trip():
     torch.manual_seed(0)
-    model = R.WideResNet(13, 2, activation="leaky_relu", conv_bias=True, block=(3, 1, 3))
+    model = R.WideResNet(10, 2, activation="leaky_relu", conv_bias=True, block=(3, 1, 3))
     randomize_bn(model)
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
     buffer.seek(0)
     torch.manual_seed(1)
-    fresh = R.WideResNet(13, 2, activation="leaky_relu", conv_bias=True, block=(3, 1, 3))
+    fresh = R.WideResNet(10, 2, activation="leaky_relu", conv_bias=True, block=(3, 1, 3))
     x = torch.randn(3, 3, 16, 16)
     assert not torch.allclose(fresh.eval()(x), model.eval()(x))
     fresh.load_state_dict(torch.load(buffer, weights_only=True), strict=True)
@@ -399,7 +461,20 @@ def test_initialisation_statistics():
         (dict(depth=27), "depth"),
         (dict(depth=4), "depth"),
         (dict(depth=28.0), "depth"),
-        (dict(depth=10, block=(3, 1, 3)), "depth"),
+        (dict(depth=13, block=(3, 1, 3)), "depth"),
+        (dict(depth=40, block=(3, 3, 3), blocks_per_group=3), "depth"),
+        (dict(depth=10, blocks_per_group=0), "blocks_per_group"),
+        (dict(negative_slope=float("nan")), "negative_slope"),
+        (dict(negative_slope=float("inf")), "negative_slope"),
+        (dict(negative_slope="0.1"), "negative_slope"),
+        (dict(bn_eps=float("inf")), "bn_eps"),
+        (dict(bn_eps=float("nan")), "bn_eps"),
+        (dict(final_bn_eps=-1.0), "final_bn_eps"),
+        (dict(bn_momentum=float("nan")), "bn_momentum"),
+        (dict(first_stride=0), "first_stride"),
+        (dict(fc_bias=None), "fc_bias"),
+        (dict(input_mean=[float("nan")] * 3, input_std=[1.0] * 3), "input_mean"),
+        (dict(input_mean=[0.5] * 3, input_std=[float("inf")] * 3), "input_std"),
         (dict(widen_factor=0), "widen_factor"),
         (dict(widen_factor=2.5), "widen_factor"),
         (dict(dropout_rate=1.0), "dropout_rate"),

@@ -7,7 +7,11 @@ CIFAR-style WRN-depth-k (pre-activation, widths 16k / 32k / 64k)::
     x ─ [(x - mean) / std] ─ conv1 3x3 (16) ─ block1 (16k, s1) ─ block2 (32k, s2) ─ block3 (64k, s2)
       ─ bn1 ─ act ─ global average pool ─ fc
 
-Each group is ``n = (depth - 4) / (3 * l)`` BasicBlocks of ``l`` convolutions (``l = len(block)``).
+Depth convention (the paper's Table 1 names): every group holds ``n = (depth - 4) / 6`` BasicBlocks,
+whatever the block type B(M): WRN-40-2-B(1,3,1) has 6 blocks of three convolutions per group (1.43M
+parameters, the paper's 1.4M), WRN-22-2-B(3,1,3) has 3 (1.15M, the paper's 1.1M). For the two-convolution
+blocks depth is the number of weighted layers, as usual. ``blocks_per_group=`` sets n explicitly (the
+paper's Table 2 keeps 36 convolutions at depth 40: B(3,3,3) with blocks_per_group=4).
 Module and parameter names are those of xternalz/WideResNet-pytorch, RobustBench and TRADES
 (``conv1``, ``block1.layer.0.bn1``, ``...convShortcut``, ``bn1``, ``fc``), so their checkpoints
 load strict. The fast model (``wrn_fast.WideResNet``) subclasses :class:`WideResNet` and reads
@@ -20,6 +24,7 @@ No fast paths live here: plain ``nn.Module``s and ``torch.nn.functional``.
 """
 from __future__ import annotations
 
+import math
 import re
 from typing import Optional, Sequence, Tuple, Union
 
@@ -136,11 +141,21 @@ def conv_paddings_for(kernel_size: int, stride: int, padding: str) -> Pads:
     raise ValueError(f"padding: expected one of {PADDINGS}, got {padding!r}")
 
 
-def _check_bn(bn_momentum, bn_eps) -> None:
-    if bn_momentum is not None and not (0.0 <= bn_momentum <= 1.0):
+def _is_real(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_bn(bn_momentum, bn_eps, eps_name: str = "bn_eps") -> None:
+    if bn_momentum is not None and not (_is_real(bn_momentum) and 0.0 <= bn_momentum <= 1.0):
         raise ValueError(f"bn_momentum: expected a float in [0, 1] or None, got {bn_momentum!r}")
-    if not bn_eps > 0:
-        raise ValueError(f"bn_eps: expected a float > 0, got {bn_eps!r}")
+    if not (_is_real(bn_eps) and 0 < bn_eps < math.inf):
+        raise ValueError(f"{eps_name}: expected a finite float > 0, got {bn_eps!r}")
+
+
+def _check_negative_slope(negative_slope) -> None:
+    # NaN or inf would turn every negative activation into NaN (or inf) without any error.
+    if not (_is_real(negative_slope) and math.isfinite(negative_slope)):
+        raise ValueError(f"negative_slope: expected a finite float (leaky_relu's slope for x < 0), got {negative_slope!r}")
 
 
 def _check_positive_int(name: str, value) -> None:
@@ -192,8 +207,9 @@ class BasicBlock(nn.Module):
             raise ValueError(f"shortcut: expected one of {SHORTCUTS}, got {shortcut!r}")
         if padding not in PADDINGS:
             raise ValueError(f"padding: expected one of {PADDINGS}, got {padding!r}")
-        if not 0.0 <= dropout_rate < 1.0:
+        if not (_is_real(dropout_rate) and 0.0 <= dropout_rate < 1.0):
             raise ValueError(f"dropout_rate: expected a float in [0, 1), got {dropout_rate!r}")
+        _check_negative_slope(negative_slope)
         _check_bn(bn_momentum, bn_eps)
         self.in_planes = in_planes
         self.out_planes = out_planes
@@ -311,22 +327,81 @@ def _channel_buffer(name: str, value, channels: int) -> Optional[torch.Tensor]:
     return t.view(1, channels, 1, 1)
 
 
+def _depth_and_blocks_per_group(depth, blocks_per_group, kernel_sizes) -> Tuple[int, int]:
+    """(depth, n) from the constructor's depth / blocks_per_group (see WideResNet's docstring)."""
+    per_block = len(kernel_sizes)
+    name = "B(" + ",".join(map(str, kernel_sizes)) + ")"
+    if blocks_per_group is not None:
+        _check_positive_int("blocks_per_group", blocks_per_group)
+        n = blocks_per_group
+        table1, convs = 6 * n + 4, 3 * n * per_block + 4
+        if depth is None:
+            return table1, n
+        if depth not in (table1, convs) or isinstance(depth, bool):
+            choices = f"{table1}" if table1 == convs else f"{table1} (6n + 4, the paper's names) or {convs} (3 * n * {per_block} + 4, the convolutions + 4)"
+            raise ValueError(f"depth: with blocks_per_group={n} and block {name} expected {choices} or None, got {depth!r}")
+        return depth, n
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 10 or (depth - 4) % 6:
+        hint = ""
+        if isinstance(depth, int) and per_block != 2 and depth >= 4 + 3 * per_block and (depth - 4) % (3 * per_block) == 0:
+            m = (depth - 4) // (3 * per_block)
+            hint = (f"; {depth} = 3 * {m} * {per_block} + 4 counts the convolutions of {m} {name} blocks per group: "
+                    f"that network is WideResNet({6 * m + 4}, ..., block='{name}'), or pass blocks_per_group={m}")
+        raise ValueError(
+            f"depth: expected 6n + 4 with n >= 1 (n blocks per group for every block type, the paper's "
+            f"naming, e.g. 28 or 40), got {depth!r}{hint}"
+        )
+    return depth, (depth - 4) // 6
+
+
+# Wider than any published CIFAR WRN (WRN-34-20, WRN-70-16): a second positional argument above this
+# is far more likely a class count in xternalz's argument order than a widen factor.
+_MAX_POSITIONAL_WIDEN_FACTOR = 32
+
+
+def _check_positional_order(args) -> None:
+    """``WideResNet(16, 100)`` means widen_factor=100 here but num_classes=100 in xternalz's
+    ``WideResNet(depth, num_classes, widen_factor, dropRate)``: refuse the absurd reading."""
+    widen_factor = args[1]
+    if _is_real(widen_factor) and widen_factor > _MAX_POSITIONAL_WIDEN_FACTOR:
+        widths = ", ".join(str(int(c * widen_factor)) for c in (16, 32, 64))
+        raise ValueError(
+            f"widen_factor: got {widen_factor!r} as the second positional argument, which would build groups "
+            f"of {widths} channels. The order here is WideResNet(depth, widen_factor, dropout_rate, num_classes); "
+            "xternalz / RobustBench / TRADES use WideResNet(depth, num_classes, widen_factor, dropRate). "
+            "Use keywords (WideResNet(depth=16, widen_factor=4, num_classes=100)), or "
+            "wrn_fast.compat.xternalz.WideResNet for their order; pass widen_factor= as a keyword if you "
+            "really mean such a wide network."
+        )
+
+
 class WideResNet(nn.Module):
     """WRN-depth-k for CIFAR-sized inputs (any size: the final pooling is global).
 
     Input ``[N, in_channels, H, W]`` -> logits ``[N, num_classes]``.
 
     Args:
-        depth: total depth, ``3 * n * l + 4`` (6n + 4 for the default B(3,3)).
-        widen_factor: k (int >= 1); group widths 16k, 32k, 64k.
+        depth: ``6n + 4``: n BasicBlocks per group whatever the block type, the paper's naming
+            (WRN-40-2-B(1,3,1) = ``WideResNet(40, 2, block='B(1,3,1)')``: 6 blocks of 3 convs per group).
+            With ``blocks_per_group`` given, depth may also be ``3 * n * l + 4`` (the number of
+            convolutions + 4, how the paper's Table 2 names its l = 1..4 networks) or None.
+        widen_factor: k (int >= 1); group widths 16k, 32k, 64k. Passed positionally it must be
+            <= 32 (a guard against xternalz's (depth, num_classes, ...) argument order).
         dropout_rate: dropout before every conv of a block but the first, in [0, 1).
         num_classes: size of the classifier output.
         in_channels: input channels of the stem.
         activation: 'relu', 'leaky_relu' (uses negative_slope) or 'silu' (alias 'swish').
-        bn_momentum, bn_eps: every BatchNorm2d's momentum and eps.
+        negative_slope: leaky_relu's slope, a finite float.
+        bn_momentum, bn_eps: every BatchNorm2d's momentum and eps (but see final_bn_eps).
+        final_bn_eps: eps of the last BatchNorm (``bn1``, before the pooling); None = bn_eps.
+            USB (semilearn 0.3) uses 1e-5 in its blocks and 1e-3 there.
         shortcut: 'preact' (projection of act(bn1(x)): paper/xternalz/RobustBench) or 'raw' (of x).
-        conv_bias: give every convolution a bias (TorchSSL / USB checkpoints have them).
+        conv_bias: give every convolution a bias (TorchSSL / USB-2022 checkpoints have them).
+        stem_bias: the stem convolution's bias; None = conv_bias (USB 0.3: stem only).
+        fc_bias: the classifier's bias (RobustBench's bias_last).
         block: block structure, e.g. (3, 3), 'B(3,1,3)', (3, 3, 3).
+        blocks_per_group: n, explicitly (otherwise ``(depth - 4) / 6``).
+        first_stride: stride of group 1 (TorchSSL / USB use 2 for STL-10's 96x96 images).
         activate_before_residual: None (every block pre-activated) or per-group flags as TorchSSL /
             kekmodel FixMatch pass them to their NetworkBlocks (their layout is (True, False, False));
             a single bool applies to all three groups. False makes the group's first block, when it
@@ -336,14 +411,23 @@ class WideResNet(nn.Module):
             stem (DMWideResNet); stored as non-persistent buffers [1, C, 1, 1] (or None).
 
     Attributes: conv1, block1, block2, block3 (NetworkBlock), bn1, fc; depth, widen_factor,
-    num_classes, in_channels, dropout_rate, activation, negative_slope, shortcut, conv_bias,
-    bn_momentum, bn_eps, padding, block_kernel_sizes, num_blocks_per_group, widths (16, 16k, 32k, 64k),
-    activate_before_residual (None or 3 bools), input_mean, input_std.
+    num_classes, in_channels, dropout_rate, activation, negative_slope, shortcut, conv_bias, stem_bias,
+    fc_bias, bn_momentum, bn_eps, final_bn_eps, padding, block_kernel_sizes, num_blocks_per_group,
+    first_stride, widths (16, 16k, 32k, 64k), activate_before_residual (None or 3 bools), input_mean,
+    input_std. Each BatchNorm module carries its own eps and momentum (the fast model reads them there).
     """
+
+    # Subclasses with another positional signature (wrn_fast.compat) switch the guard off.
+    _check_positional_widen_factor = True
+
+    def __new__(cls, *args, **kwargs):
+        if cls._check_positional_widen_factor and len(args) >= 2:
+            _check_positional_order(args)
+        return super().__new__(cls)
 
     def __init__(
         self,
-        depth: int = 28,
+        depth: Optional[int] = 28,
         widen_factor: int = 10,
         dropout_rate: float = 0.0,
         num_classes: int = 10,
@@ -353,9 +437,14 @@ class WideResNet(nn.Module):
         negative_slope: float = 0.1,
         bn_momentum: Optional[float] = 0.1,
         bn_eps: float = 1e-5,
+        final_bn_eps: Optional[float] = None,
         shortcut: str = "preact",
         conv_bias: bool = False,
+        stem_bias: Optional[bool] = None,
+        fc_bias: bool = True,
         block: Union[str, Sequence[int]] = (3, 3),
+        blocks_per_group: Optional[int] = None,
+        first_stride: int = 1,
         activate_before_residual=None,
         padding: str = "symmetric",
         input_mean=None,
@@ -363,24 +452,30 @@ class WideResNet(nn.Module):
     ):
         super().__init__()
         kernel_sizes = parse_block(block)
-        per_block = len(kernel_sizes)
-        if isinstance(depth, bool) or not isinstance(depth, int) or depth < 4 + 3 * per_block or (depth - 4) % (3 * per_block):
-            rule = "6n + 4" if per_block == 2 else f"3 * n * {per_block} + 4"
-            raise ValueError(
-                f"depth: expected {rule} with n >= 1 for block B{kernel_sizes} "
-                f"(e.g. {3 * per_block * 4 + 4}), got {depth!r}"
-            )
+        depth, n = _depth_and_blocks_per_group(depth, blocks_per_group, kernel_sizes)
         _check_positive_int("widen_factor", widen_factor)
-        if not (isinstance(dropout_rate, (int, float)) and 0.0 <= dropout_rate < 1.0):
-            raise ValueError(f"dropout_rate: expected a float in [0, 1), got {dropout_rate!r}")
+        if not (_is_real(dropout_rate) and 0.0 <= dropout_rate < 1.0):
+            raise ValueError(
+                f"dropout_rate: expected a float in [0, 1), got {dropout_rate!r} (the positional order is "
+                "WideResNet(depth, widen_factor, dropout_rate, num_classes); for xternalz's order use "
+                "wrn_fast.compat.xternalz.WideResNet)"
+            )
         _check_positive_int("num_classes", num_classes)
         _check_positive_int("in_channels", in_channels)
+        _check_positive_int("first_stride", first_stride)
         activation = normalize_activation(activation)
+        _check_negative_slope(negative_slope)
         if shortcut not in SHORTCUTS:
             raise ValueError(f"shortcut: expected one of {SHORTCUTS}, got {shortcut!r}")
         if padding not in PADDINGS:
             raise ValueError(f"padding: expected one of {PADDINGS}, got {padding!r}")
         _check_bn(bn_momentum, bn_eps)
+        final_bn_eps = bn_eps if final_bn_eps is None else final_bn_eps
+        _check_bn(bn_momentum, final_bn_eps, "final_bn_eps")
+        for name, flag in (("conv_bias", conv_bias), ("fc_bias", fc_bias), ("stem_bias", stem_bias)):
+            if not (isinstance(flag, bool) or (name == "stem_bias" and flag is None)):
+                raise ValueError(f"{name}: expected a bool{' or None' if name == 'stem_bias' else ''}, got {flag!r}")
+        stem_bias = conv_bias if stem_bias is None else stem_bias
         abr = _normalize_activate_before_residual(activate_before_residual)
 
         self.depth = depth
@@ -391,19 +486,25 @@ class WideResNet(nn.Module):
         self.activation = activation
         self.negative_slope = float(negative_slope)
         self.shortcut = shortcut
-        self.conv_bias = bool(conv_bias)
+        self.conv_bias = conv_bias
+        self.stem_bias = stem_bias
+        self.fc_bias = fc_bias
         self.bn_momentum = bn_momentum
         self.bn_eps = bn_eps
+        self.final_bn_eps = final_bn_eps
         self.padding = padding
         self.block_kernel_sizes = kernel_sizes
         self.activate_before_residual = abr
-        self.num_blocks_per_group = (depth - 4) // (3 * per_block)
+        self.num_blocks_per_group = n
+        self.first_stride = first_stride
         self.widths = (16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor)
         # Non-persistent: state_dict keys stay exactly xternalz's.
         self.register_buffer("input_mean", _channel_buffer("input_mean", input_mean, in_channels), persistent=False)
         self.register_buffer("input_std", _channel_buffer("input_std", input_std, in_channels), persistent=False)
-        if self.input_std is not None and not bool((self.input_std > 0).all()):
-            raise ValueError(f"input_std: expected every value > 0, got {self.input_std.flatten().tolist()}")
+        if self.input_mean is not None and not bool(torch.isfinite(self.input_mean).all()):
+            raise ValueError(f"input_mean: expected finite values, got {self.input_mean.flatten().tolist()}")
+        if self.input_std is not None and not bool(((self.input_std > 0) & torch.isfinite(self.input_std)).all()):
+            raise ValueError(f"input_std: expected every value finite and > 0, got {self.input_std.flatten().tolist()}")
 
         block_kwargs = dict(
             kernel_sizes=kernel_sizes,
@@ -417,14 +518,13 @@ class WideResNet(nn.Module):
             padding=padding,
         )
         w = self.widths
-        n = self.num_blocks_per_group
         raw = (False, False, False) if abr is None else tuple(not f for f in abr)
-        self.conv1 = nn.Conv2d(in_channels, w[0], 3, stride=1, padding=1, bias=conv_bias)
-        self.block1 = NetworkBlock(n, w[0], w[1], 1, first_raw_input=raw[0], **block_kwargs)
+        self.conv1 = nn.Conv2d(in_channels, w[0], 3, stride=1, padding=1, bias=stem_bias)
+        self.block1 = NetworkBlock(n, w[0], w[1], first_stride, first_raw_input=raw[0], **block_kwargs)
         self.block2 = NetworkBlock(n, w[1], w[2], 2, first_raw_input=raw[1], **block_kwargs)
         self.block3 = NetworkBlock(n, w[2], w[3], 2, first_raw_input=raw[2], **block_kwargs)
-        self.bn1 = nn.BatchNorm2d(w[3], eps=bn_eps, momentum=bn_momentum)
-        self.fc = nn.Linear(w[3], num_classes)
+        self.bn1 = nn.BatchNorm2d(w[3], eps=final_bn_eps, momentum=bn_momentum)
+        self.fc = nn.Linear(w[3], num_classes, bias=fc_bias)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -439,7 +539,7 @@ class WideResNet(nn.Module):
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
+            elif isinstance(m, nn.Linear) and m.bias is not None:
                 nn.init.zeros_(m.bias)
 
     def blocks(self):
