@@ -54,7 +54,9 @@ ASSUMPTIONS = [
     "regenerated in the loops, 0 bytes). dgrad reads grad_y, weight, x (its epilogue recomputes act' and the "
     "mask) and writes grad_x with per-tile channel sums; wgrad reads grad_y and x (recomputing the prologue) and "
     "writes split-K fp32 partials that are summed (split as the launcher picks it for 132 SMs); the BN backward "
-    "is one elementwise pass (bn_backward_apply: read grad and x, write).",
+    "then is the statistics term b*x + c (bn_finalize_partials' backward: read x, write) and autograd's sum of "
+    "it with dgrad's grad_x (read 2, write 1): 5 passes where passing dgrad's grad_x as bn_backward_apply's "
+    "direct gradient would take 3.",
     "Common to both and counted in both: the autocast weight cast (read fp32, write the compute dtype) and the "
     "SGD step (momentum, weight decay: read param, grad, buffer; write param, buffer; fp32). Not counted: the "
     "stem's input, the classifier (pool + fc + loss), max-pool of WRN-50-2 (all small or equal in both).",
@@ -94,8 +96,15 @@ def _split_k(cout, cin, k, m_rows, sms):
     return -(-m_rows // chunk)
 
 
-def _uses_bits():
-    with open(os.path.join(sass.ROOT, "kernels", "bn_act_conv.py")) as f:
+def _uses_bits(commit):
+    """Whether the kernels at ``commit`` (the static report's) take a dropout bitmask."""
+    root = sass.ROOT
+    if commit and "dirty" not in commit and commit != "unknown":
+        try:
+            root = sass.source_tree(commit)
+        except Exception:  # noqa: BLE001 - no git here: the working tree
+            pass
+    with open(os.path.join(root, "kernels", "bn_act_conv.py")) as f:
         return "keep_bits" in f.read()
 
 
@@ -160,7 +169,7 @@ def _conv_kernels(L, dtype, s, ceilings, sms, mask_bits, saved, bn_seen, train):
                     ks.append(Kernel("fused", "fwd", name, "dropout keep bits (1 bit / element)", bytes=e_in / 8))
                     saved["fused"][L.prologue_bn + ".bits"] = e_in / 8
             if train:
-                ks.append(Kernel("fused", "bwd", name, "BN backward apply (one pass)", bytes=3 * e_in * s))
+                ks += _fused_bn_backward(name, e_in, s)
         elif train:
             # a second consumer of the same activation: gradients summed (both implementations)
             ks.append(Kernel("both", "bwd", name, "grad accumulation (2 consumers)", bytes=3 * e_in * s))
@@ -204,6 +213,14 @@ def _conv_kernels(L, dtype, s, ceilings, sms, mask_bits, saved, bn_seen, train):
     return ks
 
 
+def _fused_bn_backward(name, e, s):
+    """wrn_fast's BN backward after the dgrad epilogue's channel sums: the statistics term
+    b[c]*x + c[c] (bn_finalize_partials' C++ backward, bn_backward_apply without the direct
+    gradient: read x, write), then autograd sums it with dgrad's grad_x (read 2, write 1)."""
+    return [Kernel("fused", "bwd", name, "BN backward stats term (bn_backward_apply)", bytes=2 * e * s),
+            Kernel("fused", "bwd", name, "grad sum (dgrad's grad_x + stats term)", bytes=3 * e * s)]
+
+
 def _eltwise_kernels(L, s, saved, train):
     e = L.n * L.c * L.hw * L.hw
     ks = []
@@ -215,7 +232,7 @@ def _eltwise_kernels(L, s, saved, train):
                    Kernel("eager", "bwd", L.name, "BN backward (2 passes)", bytes=5 * e * s),
                    Kernel("fused", "fwd", L.name, "bn_act_dropout fwd", bytes=2 * e * s),
                    Kernel("fused", "bwd", L.name, "bn_act_dropout bwd", bytes=3 * e * s),
-                   Kernel("fused", "bwd", L.name, "BN backward apply (one pass)", bytes=3 * e * s)]
+                   *_fused_bn_backward(L.name, e, s)]
             saved["eager"][L.name + ".x"] = e * s
             saved["eager"][L.name + ".relu"] = e * s
             saved["fused"][L.name + ".x"] = e * s
@@ -267,6 +284,14 @@ def load_ceilings(path, dtype, model):
     return ceiling, missing
 
 
+def _static_commit(path):
+    """The kernels commit the static report describes (it names the file too)."""
+    if not path:
+        return static._git("rev-parse", "--short", "HEAD")
+    with open(path) as f:
+        return json.load(f)["meta"].get("kernels commit", "unknown")
+
+
 def latest_static():
     files = sorted(glob.glob(os.path.join(static.RESULTS, "static_*.json")), key=os.path.getmtime)
     return files[-1] if files else None
@@ -289,6 +314,11 @@ def summarise(ks, saved, peak, bw):
         else None
     out["fused_if_ceiling_1_s"] = sum(max(k.bytes / bw, k.tc_flops / peak if k.tc_flops else 0.0)
                                       for k in ks if k.impl in ("fused", "both"))
+    # sensitivity: cuDNN at 70% of the tensor-core peak (eager convs slower than their bound)
+    out["eager_cudnn70_s"] = sum(max(k.bytes / bw, k.tc_flops / (0.7 * peak) if k.tc_flops else 0.0)
+                                 for k in ks if k.impl in ("eager", "both"))
+    out["speedup_if_cudnn70"] = out["eager_cudnn70_s"] / out["fused"]["time_s"]
+    out["speedup_if_ceiling_1"] = out["eager"]["time_s"] / out["fused_if_ceiling_1_s"]
     return out
 
 
@@ -297,7 +327,7 @@ def _ms(t):
 
 
 def report(models, dtype, devices, static_path, peak_override, bw_override):
-    mask_bits = _uses_bits()
+    mask_bits = _uses_bits(_static_commit(static_path))
     results = {"meta": {}, "models": {}}
     L = ["# Roofline (predicted, no GPU): eager PyTorch vs wrn_fast fused path", "",
          "**Predicted, not measured.** Lower bounds from FLOPs and minimum bytes; wrn_fast's convolutions scaled by "
@@ -306,6 +336,7 @@ def report(models, dtype, devices, static_path, peak_override, bw_override):
             if static_path else "none (every ceiling assumed 1)", "dropout mask in the fused path":
             "1-bit keep_bits" if mask_bits else "Philox in the loops (0 bytes)",
             "date (UTC)": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
+            "kernels commit": _static_commit(static_path),
             "commit": static._git("rev-parse", "--short", "HEAD"),
             "command": "python -m bench.roofline " + " ".join(sys.argv[1:])}
     results["meta"] = dict(meta, assumptions=ASSUMPTIONS)
@@ -313,8 +344,9 @@ def report(models, dtype, devices, static_path, peak_override, bw_override):
     L += ["", "## Assumptions", ""] + [f"{i}. {a}" for i, a in enumerate(ASSUMPTIONS, 1)]
     L += ["", "## Summary", "",
           "| model | device | eager step (ms) | wrn_fast step (ms) | predicted speedup | wrn_fast if every ceiling were 1 "
-          "(ms) | eager saved activations (GiB) | wrn_fast (GiB) | memory ratio | kernels eager / fused |",
-          "|---|---|---|---|---|---|---|---|---|---|"]
+          "(ms, speedup) | speedup if cuDNN reached only 70% of peak | eager saved activations (GiB) | wrn_fast (GiB) "
+          "| memory ratio | kernels eager / fused |",
+          "|---|---|---|---|---|---|---|---|---|---|---|"]
     details = []
     for model in models:
         ceilings, missing = load_ceilings(static_path, dtype, model)
@@ -332,15 +364,19 @@ def report(models, dtype, devices, static_path, peak_override, bw_override):
             e, f = summ["eager"], summ["fused"]
             L.append(f"| {model} (N={static.MODELS[model][2]}, {'train' if static.MODELS[model][4] else 'infer'}) | "
                      f"{dev} | {_ms(e['time_s'])} | {_ms(f['time_s'])} | **{summ['speedup']:.2f}x** | "
-                     f"{_ms(summ['fused_if_ceiling_1_s'])} | {e['saved_bytes'] / 2**30:.2f} | "
+                     f"{_ms(summ['fused_if_ceiling_1_s'])} ({summ['speedup_if_ceiling_1']:.2f}x) | "
+                     f"{summ['speedup_if_cudnn70']:.2f}x | {e['saved_bytes'] / 2**30:.2f} | "
                      f"{f['saved_bytes'] / 2**30:.2f} | **{summ['memory_ratio']:.2f}** | "
                      f"{e['kernels']} / {f['kernels']} |" if summ["memory_ratio"] is not None else
                      f"| {model} | {dev} | {_ms(e['time_s'])} | {_ms(f['time_s'])} | **{summ['speedup']:.2f}x** | "
-                     f"{_ms(summ['fused_if_ceiling_1_s'])} | - | - | - | {e['kernels']} / {f['kernels']} |")
+                     f"{_ms(summ['fused_if_ceiling_1_s'])} ({summ['speedup_if_ceiling_1']:.2f}x) | "
+                     f"{summ['speedup_if_cudnn70']:.2f}x | - | - | - | {e['kernels']} / {f['kernels']} |")
             if dev == devices[0]:
                 details.append(_layer_table(model, dev, ks, peak, bw, summ, missing))
     L += ["", "Speedup = eager step time / wrn_fast step time, both lower bounds as defined above. Memory ratio = "
-          "wrn_fast / eager activation bytes kept for backward."]
+          "wrn_fast / eager activation bytes kept for backward. The two sensitivity columns: wrn_fast with every "
+          "fused conv at issue ceiling 1 (the best its memory traffic allows), and eager with cuDNN at 70% of the "
+          "tensor-core peak instead of 100%."]
     for dtl in details:
         L += [""] + dtl
     return L, results
@@ -388,7 +424,7 @@ def main(argv=None):
     devices = args.devices.split(",")
     L, results = report(models, args.dtype, devices, static_path, args.tflops, args.tbps)
     base = args.out or os.path.join(static.RESULTS, f"roofline_{datetime.date.today():%Y%m%d}_"
-                                                    f"{results['meta']['commit']}_{args.dtype}")
+                                                    f"{results['meta']['kernels commit']}_{args.dtype}")
     with open(base + ".md", "w") as f:
         f.write("\n".join(L) + "\n")
     with open(base + ".json", "w") as f:
