@@ -1,9 +1,10 @@
-"""wrn_fast.convert: checkpoints of each ecosystem format give the source model's outputs.
+"""wrn_fast.convert: checkpoints of each ecosystem format give the source model's outputs, and
+checkpoints that would load into the wrong function are refused.
 
-For every format the SOURCE architecture is re-implemented here, compactly and with that
-codebase's own module names and forward (not reusing wrn_fast.reference), randomly initialised
-(BN affine and running statistics included, so BN conversion is really checked), saved, converted,
-loaded, and compared in eval mode and, where deterministic (dropout 0), in train mode.
+The sources are tests/_upstream.py's re-implementations of each codebase (their module names and
+forward, not wrn_fast.reference), randomly initialised, saved, converted, loaded and compared in
+eval and train mode. tests/test_compat.py compares every family in depth (float64 and float32,
+gradients, both backends); here the conversion rules and refusals are checked.
 
 Tolerance: fp32, relative error max|ours - theirs| / max|theirs| <= 1e-5.
 """
@@ -18,7 +19,12 @@ import torch.nn.functional as F
 from wrn_fast import convert
 from wrn_fast import reference as R
 
+from _upstream import (CIFAR10_MEAN, CIFAR10_STD, DEAD_BN1, DMWideResNet, SslWideResNet, Swish, XzWideResNet,
+                       randomize_)
+
 REL_TOL = 1e-5
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(autouse=True)
@@ -29,27 +35,10 @@ def build_reference_models(monkeypatch):
 
 
 def assert_rel_close(ours, theirs, what="output"):
+    if isinstance(theirs, dict):
+        theirs = theirs["logits"]
     err = (ours - theirs).abs().max().item() / theirs.abs().max().item()
     assert err <= REL_TOL, f"{what}: relative error {err:.3g} > {REL_TOL}"
-
-
-def randomize_(module, seed=0):
-    """Random weights everywhere, and BN affine + running stats far from their defaults."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5, generator=g)
-                m.bias.uniform_(-0.3, 0.3, generator=g)
-                m.running_mean.uniform_(-0.3, 0.3, generator=g)
-                m.running_var.uniform_(0.5, 2.0, generator=g)
-                m.num_batches_tracked.fill_(7)
-            elif isinstance(m, (nn.Conv2d, nn.Linear)):
-                fan_in = m.weight[0].numel()
-                m.weight.normal_(0, math.sqrt(2.0 / fan_in), generator=g)
-                if m.bias is not None:
-                    m.bias.uniform_(-0.1, 0.1, generator=g)
-    return module
 
 
 def compare_models(source, ours, x, train=True, unused_prefix=None):
@@ -74,91 +63,44 @@ def compare_models(source, ours, x, train=True, unused_prefix=None):
             assert_rel_close(a, b, "running stats")
 
 
-# ----------------------------------------------------------------------------- xternalz / TRADES
+def ssl_source(variant, seed=0, **kwargs):
+    """An SSL-family source with what training leaves: untrained bn1 where its output is unused."""
+    torch.manual_seed(seed)
+    keep = DEAD_BN1 if variant != "usb-2022" else ()
+    return randomize_(SslWideResNet(variant, **{"num_classes": 6, "depth": 10, "widen_factor": 2, **kwargs}),
+                      seed, keep_untrained=keep)
 
 
-class XzBasicBlock(nn.Module):
-    """xternalz/WideResNet-pytorch BasicBlock (as in TRADES / RobustBench): x overwritten when projecting."""
-
-    def __init__(self, in_planes, out_planes, stride, dropRate=0.0):
-        super().__init__()
-        self.bn1 = nn.BatchNorm2d(in_planes)
-        self.relu1 = nn.ReLU(inplace=True)
-        self.conv1 = nn.Conv2d(in_planes, out_planes, 3, stride, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(out_planes)
-        self.relu2 = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(out_planes, out_planes, 3, 1, 1, bias=False)
-        self.droprate = dropRate
-        self.equalInOut = in_planes == out_planes
-        self.convShortcut = None if self.equalInOut else nn.Conv2d(in_planes, out_planes, 1, stride, 0, bias=False)
-
-    def forward(self, x):
-        if not self.equalInOut:
-            x = self.relu1(self.bn1(x))
-            out = x
-        else:
-            out = self.relu1(self.bn1(x))
-        out = self.relu2(self.bn2(self.conv1(out)))
-        out = F.dropout(out, p=self.droprate, training=self.training)
-        out = self.conv2(out)
-        return (x if self.equalInOut else self.convShortcut(x)) + out
+# ----------------------------------------------------------------------------- xternalz / TRADES / RobustBench
 
 
-class XzNetworkBlock(nn.Module):
-    def __init__(self, nb_layers, in_planes, out_planes, stride):
-        super().__init__()
-        self.layer = nn.Sequential(*[XzBasicBlock(in_planes if i == 0 else out_planes, out_planes, stride if i == 0 else 1)
-                                     for i in range(nb_layers)])
-
-    def forward(self, x):
-        return self.layer(x)
-
-
-class TradesWideResNet(nn.Module):
-    """TRADES' WideResNet: xternalz's plus an unused sub_block1."""
-
-    def __init__(self, depth=10, num_classes=10, widen_factor=2):
-        super().__init__()
-        ch = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
-        n = (depth - 4) // 6
-        self.conv1 = nn.Conv2d(3, ch[0], 3, 1, 1, bias=False)
-        self.block1 = XzNetworkBlock(n, ch[0], ch[1], 1)
-        self.sub_block1 = XzNetworkBlock(n, ch[0], ch[1], 1)
-        self.block2 = XzNetworkBlock(n, ch[1], ch[2], 2)
-        self.block3 = XzNetworkBlock(n, ch[2], ch[3], 2)
-        self.bn1 = nn.BatchNorm2d(ch[3])
-        self.relu = nn.ReLU(inplace=True)
-        self.fc = nn.Linear(ch[3], num_classes)
-        self.nChannels = ch[3]
-
-    def forward(self, x):
-        out = self.block3(self.block2(self.block1(self.conv1(x))))
-        out = self.relu(self.bn1(out))
-        out = F.avg_pool2d(out, out.shape[-1])
-        return self.fc(out.view(-1, self.nChannels))
-
-
-def test_xternalz_trades_through_a_file_with_module_prefix(tmp_path):
+def test_xternalz_trades_through_a_file_with_nested_module_prefix(tmp_path):
     torch.manual_seed(0)
-    source = randomize_(TradesWideResNet(depth=16, num_classes=7, widen_factor=2))
+    source = randomize_(XzWideResNet(16, 7, widen_factor=2, sub_block1=True))
     path = tmp_path / "trades.pt"
-    # DataParallel-saved: every key prefixed with 'module.'
-    torch.save({f"module.{k}": v for k, v in source.state_dict().items()}, path)
+    # DataParallel inside DDP: every key prefixed with 'module.module.'
+    torch.save({f"module.module.{k}": v for k, v in source.state_dict().items()}, path)
     with pytest.warns(UserWarning, match="sub_block1"):
-        ours = convert.load_pretrained(path)
+        ours = convert.load_pretrained(path)  # 'auto': sub_block1 only exists in TRADES
     assert isinstance(ours, R.WideResNet)
     assert (ours.depth, ours.widen_factor, ours.num_classes) == (16, 2, 7)
-    compare_models(source, ours, torch.randn(4, 3, 16, 16), unused_prefix="sub_block1.")
+    compare_models(source, ours, torch.randn(4, 3, 32, 32), unused_prefix="sub_block1.")
 
 
 def test_xternalz_wrapped_and_explicit_format():
-    source = randomize_(TradesWideResNet(depth=10, widen_factor=1))
-    del source.sub_block1  # the xternalz original has none
+    source = randomize_(XzWideResNet(10, 10, widen_factor=1))
     sd, kwargs = convert.convert_state_dict({"state_dict": source.state_dict(), "epoch": 3}, format="robustbench")
     assert kwargs == dict(depth=10, widen_factor=1, num_classes=10, in_channels=3, conv_bias=False, block=(3, 3))
     ours = R.WideResNet(**kwargs)
     ours.load_state_dict(sd, strict=True)
-    compare_models(source, ours, torch.randn(3, 3, 8, 8))
+    compare_models(source, ours, torch.randn(3, 3, 32, 32))
+
+
+def test_robustbench_bias_last_false_builds_a_head_without_bias():
+    source = randomize_(XzWideResNet(10, 4, widen_factor=1, bias_last=False))
+    ours = convert.load_pretrained(source.state_dict(), format="robustbench")
+    assert ours.fc.bias is None and ours.fc_bias is False
+    compare_models(source, ours, torch.randn(2, 3, 32, 32))
 
 
 # ----------------------------------------------------------------------------- authors (szagoruyko, functional)
@@ -245,198 +187,159 @@ def test_authors_format(tmp_path):
 # ----------------------------------------------------------------------------- DeepMind (RobustBench DMWideResNet)
 
 
-class _SwishFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, i):
-        ctx.save_for_backward(i)
-        return i * torch.sigmoid(i)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (i,) = ctx.saved_tensors
-        s = torch.sigmoid(i)
-        return grad * (s * (1 + i * (1 - s)))
-
-
-class Swish(nn.Module):
-    def forward(self, x):
-        return _SwishFn.apply(x)
-
-
-class DmBlock(nn.Module):
-    """DMWideResNet _Block: manual TF-SAME padding of conv_0, projection of the activated input."""
-
-    def __init__(self, in_planes, out_planes, stride, activation_fn):
-        super().__init__()
-        self.batchnorm_0 = nn.BatchNorm2d(in_planes)
-        self.relu_0 = activation_fn()
-        self.conv_0 = nn.Conv2d(in_planes, out_planes, 3, stride, padding=0, bias=False)
-        self.batchnorm_1 = nn.BatchNorm2d(out_planes)
-        self.relu_1 = activation_fn()
-        self.conv_1 = nn.Conv2d(out_planes, out_planes, 3, 1, padding=1, bias=False)
-        self.has_shortcut = in_planes != out_planes
-        self.shortcut = nn.Conv2d(in_planes, out_planes, 1, stride, 0, bias=False) if self.has_shortcut else None
-        self._stride = stride
-
-    def forward(self, x):
-        if self.has_shortcut:
-            x = self.relu_0(self.batchnorm_0(x))
-            v = x
-        else:
-            v = self.relu_0(self.batchnorm_0(x))
-        v = F.pad(v, (1, 1, 1, 1) if self._stride == 1 else (0, 1, 0, 1))
-        out = self.conv_1(self.relu_1(self.batchnorm_1(self.conv_0(v))))
-        return (self.shortcut(x) if self.has_shortcut else x) + out
-
-
-class DmBlockGroup(nn.Module):
-    def __init__(self, num_blocks, in_planes, out_planes, stride, activation_fn):
-        super().__init__()
-        self.block = nn.Sequential(*[DmBlock(in_planes if i == 0 else out_planes, out_planes, stride if i == 0 else 1,
-                                             activation_fn) for i in range(num_blocks)])
-
-    def forward(self, x):
-        return self.block(x)
-
-
-class DMWideResNet(nn.Module):
-    def __init__(self, num_classes=10, depth=10, width=2, activation_fn=Swish,
-                 mean=(0.4914, 0.4822, 0.4465), std=(0.2471, 0.2435, 0.2616)):
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(mean).view(3, 1, 1))
-        self.register_buffer("std", torch.tensor(std).view(3, 1, 1))
-        ch = [16, 16 * width, 32 * width, 64 * width]
-        n = (depth - 4) // 6
-        self.init_conv = nn.Conv2d(3, ch[0], 3, 1, 1, bias=False)
-        self.layer = nn.Sequential(DmBlockGroup(n, ch[0], ch[1], 1, activation_fn),
-                                   DmBlockGroup(n, ch[1], ch[2], 2, activation_fn),
-                                   DmBlockGroup(n, ch[2], ch[3], 2, activation_fn))
-        self.batchnorm = nn.BatchNorm2d(ch[3])
-        self.relu = activation_fn()
-        self.logits = nn.Linear(ch[3], num_classes)
-        self.num_channels = ch[3]
-
-    def forward(self, x):
-        out = self.init_conv((x - self.mean) / self.std)
-        out = self.relu(self.batchnorm(self.layer(out)))
-        out = F.avg_pool2d(out, 8)  # their 32x32 assumption
-        return self.logits(out.view(-1, self.num_channels))
-
-
-def test_dm_swish_with_in_model_normalisation_and_tf_same_padding():
-    torch.manual_seed(0)
-    source = randomize_(DMWideResNet(num_classes=10, depth=16, width=2))
-    ours = convert.load_pretrained(source.state_dict())
+def test_dm_needs_its_activation_and_normalisation_said():
+    source = randomize_(DMWideResNet(num_classes=10, depth=16, width=2, activation_fn=Swish))
+    sd = source.state_dict()
+    assert "mean" not in sd  # non-persistent in RobustBench: never in a checkpoint
+    with pytest.raises(ValueError, match=r"activation: .*does not record its activation.*'silu'.*'relu'"):
+        convert.load_pretrained(sd)
+    with pytest.raises(ValueError, match=r"dataset: .*does not store its input normalisation.*'cifar10'"):
+        convert.load_pretrained(sd, activation="silu")
+    with pytest.warns(UserWarning, match=r"RobustBench's cifar10 defaults mean=\(0.4914, 0.4822, 0.4465\) "
+                                         r"std=\(0.2471, 0.2435, 0.2616\)"):
+        ours = convert.load_pretrained(sd, activation="silu", dataset="cifar10")
     assert ours.activation == "silu" and ours.padding == "tf_same"
     assert ours.block2.layer[0].conv_paddings[0] == (0, 1, 0, 1)
     torch.testing.assert_close(ours.input_mean.flatten(), source.mean.flatten())
+    torch.testing.assert_close(ours.input_std.flatten(), source.std.flatten())
     compare_models(source, ours, torch.rand(4, 3, 32, 32))
+    with pytest.raises(ValueError, match="dataset: expected one of"):
+        convert.load_pretrained(sd, activation="silu", dataset="imagenet")
 
 
-def test_dm_relu_checkpoint_with_activation_override():
+def test_dm_relu_with_explicit_normalisation():
     source = randomize_(DMWideResNet(depth=10, width=1, activation_fn=nn.ReLU, mean=(0.5, 0.5, 0.5), std=(0.2, 0.3, 0.4)))
-    ours = convert.load_pretrained(source.state_dict(), format="dm", activation="relu")
+    ours = convert.load_pretrained(source.state_dict(), format="dm", activation="relu",
+                                   input_mean=[0.5, 0.5, 0.5], input_std=[0.2, 0.3, 0.4])
     compare_models(source, ours, torch.rand(2, 3, 32, 32))
-    # Without the override the activation differs: the comparison would catch it.
-    swish = convert.load_pretrained(source.state_dict(), format="dm").eval()
+    # Swish instead: the comparison would catch it.
+    swish = convert.load_pretrained(source.state_dict(), format="dm", activation="silu",
+                                    input_mean=[0.5, 0.5, 0.5], input_std=[0.2, 0.3, 0.4]).eval()
     with torch.no_grad():
         x = torch.rand(2, 3, 32, 32)
         assert not torch.allclose(swish(x), source.eval()(x), rtol=1e-3)
+    with pytest.raises(ValueError, match="input_mean / input_std: pass both"):
+        convert.load_pretrained(source.state_dict(), format="dm", activation="relu", input_mean=[0.5] * 3)
+
+
+def test_dm_older_checkpoint_with_stored_normalisation():
+    source = randomize_(DMWideResNet(depth=10, width=1, activation_fn=Swish, mean=(0.3, 0.4, 0.5),
+                                     std=(0.2, 0.3, 0.4), persistent_normalization=True))
+    ours = convert.load_pretrained(source.state_dict(), activation="silu")  # no dataset needed
+    torch.testing.assert_close(ours.input_std.flatten(), torch.tensor([0.2, 0.3, 0.4]))
+    compare_models(source, ours, torch.rand(2, 3, 32, 32))
 
 
 # ----------------------------------------------------------------------------- TorchSSL / USB / kekmodel FixMatch
 
 
-class SslBasicBlock(nn.Module):
-    """TorchSSL / kekmodel BasicBlock (honour_abr=True) or USB's (which ignores activate_before_residual)."""
-
-    def __init__(self, in_planes, out_planes, stride, activate_before_residual, bias, eps, honour_abr):
-        super().__init__()
-        self.bn1 = nn.BatchNorm2d(in_planes, momentum=0.001, eps=eps)
-        self.relu1 = nn.LeakyReLU(negative_slope=0.1)
-        self.conv1 = nn.Conv2d(in_planes, out_planes, 3, stride, 1, bias=bias)
-        self.bn2 = nn.BatchNorm2d(out_planes, momentum=0.001, eps=eps)
-        self.relu2 = nn.LeakyReLU(negative_slope=0.1)
-        self.conv2 = nn.Conv2d(out_planes, out_planes, 3, 1, 1, bias=bias)
-        self.equalInOut = in_planes == out_planes
-        self.convShortcut = None if self.equalInOut else nn.Conv2d(in_planes, out_planes, 1, stride, 0, bias=bias)
-        self.activate_before_residual = activate_before_residual or not honour_abr
-
-    def forward(self, x):
-        if not self.equalInOut and self.activate_before_residual:
-            x = self.relu1(self.bn1(x))
-            out = x
-        else:
-            out = self.relu1(self.bn1(x))  # computed even when discarded: bn1's stats still move
-        out = self.relu2(self.bn2(self.conv1(out if self.equalInOut else x)))
-        out = self.conv2(out)
-        return (x if self.equalInOut else self.convShortcut(x)) + out
-
-
-class SslNetworkBlock(nn.Module):
-    def __init__(self, nb_layers, in_planes, out_planes, stride, activate_before_residual, **kw):
-        super().__init__()
-        self.layer = nn.Sequential(*[SslBasicBlock(in_planes if i == 0 else out_planes, out_planes, stride if i == 0 else 1,
-                                                   activate_before_residual, **kw) for i in range(nb_layers)])
-
-    def forward(self, x):
-        return self.layer(x)
-
-
-class SslWideResNet(nn.Module):
-    def __init__(self, num_classes, depth=10, widen_factor=2, bias=True, eps=1e-3, honour_abr=True, head="fc"):
-        super().__init__()
-        ch = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
-        n = (depth - 4) // 6
-        kw = dict(bias=bias, eps=eps, honour_abr=honour_abr)
-        self.conv1 = nn.Conv2d(3, ch[0], 3, 1, 1, bias=bias)
-        self.block1 = SslNetworkBlock(n, ch[0], ch[1], 1, True, **kw)
-        self.block2 = SslNetworkBlock(n, ch[1], ch[2], 2, False, **kw)
-        self.block3 = SslNetworkBlock(n, ch[2], ch[3], 2, False, **kw)
-        self.bn1 = nn.BatchNorm2d(ch[3], momentum=0.001, eps=eps)
-        self.relu = nn.LeakyReLU(negative_slope=0.1)
-        self.head = head
-        setattr(self, head, nn.Linear(ch[3], num_classes))
-        self.channels = ch[3]
-
-    def forward(self, x):
-        out = self.block3(self.block2(self.block1(self.conv1(x))))
-        out = F.adaptive_avg_pool2d(self.relu(self.bn1(out)), 1).view(-1, self.channels)
-        return getattr(self, self.head)(out)
-
-
-SSL_VARIANTS = {
-    "torchssl": dict(bias=True, eps=1e-3, honour_abr=True),
-    "usb": dict(bias=True, eps=1e-3, honour_abr=False),
-    "fixmatch": dict(bias=False, eps=1e-5, honour_abr=True),
+SSL_CASES = {  # variant -> (format, conv_bias, stem_bias, raw input in group 2, head BN eps, blocks' BN eps)
+    "torchssl": ("torchssl", True, True, True, 1e-3, 1e-3),
+    "usb-2022": ("usb", True, True, False, 1e-3, 1e-3),
+    "usb-0.3": ("usb", False, True, True, 1e-3, 1e-5),
+    "fixmatch": ("fixmatch", False, False, True, 1e-5, 1e-5),
 }
 
 
-@pytest.mark.parametrize("fmt", sorted(SSL_VARIANTS))
-def test_ssl_formats(fmt):
-    torch.manual_seed(0)
-    source = randomize_(SslWideResNet(num_classes=6, depth=16, widen_factor=2, **SSL_VARIANTS[fmt]))
-    ours = convert.load_pretrained({"model": source.state_dict(), "it": 1000}, format=fmt)
-    assert ours.activation == "leaky_relu" and ours.bn_momentum == 0.001
-    assert ours.conv_bias == SSL_VARIANTS[fmt]["bias"]
-    assert ours.block2.layer[0].raw_input == SSL_VARIANTS[fmt]["honour_abr"]
+@pytest.mark.parametrize("variant", sorted(SSL_CASES))
+@pytest.mark.parametrize("fmt", ["explicit", "auto"])
+def test_ssl_formats(variant, fmt):
+    source = ssl_source(variant)
+    name, conv_bias, stem_bias, raw, final_eps, block_eps = SSL_CASES[variant]
+    checkpoint = {"model": {f"module.{k}": v for k, v in source.state_dict().items()}, "it": 1000}
+    ours = convert.load_pretrained(checkpoint, format=name if fmt == "explicit" else "auto")
+    assert ours.activation == "leaky_relu" and ours.negative_slope == 0.1 and ours.bn_momentum == 0.001
+    assert ours.conv_bias == conv_bias and ours.stem_bias == stem_bias
+    assert ours.block2.layer[0].raw_input == raw
+    assert ours.bn1.eps == final_eps and ours.block1.layer[0].bn1.eps == block_eps
     compare_models(source, ours, torch.randn(4, 3, 16, 16))
 
 
+def test_torchssl_stl10_first_stride():
+    source = ssl_source("torchssl", first_stride=2)
+    ours = convert.load_pretrained(source.state_dict(), format="torchssl", first_stride=2)
+    assert ours.block1.layer[0].stride == 2
+    compare_models(source, ours, torch.randn(2, 3, 32, 32))
+
+
+def test_remixmatch_rotation_head_and_semilearn_backbone_wrapper():
+    source = ssl_source("usb-0.3")
+    wrapped = {f"backbone.{k}": v for k, v in source.state_dict().items()}
+    wrapped.update({"rot_classifier.weight": torch.zeros(4, 128), "rot_classifier.bias": torch.zeros(4)})
+    with pytest.warns(UserWarning, match=r"backbone.*rot_classifier"):
+        ours = convert.load_pretrained({"model": wrapped})
+    compare_models(source, ours, torch.randn(2, 3, 16, 16))
+
+
+def trained_like_upstream(source, steps=2, size=16):
+    """A few SGD steps as the SSL repos take them (no weight decay on BN): what a real checkpoint
+    holds. Returns the source, whose unused bn1 affine parameters never moved."""
+    opt = torch.optim.SGD(source.parameters(), lr=0.1, momentum=0.9)
+    g = torch.Generator().manual_seed(3)
+    source.train()
+    for _ in range(steps):
+        out = source(torch.randn(4, 3, size, size, generator=g))
+        logits = out["logits"] if isinstance(out, dict) else out
+        F.cross_entropy(logits, torch.randint(0, logits.shape[1], (4,), generator=g)).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return source
+
+
+@pytest.mark.parametrize("variant,expected", [("fixmatch", "fixmatch"), ("torchssl", "torchssl"),
+                                              ("usb-2022", "usb"), ("usb-0.3", "usb")])
+def test_auto_tells_the_families_apart_after_real_training_steps(variant, expected):
+    torch.manual_seed(0)
+    source = trained_like_upstream(SslWideResNet(variant, num_classes=4, depth=10, widen_factor=2))
+    assert convert.detect_format(source.state_dict()) == expected
+    ours = convert.load_pretrained(source.state_dict())
+    compare_models(source, ours, torch.randn(2, 3, 16, 16))
+
+
+def test_auto_tells_kekmodel_from_xternalz():
+    torch.manual_seed(0)
+    kekmodel = trained_like_upstream(SslWideResNet("fixmatch", num_classes=4, depth=10, widen_factor=2))
+    xternalz = trained_like_upstream(XzWideResNet(10, 4, widen_factor=2), size=32)  # their 8x8 pooling
+    assert convert.detect_format(kekmodel.state_dict()) == "fixmatch"
+    assert convert.detect_format(xternalz.state_dict()) == "xternalz"
+
+
+def test_auto_asks_when_the_keys_cannot_tell():
+    for untrained, names in ((XzWideResNet(10, 4, widen_factor=2), "xternalz.*kekmodel"),
+                             (SslWideResNet("torchssl", num_classes=4, depth=10), "TorchSSL.*USB 2022")):
+        with pytest.raises(ValueError, match=rf"format='auto': .*fit {names}.*Pass the format explicitly"):
+            convert.load_pretrained(untrained.state_dict())
+
+
+@pytest.mark.parametrize("source_family,wrong_format,reason", [
+    ("xternalz", "torchssl", r"format='torchssl': expected stem conv with bias.*xternalz"),
+    ("xternalz", "usb", r"format='usb': expected .*without bias.*"),
+    ("xternalz", "fixmatch", r"format='fixmatch': bn1 of block2.layer.0 / block3.layer.0 was trained"),
+    ("torchssl", "xternalz", r"format='xternalz': expected stem conv without bias.*TorchSSL"),
+    ("torchssl", "usb", r"format='usb': bn1 .* was never trained.*TorchSSL"),
+    ("usb-2022", "torchssl", r"format='torchssl': bn1 .* was trained.*USB 2022"),
+    ("fixmatch", "xternalz", r"format='xternalz': bn1 .* was never trained.*kekmodel"),
+    ("usb-0.3", "torchssl", r"format='torchssl': .*head 'classifier'.*USB / semilearn 0.3"),
+])
+def test_checkpoints_contradicting_the_given_format_are_refused(source_family, wrong_format, reason):
+    if source_family == "xternalz":
+        source = randomize_(XzWideResNet(10, 4, widen_factor=2))  # every BN trained
+    else:
+        source = ssl_source(source_family)
+    with pytest.raises(ValueError, match=reason):
+        convert.load_pretrained(source.state_dict(), format=wrong_format)
+
+
 def test_ssl_format_matters():
-    # The same TorchSSL weights read as USB give other outputs: the formats are not interchangeable.
-    source = randomize_(SslWideResNet(num_classes=6, **SSL_VARIANTS["torchssl"])).eval()
-    as_usb = convert.load_pretrained(source.state_dict(), format="usb").eval()
+    # The same TorchSSL weights run as USB-2022 give other outputs: the formats are not interchangeable.
+    source = ssl_source("torchssl").eval()
+    sd = {k: v for k, v in source.state_dict().items()}
+    for bn in DEAD_BN1:  # disguise: the bn1 evidence alone would refuse format='usb'
+        sd[bn + ".bias"] = sd[bn + ".bias"] + 0.01
+    as_usb = convert.load_pretrained(sd, format="usb").eval()
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         assert not torch.allclose(as_usb(x), source(x), rtol=1e-3)
-
-
-def test_torchssl_auto_detection_and_classifier_head():
-    source = randomize_(SslWideResNet(num_classes=4, head="classifier", **SSL_VARIANTS["torchssl"]))
-    with pytest.warns(UserWarning, match="usb"):
-        ours = convert.load_pretrained({f"module.{k}": v for k, v in source.state_dict().items()})
-    compare_models(source, ours, torch.randn(4, 3, 8, 8))
 
 
 # ----------------------------------------------------------------------------- torchvision
@@ -468,10 +371,11 @@ def test_torchvision_small_variant_infers_layers():
 
 
 def test_native_state_dict_round_trip_infers_the_configuration():
-    source = randomize_(R.WideResNet(13, 3, num_classes=4, in_channels=1, block="B(3,1,3)", conv_bias=True))
-    sd, kwargs = convert.convert_state_dict(source.state_dict(), format="xternalz", activation="silu")
-    assert kwargs == dict(depth=13, widen_factor=3, num_classes=4, in_channels=1, conv_bias=True,
-                          block=(3, 1, 3), activation="silu")
+    source = randomize_(R.WideResNet(10, 3, num_classes=4, in_channels=1, block="B(3,1,3)", conv_bias=True,
+                                     stem_bias=False, fc_bias=False))
+    sd, kwargs = convert.convert_state_dict(source.state_dict(), format="native", activation="silu")
+    assert kwargs == dict(depth=10, widen_factor=3, num_classes=4, in_channels=1, conv_bias=True,
+                          block=(3, 1, 3), stem_bias=False, fc_bias=False, activation="silu")
     ours = R.WideResNet(**{**kwargs, "activation": "relu"})
     ours.load_state_dict(sd, strict=True)
     compare_models(source, ours, torch.randn(3, 1, 12, 12))
@@ -480,13 +384,19 @@ def test_native_state_dict_round_trip_infers_the_configuration():
 def test_detect_format():
     assert convert.detect_format(DMWideResNet(depth=10, width=1).state_dict()) == "dm"
     assert convert.detect_format(authors_params(10, 1, 10)) == "authors"
-    assert convert.detect_format(R.WideResNet(10, 1).state_dict()) == "xternalz"
-    assert convert.detect_format(R.WideResNet(10, 1, conv_bias=True).state_dict()) == "torchssl"
+    assert convert.detect_format(randomize_(R.WideResNet(10, 1)).state_dict()) == "xternalz"
+    with pytest.raises(ValueError, match="match none of the WRN families.*format='native'"):
+        convert.detect_format(R.WideResNet(10, 1, conv_bias=True, stem_bias=False).state_dict())
 
 
 def test_unknown_format_name():
     with pytest.raises(ValueError, match=r"format: expected one of .*got 'caffe'"):
         convert.convert_state_dict(R.WideResNet(10, 1).state_dict(), format="caffe")
+
+
+def test_dataset_only_for_dm():
+    with pytest.raises(ValueError, match="dataset: only DM"):
+        convert.convert_state_dict(R.WideResNet(10, 1).state_dict(), format="xternalz", dataset="cifar10")
 
 
 def test_unknown_layout_lists_keys():
@@ -505,7 +415,7 @@ def test_unexpected_keys_in_a_known_format():
 
 
 def test_wrong_architecture_for_a_given_model():
-    sd = R.WideResNet(10, 2).state_dict()
+    sd = randomize_(R.WideResNet(10, 2)).state_dict()
     with pytest.raises(RuntimeError, match="size mismatch"):
         convert.load_pretrained(sd, model=R.WideResNet(10, 4))
     with pytest.raises(ValueError, match="model_kwargs"):
@@ -513,12 +423,19 @@ def test_wrong_architecture_for_a_given_model():
 
 
 def test_given_model_with_other_options_warns():
-    source = DMWideResNet(depth=10, width=1)
+    source = DMWideResNet(depth=10, width=1, persistent_normalization=True)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         convert.load_pretrained(source.state_dict(), model=R.WideResNet(10, 1))
     messages = " ".join(str(w.message) for w in caught)
-    assert "activation" in messages and "padding" in messages and "input_mean" in messages
+    assert "padding" in messages and "normalises its input" in messages
+
+
+def test_given_model_supplies_what_a_dm_checkpoint_lacks():
+    source = randomize_(DMWideResNet(depth=10, width=1, activation_fn=Swish))
+    model = R.WideResNet(10, 1, activation="silu", padding="tf_same", input_mean=CIFAR10_MEAN, input_std=CIFAR10_STD)
+    convert.load_pretrained(source.state_dict(), model=model)
+    compare_models(source, model, torch.rand(2, 3, 32, 32))
 
 
 def test_non_integer_width_is_rejected():
@@ -538,7 +455,7 @@ def test_load_pretrained_builds_the_fast_model_by_default(monkeypatch):
     import wrn_fast
 
     monkeypatch.undo()  # the real class choice, not the fixture's
-    source = R.WideResNet(10, 1, conv_bias=True)
-    ours = convert.load_pretrained(source.state_dict(), format="usb")
+    source = randomize_(R.WideResNet(10, 1, conv_bias=True))
+    ours = convert.load_pretrained(source.state_dict(), format="native")
     assert isinstance(ours, wrn_fast.WideResNet) and isinstance(ours, R.WideResNet)
     assert all(torch.equal(v, source.state_dict()[k]) for k, v in ours.state_dict().items())

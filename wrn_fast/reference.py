@@ -38,6 +38,7 @@ __all__ = [
     "apply_activation",
     "normalize_activation",
     "parse_block",
+    "init_like_xternalz_",
     "conv_paddings_for",
     "BasicBlock",
     "NetworkBlock",
@@ -327,6 +328,22 @@ def _channel_buffer(name: str, value, channels: int) -> Optional[torch.Tensor]:
     return t.view(1, channels, 1, 1)
 
 
+def init_like_xternalz_(modules) -> None:
+    """xternalz / RobustBench / TRADES init: convs Kaiming-normal fan_out (ReLU gain: their
+    N(0, sqrt(2 / (k*k*out)))), conv and Linear biases 0, BN 1 / 0; the Linear weight keeps
+    PyTorch's default."""
+    for m in modules:
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+
 def _depth_and_blocks_per_group(depth, blocks_per_group, kernel_sizes) -> Tuple[int, int]:
     """(depth, n) from the constructor's depth / blocks_per_group (see WideResNet's docstring)."""
     per_block = len(kernel_sizes)
@@ -528,19 +545,8 @@ class WideResNet(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """xternalz init: convs Kaiming-normal fan_out (ReLU gain), conv/linear biases 0, BN 1 / 0.
-
-        The Linear weight keeps PyTorch's default init (as xternalz)."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear) and m.bias is not None:
-                nn.init.zeros_(m.bias)
+        """xternalz init (see init_like_xternalz_)."""
+        init_like_xternalz_(self.modules())
 
     def blocks(self):
         """Every BasicBlock in forward order."""
