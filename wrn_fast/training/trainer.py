@@ -41,7 +41,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..data import InputError, Split, apply_augmentation, draw_augmentation, load_dataset, normalize_batch
-from .checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, remove_stale_temporaries, save_checkpoint
+from .checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, all_finite, remove_stale_temporaries, save_checkpoint
 from .config import RUN_CONTROL, TrainConfig
 from .distributed import Dist, apply_sync_bn, init_distributed
 from .ema import ModelEMA
@@ -101,6 +101,7 @@ class Trainer:
         self.default_out = config.out is None
         if self.default_out:
             config.out = dist.broadcast(default_run_dir(config.dataset, config.model, config.seed, config.settings()))
+            self.out_flag = "--out (default)"
         self._on_main(lambda: check_out_dir(config.out, self.out_flag))
         self._on_main(self._check_existing_run)  # early; repeated under the lock
 
@@ -259,8 +260,7 @@ class Trainer:
 
     # ----------------------------------------------------------------- divergence and stopping
     def _weights_finite(self) -> bool:
-        params = [p.detach() for p in self.model.parameters()]
-        return bool(torch.stack([torch.isfinite(p).all() for p in params]).all())
+        return all(all_finite(p) for p in self.model.parameters())
 
     def divergence(self) -> Optional[str]:
         """Why the training state is no longer finite (None while it is): a non-finite loss at any step so
