@@ -209,3 +209,115 @@ def test_load_pretrained_computes_what_the_source_does(family, dtype, backend, t
     pairs = convert_pairs(ours, source, spec["convert"])
     x = torch.randn(2, 3, spec["size"], spec["size"], generator=torch.Generator().manual_seed(2), dtype=dtype)
     assert_same_function(source, ours, pairs, x, dtype)
+
+
+# ----------------------------------------------------------------------------- constructors and extras
+
+# The upstream signatures, as their code declares them (default values compared by repr).
+UPSTREAM_SIGNATURES = {
+    xternalz.WideResNet: "(depth, num_classes, widen_factor=1, dropRate=0.0)",
+    robustbench.WideResNet: "(depth=28, num_classes=10, widen_factor=10, sub_block1=False, dropRate=0.0, bias_last=True)",
+    trades.WideResNet: "(depth=34, num_classes=10, widen_factor=10, dropRate=0.0)",
+    torchssl.WideResNet: "(first_stride, num_classes, depth=28, widen_factor=2, drop_rate=0.0, is_remix=False)",
+    torchssl.build_WideResNet: "(first_stride=1, depth=28, widen_factor=2, bn_momentum=0.01, leaky_slope=0.0, "
+                               "dropRate=0.0, use_embed=False, is_remix=False)",
+    fixmatch.WideResNet: "(num_classes, depth=28, widen_factor=2, drop_rate=0.0)",
+    fixmatch.build_wideresnet: "(depth, widen_factor, dropout, num_classes, verbose)",
+    usb.wrn_28_2: "(pretrained=False, pretrained_path=None, **kwargs)",
+    usb.wrn_28_8: "(pretrained=False, pretrained_path=None, **kwargs)",
+}
+
+
+@pytest.mark.parametrize("entry", list(UPSTREAM_SIGNATURES), ids=lambda e: f"{e.__module__}.{e.__name__}")
+def test_upstream_signatures(entry):
+    assert str(inspect.signature(entry)).replace("'", "") == UPSTREAM_SIGNATURES[entry]
+
+
+def test_dm_signature_and_defaults():
+    params = inspect.signature(robustbench.DMWideResNet).parameters
+    assert list(params) == ["num_classes", "depth", "width", "activation_fn", "mean", "std", "padding",
+                            "num_input_channels"]
+    with torch.device("meta"):
+        model = robustbench.DMWideResNet()
+    assert (model.depth, model.widen_factor, model.num_classes, model.activation) == (28, 10, 10, "relu")
+    assert model.mean.flatten().tolist() == pytest.approx(robustbench.CIFAR10_MEAN)
+
+
+def test_defaults_build_the_upstream_networks():
+    with torch.device("meta"):
+        assert trades.WideResNet().depth == 34 and trades.WideResNet().widen_factor == 10  # WRN-34-10
+        assert robustbench.WideResNet().depth == 28 and robustbench.WideResNet().widen_factor == 10
+        assert usb.wrn_28_8(num_classes=10).widen_factor == 8
+        assert fixmatch.WideResNet(10).widen_factor == 2
+    # xternalz's argument order: 100 classes, not widen_factor 100 (which wrn_fast.WideResNet refuses).
+    model = xternalz.WideResNet(16, 100)
+    assert (model.num_classes, model.widen_factor) == (100, 1)
+    with pytest.raises(ValueError, match="second positional argument"):
+        wrn_fast.WideResNet(16, 100)
+
+
+def test_dropout_arguments_reach_every_block():
+    for model in (xternalz.WideResNet(10, 3, 1, 0.3), trades.WideResNet(10, 3, 1, dropRate=0.3),
+                  torchssl.WideResNet(1, 3, depth=10, drop_rate=0.3), usb.WideResNet(1, 3, depth=10, drop_rate=0.3),
+                  fixmatch.build_wideresnet(10, 1, 0.3, 3, verbose=False)):
+        assert {b.dropout_rate for b in model.blocks()} == {0.3}
+
+
+def test_torchssl_ood_test_and_remix_outputs():
+    source = build_source("torchssl")
+    source.rot_classifier = nn.Linear(source.channels, 4)
+    ours = torchssl.WideResNet(1, 5, depth=10, widen_factor=2, is_remix=True)
+    ours.load_state_dict(source.state_dict())
+    source.eval()
+    ours.eval()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        feat = nn.functional.adaptive_avg_pool2d(source.relu(source.bn1(source.block3(source.block2(source.block1(
+            source.conv1(x)))))), 1).flatten(1)
+        logits, rot = ours(x)
+        assert rel_err(logits, source(x)) < 1e-5 and rel_err(rot, source.rot_classifier(feat)) < 1e-5
+        logits, ours_feat = ours(x, ood_test=True)
+        assert rel_err(ours_feat, feat) < 1e-5
+
+
+def test_usb_forward_modes_extract_and_pretrained(tmp_path):
+    source = build_source("usb-0.3").eval()
+    ours = usb.WideResNet(1, 5, depth=10, widen_factor=2)
+    ours.load_state_dict(source.state_dict())
+    ours.eval()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        theirs = source(x)
+        out = ours(x)
+        assert rel_err(out["logits"], theirs["logits"]) < 1e-5 and rel_err(out["feat"], theirs["feat"]) < 1e-5
+        assert rel_err(ours(x, only_feat=True), theirs["feat"]) < 1e-5
+        assert rel_err(ours(theirs["feat"], only_fc=True), theirs["logits"]) < 1e-5
+        assert rel_err(ours.extract(x).mean(dim=(2, 3)), theirs["feat"]) < 1e-5
+    assert ours.classifier is ours.fc and "block1.layer.0.bn1.weight" in ours.no_weight_decay()
+    # pretrained=True: semilearn's load_checkpoint (the head skipped, the backbone loaded).
+    wrn_28_2_source = randomize_(SslWideResNet("usb-0.3", 5, depth=28, widen_factor=2))
+    path = tmp_path / "usb.pth"
+    torch.save({"model": module_prefixed(wrn_28_2_source.state_dict()), "it": 10}, path)
+    pretrained = usb.wrn_28_2(pretrained=True, pretrained_path=str(path), num_classes=5)
+    assert torch.equal(pretrained.block3.layer[3].conv2.weight, wrn_28_2_source.block3.layer[3].conv2.weight)
+    assert not torch.equal(pretrained.fc.weight, wrn_28_2_source.classifier.weight)
+
+
+def test_dm_older_checkpoint_with_saved_normalisation_loads_it():
+    source = randomize_(DMWideResNet(5, depth=10, width=1, mean=(0.1, 0.2, 0.3), std=(0.4, 0.5, 0.6),
+                                     persistent_normalization=True))
+    ours = robustbench.DMWideResNet(5, depth=10, width=1)  # CIFAR-10 defaults until loaded
+    ours.load_state_dict(source.state_dict())
+    assert ours.mean.flatten().tolist() == pytest.approx([0.1, 0.2, 0.3])
+    assert "mean" not in ours.state_dict()  # non-persistent, as in RobustBench today
+    with pytest.raises(RuntimeError, match="std: expected 3 values"):
+        ours.load_state_dict({**source.state_dict(), "std": torch.ones(4, 1, 1)})
+
+
+def test_sub_block1_is_saved_but_never_trained():
+    model = trades.WideResNet(10, 3, 1)
+    names = list(model.state_dict())
+    assert names.index("sub_block1.layer.0.bn1.weight") < names.index("block2.layer.0.bn1.weight")
+    model(torch.randn(2, 3, 32, 32)).sum().backward()
+    assert all(p.grad is None for p in model.sub_block1.parameters())
+    assert model.block1.layer[0].conv1.weight.grad is not None

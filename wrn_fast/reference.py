@@ -317,14 +317,17 @@ def _normalize_activate_before_residual(value) -> Optional[Tuple[bool, bool, boo
     return flags
 
 
-def _channel_buffer(name: str, value, channels: int) -> Optional[torch.Tensor]:
+def _channel_buffer(name: str, value, channels: int, positive: bool = False) -> Optional[torch.Tensor]:
+    """[1, C, 1, 1] fp32 from a scalar or C values; checked on the CPU (also when building on 'meta')."""
     if value is None:
         return None
-    t = torch.as_tensor(value, dtype=torch.float32).flatten()
+    t = torch.as_tensor(value, dtype=torch.float32, device="cpu").flatten()
     if t.numel() == 1:
         t = t.expand(channels).clone()
     if t.numel() != channels:
         raise ValueError(f"{name}: expected {channels} values (one per input channel) or a scalar, got {t.numel()}")
+    if not bool(torch.isfinite(t).all()) or (positive and not bool((t > 0).all())):
+        raise ValueError(f"{name}: expected every value finite{' and > 0' if positive else ''}, got {t.tolist()}")
     return t.view(1, channels, 1, 1)
 
 
@@ -517,11 +520,8 @@ class WideResNet(nn.Module):
         self.widths = (16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor)
         # Non-persistent: state_dict keys stay exactly xternalz's.
         self.register_buffer("input_mean", _channel_buffer("input_mean", input_mean, in_channels), persistent=False)
-        self.register_buffer("input_std", _channel_buffer("input_std", input_std, in_channels), persistent=False)
-        if self.input_mean is not None and not bool(torch.isfinite(self.input_mean).all()):
-            raise ValueError(f"input_mean: expected finite values, got {self.input_mean.flatten().tolist()}")
-        if self.input_std is not None and not bool(((self.input_std > 0) & torch.isfinite(self.input_std)).all()):
-            raise ValueError(f"input_std: expected every value finite and > 0, got {self.input_std.flatten().tolist()}")
+        self.register_buffer("input_std", _channel_buffer("input_std", input_std, in_channels, positive=True),
+                             persistent=False)
 
         block_kwargs = dict(
             kernel_sizes=kernel_sizes,
