@@ -387,6 +387,10 @@ CPU_DISCLAIMER = ("CPU run: these numbers exercise the harness and the C++ CPU o
                   "this CPU. They are NOT the product's GPU performance claims.")
 
 
+# Test hook: after this many records a run sleeps, so a test can stop it with SIGTERM.
+STALL_ENV = "WRN_FAST_BENCH_STALL_AFTER"
+
+
 class Recorder:
     def __init__(self, out_dir: str, env: Dict[str, object], quick: bool, verbose: bool = True):
         self.out_dir = out_dir
@@ -412,7 +416,14 @@ class Recorder:
         # at any point leaves all the rows it measured, whatever happens to the final JSON.
         self.rows_path = os.path.join(out_dir, self.stem + ".rows.jsonl")
         self._rows = open(self.rows_path, "a")
-        self.after_add: Optional[Callable[[Dict[str, object]], None]] = None  # test hook (bench.gpu_table)
+        self.after_add: Optional[Callable[[Dict[str, object]], None]] = None
+        stall_after = int(os.environ.get(STALL_ENV, "0") or 0)
+        if stall_after:  # test hook: lets a test kill a run mid-way (tests/test_gpu_session.py)
+            def stall(rec):
+                if len(self.records) >= stall_after:
+                    print(f"[bench] {STALL_ENV}={stall_after}: stalling (test hook)", flush=True)
+                    time.sleep(3600)
+            self.after_add = stall
 
     def _row_base(self) -> Dict[str, object]:
         return {k: (self.run_id if k == "run_id" else self.quick if k == "quick" else self.env.get(k))

@@ -34,8 +34,8 @@ case "$PHASE" in
       cat "$d"/summary.md 2>/dev/null | head -40
     done
     exit 0 ;;
-  check) DEFAULT_S=330 ;;
-  table | compile | sweep | grid) DEFAULT_S=360 ;;
+  check) DEFAULT_S=300 ;;
+  table | compile | sweep | grid) DEFAULT_S=330 ;;
   *) echo "usage: bash bench/gpu_session.sh prepare|check|table|compile|sweep|grid|unpack ARCHIVE..." >&2; exit 2 ;;
 esac
 
@@ -146,9 +146,16 @@ build() {
   "$PY" -m wrn_fast info
 }
 
-pytest_args() {  # common pytest options; per-test cap where pytest-timeout is installed (it is on the GPU image)
+pytest_args() {  # common pytest options. On the GPU image (pytest-timeout and pytest-xdist installed): a
+  # per-test cap, and worker processes, so that the Triton compiles (seconds each, one CPU core
+  # each) run side by side instead of one after the other.
   local a=(-v -p no:cacheprovider -rfEs --durations=20 --junitxml="$WORK/$1.xml")
   "$PY" -c "import pytest_timeout" 2> /dev/null && a+=(--timeout=120)
+  if [ "$DRY" != 1 ] && "$PY" -c "import xdist" 2> /dev/null; then
+    local n=$(( $(nproc) / 2 ))
+    [ "$n" -gt 8 ] && n=8
+    [ "$n" -ge 2 ] && a+=(-n "$n")
+  fi
   echo "${a[@]}"
 }
 
@@ -181,6 +188,33 @@ tests_grid() {  # the full GPU files (the correctness grid of Part 2 step 2 live
     tests/test_model_gpu.py tests/test_bn_act_conv.py tests/test_bn_act_dropout.py
 }
 
+warm() {  # compile the table's Triton kernels in parallel processes, one per section / model row
+  # (Triton caches them on disk, in $TRITON_CACHE_DIR: the timed run then compiles nothing)
+  local groups=("--only layers" "--only models --rows 0" "--only models --rows 1" "--only models --rows 2"
+                "--only models --rows 3")
+  local extra=()
+  if [ "$DRY" = 1 ]; then groups=("--only models --rows 0"); extra=(--tiny); fi
+  local pids=() g i=0 rc=0
+  for g in "${groups[@]}"; do
+    # shellcheck disable=SC2086
+    "$PY" -m bench.gpu_table --device "$DEVICE" --warm $g "${extra[@]}" > "$WORK/warm_$i.log" 2>&1 &
+    pids+=($!)
+    i=$(( i + 1 ))
+  done
+  for g in "${pids[@]}"; do wait "$g" || rc=1; done
+  cat "$WORK"/warm_*.log
+  return $rc
+}
+
+tests_and_warm() {  # the test selection, with the table's kernels compiling beside it (16 cores)
+  warm > /dev/null 2>&1 &
+  local w=$!
+  tests_quick
+  local rc=$?
+  wait "$w" || echo "warm: some group failed (see warm_*.log)"
+  return $rc
+}
+
 table() {  # table ONLY DEADLINE_S [extra...]: bench.gpu_table, stopping new rows DEADLINE_S after its start
   local only=$1 deadline=$2
   shift 2
@@ -191,17 +225,20 @@ table() {  # table ONLY DEADLINE_S [extra...]: bench.gpu_table, stopping new row
 }
 
 export PY WORK DRY DEVICE EXT_STAMP
-export -f env_info ext_sources_hash ext_is_current build pytest_args tests_quick tests_sweep tests_grid table
+export -f env_info ext_sources_hash ext_is_current build pytest_args tests_quick tests_sweep tests_grid warm \
+  tests_and_warm table
 
 step env 30 env_info
 case "$PHASE" in
   check)
     step build 200 build || exit 1
-    # the tests get what is left after the smoke run of the table (60 s)
-    step tests_quick $(( $(left) - 60 )) tests_quick
-    step table_smoke 60 table layers,models,compile 40 --tiny ;;
+    # the tests (and the table's compiles beside them) get what is left after the table's smoke run (60 s)
+    smoke_s=${SMOKE_S:-60}
+    step tests_quick $(( $(left) - smoke_s )) tests_and_warm
+    step table_smoke "$smoke_s" table layers,models,compile $(( smoke_s - 20 )) --tiny ;;
   table)
     step build 200 build || exit 1
+    step warm 150 warm  # seconds when call 1 left the machine warm, ~2 min of compiles when not
     lim=$(left)
     step table "$lim" table layers,models $(( lim - 25 )) ;;
   compile)

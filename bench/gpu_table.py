@@ -33,13 +33,16 @@ import os
 import sys
 import time
 from types import SimpleNamespace
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
 from . import common
 from .common import STATUS_ERROR, STATUS_INVALID, STATUS_OK, STATUS_SKIPPED, Skip
+from .philox import keep_mask_nchw
+from .references import reference_bn_act_conv
+from .shapes import ROLE_CONFIG, wrn_cifar_convs, wrn_cifar_named_convs
 
 # (model, depth, k, batch, mode): the model rows of the table, in priority order.
 MODEL_ROWS = [("wrn-28-10", 28, 10, 128, "train"), ("wrn-28-10", 28, 10, 1024, "infer"),
@@ -51,8 +54,6 @@ TINY_LAYER_MODEL = ("wrn-10-1", 10, 1, 2, 8)
 TINY_RESOLUTION = 8
 PASSES = ("fwd", "dgrad", "wgrad")
 
-# Test hook: after this many rows the run sleeps, so a test can kill it with `timeout`.
-STALL_ENV = "WRN_FAST_BENCH_STALL_AFTER"
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -70,9 +71,17 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         "traces the same code path in seconds)")
     p.add_argument("--dropout", type=float, default=0.3)
     p.add_argument("--rounds", type=int, default=None, help="interleaved rounds per layer / model row")
+    p.add_argument("--rows", default=None,
+                   help="comma list of model-row indices to run (0 WRN-28-10 train, 1 WRN-28-10 infer, "
+                        "2 WRN-28-2 train, 3 WRN-70-16 train; default all)")
+    p.add_argument("--warm", action="store_true",
+                   help="only run each Triton path of the chosen sections once (no rows): fills Triton's disk "
+                        "cache, so the timed run compiles nothing; bench/gpu_session.sh runs one per section "
+                        "or model row in parallel processes")
     p.add_argument("--quiet", action="store_true")
     a = p.parse_args(argv)
     a.only = [s.strip() for s in a.only.split(",") if s.strip()]
+    a.rows = None if a.rows is None else [int(v) for v in a.rows.split(",") if v.strip()]
     for s in a.only:
         if s not in ("layers", "models", "compile"):
             raise SystemExit(f"--only: expected a comma list of layers, models, compile; got {s!r}")
@@ -82,9 +91,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 # ----------------------------------------------------------------------------- roofline (bench/roofline.py)
 
 
-def load_roofline(results_dir: str) -> Tuple[Dict[tuple, float], Optional[str]]:
-    """(predicted ms keyed by (pass, N, Cin, Cout, k, stride, H, W), source) from the newest
-    roofline_*.json of bench/roofline.py; ({}, None) when there is none."""
+def load_roofline(results_dir: str, model: str = LAYER_MODEL[0], device_kind: str = "h200"
+                  ) -> Tuple[Dict[tuple, float], Optional[str]]:
+    """Predicted ms of each fused conv kernel of ``model``, keyed by (pass, ConvSpec), from the
+    newest roofline_*.json of bench/roofline.py (its ``models[model][device]["kernels"]``: impl
+    "fused", what "bn_act_conv fwd|dgrad|wgrad ...", layer named as bench.static names it,
+    time_s); ({}, None) when there is none or it has no such model."""
     import glob
     import json
 
@@ -93,28 +105,21 @@ def load_roofline(results_dir: str) -> Tuple[Dict[tuple, float], Optional[str]]:
         return {}, None
     try:
         with open(paths[-1]) as f:
-            data = json.load(f)
-    except (OSError, ValueError):
+            per_dev = json.load(f)["models"][model]
+        kernels = (per_dev.get(device_kind) or next(iter(per_dev.values())))["kernels"]
+    except (OSError, ValueError, KeyError, StopIteration, AttributeError, TypeError):
         return {}, None
-    entries = data
-    if isinstance(data, dict):
-        entries = next((data[k] for k in ("rows", "records", "entries", "layers", "predictions") if k in data), [])
+    name, depth, k, batch, res = LAYER_MODEL
+    specs = dict(wrn_cifar_named_convs(depth, k, batch, res))
     out: Dict[tuple, float] = {}
-    for e in entries if isinstance(entries, list) else []:
-        if not isinstance(e, dict):
+    for kern in kernels:
+        what = str(kern.get("what", "")).split()
+        if kern.get("impl") != "fused" or what[:1] != ["bn_act_conv"] or len(what) < 2 or what[1] not in PASSES:
             continue
-        shape = e.get("shape") if isinstance(e.get("shape"), dict) else e
-        pass_ = e.get("pass") or e.get("kernel") or e.get("op")
-        ms = next((e[k] for k in ("predicted_ms", "roofline_ms", "floor_ms", "time_ms") if e.get(k) is not None),
-                  None)
-        try:
-            key = (str(pass_), int(shape["N"]), int(shape["Cin"]), int(shape["Cout"]),
-                   int(shape.get("k", shape.get("kh"))), int(shape["stride"]), int(shape["H"]), int(shape["W"]))
-        except (KeyError, TypeError, ValueError):
-            continue
-        if ms is not None:
-            out[key] = float(ms)
-    return out, os.path.relpath(paths[-1], common.REPO)
+        spec = specs.get(kern.get("layer"))
+        if spec is not None and kern.get("time_s") is not None:
+            out.setdefault((what[1], spec), 1e3 * float(kern["time_s"]))
+    return out, os.path.relpath(paths[-1], common.REPO) if out else None
 
 
 # ----------------------------------------------------------------------------- per-layer rows
@@ -150,7 +155,6 @@ def _layer_sets(spec, dt, device, memory_format, p: float, n_sets: int):
 def _layer_fns(K, spec, p: float):
     """{pass: (fused(s), cudnn(s))}: the fused kernel with the fusion of the conv's role, and
     cuDNN's plain convolution of the same shape."""
-    from .kernels import ROLE_CONFIG
 
     prologue, _, has_res, stats = ROLE_CONFIG[spec.role]
     pad, stride = spec.pad, spec.stride
@@ -159,18 +163,20 @@ def _layer_fns(K, spec, p: float):
     def aff(s):
         return (s["scale"], s["shift"]) if prologue else (None, None)
 
-    def seed(s):
-        return s["seed"] if p > 0 else None
+    def mask(s):  # as the model runs it: the keep bitmask evaluated once per step (not timed here)
+        if p == 0:
+            return {"seed": None}
+        return {"keep_bits": s["keep_bits"]} if "keep_bits" in s else {"seed": s["seed"]}
 
     def fused_fwd(s):
-        return K.bn_act_conv_fwd(s["x"], s["w"], *aff(s), seed=seed(s), residual=s["res"] if has_res else None,
-                                 compute_stats=stats, **kw)[0]
+        return K.bn_act_conv_fwd(s["x"], s["w"], *aff(s), residual=s["res"] if has_res else None,
+                                 compute_stats=stats, **mask(s), **kw)[0]
 
     def fused_dgrad(s):
-        return K.bn_act_conv_dgrad(s["gy"], s["w"], s["x"], *aff(s), seed=seed(s), **kw)[0]
+        return K.bn_act_conv_dgrad(s["gy"], s["w"], s["x"], *aff(s), **mask(s), **kw)[0]
 
     def fused_wgrad(s):
-        return K.bn_act_conv_wgrad(s["gy"], s["x"], *aff(s), weight_shape=tuple(s["w"].shape), seed=seed(s), **kw)
+        return K.bn_act_conv_wgrad(s["gy"], s["x"], *aff(s), weight_shape=tuple(s["w"].shape), **mask(s), **kw)
 
     def cudnn_bwd(s, mask):
         return torch.ops.aten.convolution_backward(s["gy"], s["x"], s["w"], None, [stride] * 2, [pad] * 2, [1, 1],
@@ -187,11 +193,10 @@ def _layer_fns(K, spec, p: float):
 def _layer_refs(spec, s, p: float, device) -> Dict[str, Dict[str, torch.Tensor]]:
     """High-precision outputs of set ``s``: the fused function (with the contract's dropout mask) and
     the plain convolution, forward, grad x and grad w."""
-    from .kernels import ROLE_CONFIG, philox_keep, reference_bn_act_conv
 
     prologue, _, has_res, _ = ROLE_CONFIG[spec.role]
     rdt = torch.float64 if device.type == "cpu" else torch.float32
-    keep = philox_keep(int(s["seed"].item()), tuple(s["x"].shape), p, device) if p > 0 else None
+    keep = keep_mask_nchw(int(s["seed"].item()), tuple(s["x"].shape), p, device) if p > 0 else None
     old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     try:
@@ -214,7 +219,6 @@ def _layer_refs(spec, s, p: float, device) -> Dict[str, Dict[str, torch.Tensor]]
 
 def layer_rows(t: "Table", spec, source: str) -> None:
     """The fwd / dgrad / wgrad rows of one convolution shape (fused and cuDNN, interleaved)."""
-    from .kernels import ROLE_CONFIG
 
     dev, dt_name = t.device, t.dtype
     dt = common.DTYPES[dt_name]
@@ -235,6 +239,10 @@ def layer_rows(t: "Table", spec, source: str) -> None:
         set_bytes = es * (spec.N * spec.Cin * spec.H * spec.W + 2 * spec.N * spec.Cout * spec.Ho * spec.Wo)
         n_sets = 1 if t.args.tiny else common.n_buffers_for(set_bytes, dev, max_sets=4)
         sets = _layer_sets(spec, dt, dev, t.memory_format, p, n_sets)
+        if p > 0 and hasattr(K, "dropout_bits"):  # kernels that take the mask as bits (else Philox in the loops)
+            for s in sets:
+                s["keep_bits"] = K.dropout_bits(s["seed"], tuple(s["x"].shape), p)
+            base["dropout_mask"] = "keep_bits, evaluated once per set outside the timed calls"
         fns = _layer_fns(K, spec, p)
         refs = _layer_refs(spec, sets[0], p, dev)
     except Skip as e:
@@ -288,8 +296,7 @@ def layer_rows(t: "Table", spec, source: str) -> None:
                 r["pct_peak"] = 100.0 * r["tflops"] / pk if pk else None
                 if interp:
                     r["note"] = "CPU: Triton interpreter / CPU conv, not a performance figure"
-            key = (q, spec.N, spec.Cin, spec.Cout, spec.k, spec.stride, spec.H, spec.W)
-            r["roofline_ms"] = t.roofline.get(key)
+            r["roofline_ms"] = t.roofline.get((q, spec)) if impl == "wrn_fast" else None
             r["roofline_source"] = t.roofline_source
             if r["status"] == STATUS_OK and r["roofline_ms"]:
                 r["ratio_vs_roofline"] = r["median_ms"] / r["roofline_ms"]
@@ -319,7 +326,6 @@ def model_step_flops(depth: int, k: int, batch: int, res: int, num_classes: int 
     """FLOPs of one training step of CIFAR WRN-depth-k: every convolution forward, dgrad (not the
     stem's: the input needs no gradient) and wgrad, 2 FLOPs per multiply-add, plus the classifier.
     BN, activations and the optimizer are left out (they are memory-bound and small in FLOPs)."""
-    from .kernels import wrn_cifar_convs
 
     total = 0.0
     for s in wrn_cifar_convs(depth, k, batch, res, distinct=False):
@@ -359,13 +365,6 @@ class Table:
         self.compile_backend = args.compile_backend or ("eager" if args.tiny else "inductor")
         self.roofline, self.roofline_source = load_roofline(common.DEFAULT_OUT)
         self.peak_label = None
-        stall_after = int(os.environ.get(STALL_ENV, "0") or 0)
-        if stall_after:
-            def stall(row):
-                if len(rec.records) >= stall_after:
-                    print(f"[gpu_table] {STALL_ENV}={stall_after}: stalling (test hook)", flush=True)
-                    time.sleep(3600)
-            rec.after_add = stall
 
     def add(self, row: Dict[str, object]) -> None:
         self.rec.add(row)
@@ -386,8 +385,7 @@ class Table:
                   else STATUS_ERROR, "reason": "; ".join(self.rec.peaks.get("notes") or []) or None})
 
     def layers(self) -> None:
-        from .kernels import wrn_cifar_convs
-
+    
         name, depth, k, batch, res = TINY_LAYER_MODEL if self.args.tiny else LAYER_MODEL
         specs = wrn_cifar_convs(depth, k, batch, res)
         if self.args.tiny:  # two shapes keep the interpreter run at seconds: conv2 has every fusion
@@ -396,11 +394,15 @@ class Table:
         for spec in specs:
             layer_rows(self, spec, f"{name} b{batch}")
 
+    def model_rows(self):
+        rows = TINY_MODEL_ROWS if self.args.tiny else MODEL_ROWS
+        return [r for i, r in enumerate(rows) if self.args.rows is None or i in self.args.rows]
+
     def models(self, compile_rows: bool) -> None:
         from . import models
 
         rows = TINY_MODEL_ROWS if self.args.tiny else MODEL_ROWS
-        for name, depth, k, batch, mode in rows:
+        for name, depth, k, batch, mode in self.model_rows():
             margs = _model_args(self, ["reference-compile"] if compile_rows else ["wrn_fast"], mode,
                                 "max-autotune" if compile_rows else None)
             models.bench_model(name, depth, k, batch, margs, self.device, self.rec, self.budget)
@@ -421,6 +423,49 @@ class Table:
             self.models(compile_rows=True)
 
 
+def warm(a, device: torch.device) -> None:
+    """Each Triton path of the chosen sections once, untimed and unrecorded (compiles into the disk
+    cache; the timed run then loads them)."""
+
+    dt = common.DTYPES["bf16" if device.type == "cuda" else "fp32"]
+    fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    if "layers" in a.only:
+        K = _kernels_module()
+        name, depth, k, batch, res = TINY_LAYER_MODEL if a.tiny else LAYER_MODEL
+        for spec in wrn_cifar_convs(depth, k, batch, res):
+        
+            p = a.dropout if ROLE_CONFIG[spec.role][1] else 0.0
+            s = _layer_sets(spec, dt, device, fmt, p, 1)[0]
+            if p > 0 and hasattr(K, "dropout_bits"):
+                s["keep_bits"] = K.dropout_bits(s["seed"], tuple(s["x"].shape), p)
+            t0 = time.monotonic()
+            for q, (fused, _) in _layer_fns(K, spec, p).items():
+                fused(s)
+            common.sync(device)
+            print(f"[warm] layer {spec.label}: {time.monotonic() - t0:.1f} s", flush=True)
+    if "models" in a.only:
+        import wrn_fast
+
+        rows = TINY_MODEL_ROWS if a.tiny else MODEL_ROWS
+        for i, (name, depth, k, batch, mode) in enumerate(rows):
+            if a.rows is not None and i not in a.rows:
+                continue
+            t0 = time.monotonic()
+            res = TINY_RESOLUTION if a.tiny else 32
+            model = wrn_fast.WideResNet(depth, k, a.dropout, 10).to(device=device, memory_format=fmt)
+            model.train(mode == "train")
+            x = torch.randn(batch, 3, res, res, device=device).contiguous(memory_format=fmt)
+            ctx = torch.autocast("cuda", dtype=dt) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+            with ctx, torch.set_grad_enabled(mode == "train"):
+                out = model(x)
+            if mode == "train":
+                out.float().sum().backward()
+            common.sync(device)
+            print(f"[warm] {name} b{batch} {mode}: {time.monotonic() - t0:.1f} s", flush=True)
+            del model, x, out
+            gc.collect()
+
+
 def main(argv: Optional[List[str]] = None) -> Dict[str, str]:
     argv = list(sys.argv[1:] if argv is None else argv)
     a = parse_args(argv)
@@ -428,6 +473,9 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, str]:
     if a.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device is available here")
     device = torch.device(a.device, 0) if a.device == "cuda" else torch.device("cpu")
+    if a.warm:
+        warm(a, device)
+        return {}
     env = common.capture_env(device, argv)
     env["command"] = env["command"].replace("-m bench.run", "-m bench.gpu_table")
     env["wrn_fast_autotune"] = os.environ.get("WRN_FAST_AUTOTUNE")

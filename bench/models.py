@@ -19,7 +19,7 @@ import copy
 import gc
 import statistics
 import time
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -330,15 +330,24 @@ FITS, OOM, INDEX_LIMIT = "fits", "out of memory", "int32 index bound"
 
 
 def is_index_limit(e: BaseException) -> bool:
-    """The kernels' int32-index guard (a batch whose tensors have >= 2**31 elements): a bound of
-    the implementation, not a failure. Matched by the guard's message, which names int32."""
+    """The kernels' int32-index guard (wrn_fast.kernels.contract.IndexRangeError, raised before any
+    launch for a batch whose tensors need indices >= 2**31): a bound of the implementation, not a
+    failure. Matched by type, or by its message (naming int32) when it arrives wrapped."""
+    try:
+        from wrn_fast.kernels.contract import IndexRangeError
+
+        if isinstance(e, IndexRangeError):
+            return True
+    except ImportError:
+        pass
     msg = str(e)
-    return isinstance(e, (ValueError, RuntimeError, OverflowError)) and (
-        "int32" in msg or "2**31" in msg or type(e).__name__.lower().startswith("index"))
+    return isinstance(e, (ValueError, RuntimeError, OverflowError)) and ("int32" in msg or "2**31" in msg)
 
 
-def _fits(name: str, depth: int, k: int, batch: int, args, device, model, opt_model=None) -> str:
-    """FITS, OOM or INDEX_LIMIT for two training steps at ``batch``; anything else raises."""
+def _fits(name: str, depth: int, k: int, batch: int, args, device, model, index_bound: Optional[list] = None) -> str:
+    """FITS, OOM or INDEX_LIMIT for two training steps at ``batch``; anything else raises.
+    On INDEX_LIMIT the kernels' own largest batch (IndexRangeError.max_batch) is appended to
+    ``index_bound`` when the error carries it."""
     memory_format = torch.channels_last
     x = y = loss = opt = None
     try:
@@ -358,6 +367,8 @@ def _fits(name: str, depth: int, k: int, batch: int, args, device, model, opt_mo
         return OOM
     except (ValueError, RuntimeError, OverflowError) as e:
         if is_index_limit(e):
+            if index_bound is not None and getattr(e, "max_batch", None) is not None:
+                index_bound.append(int(e.max_batch))
             return INDEX_LIMIT
         raise
     finally:
@@ -412,10 +423,12 @@ def max_batch(name: str, depth: int, k: int, args, device, rec, budget: common.B
             if model is None:
                 raise Skip(f"wrn_fast.WideResNet unavailable: {models.get('fast_error')}")
             del models
+            index_bound: List[int] = []
             lo, hi, limit = search_max_batch(
-                lambda b: _fits(name, depth, k, b, args, device, model), args.max_batch_cap,
+                lambda b: _fits(name, depth, k, b, args, device, model, index_bound), args.max_batch_cap,
                 expired=budget.expired)
             rec.add(dict(base, status=STATUS_OK, max_batch=lo, upper_bound=hi, limited_by=limit,
+                         index_bound=min(index_bound) if index_bound else None,
                          reason=f"{limit} at batch {hi}"))
             del model
         except Skip as e:

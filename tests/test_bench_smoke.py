@@ -77,7 +77,7 @@ def test_wrong_kernel_is_recorded_invalid_not_timed(tmp_path, monkeypatch):
 
 
 def test_shape_list_matches_reference_model():
-    from bench.kernels import wrn_cifar_convs
+    from bench.shapes import wrn_cifar_convs
     from wrn_fast import reference
 
     model = reference.WideResNet(10, 2, 0.0, 10)
@@ -96,9 +96,88 @@ def test_shape_list_matches_reference_model():
     assert derived == seen
 
 
-def test_philox_mask_matches_contract():
-    from _philox import keep_mask  # tests/_philox.py: NumPy mirror of Triton's tl.rand
-    from bench.kernels import philox_keep
+def test_nchw_mask_is_the_contract_mask_at_the_logical_index():
+    """bench.philox.keep_mask_nchw (torch, chunked; what the benchmarks validate against) is
+    keep_mask (the NumPy path the kernel tests check bitwise against tl.rand) at the logical
+    NCHW index, across chunk boundaries."""
+    import numpy as np
 
-    got = philox_keep(12345, (4, 5, 6, 7), 0.3, "cpu").flatten().numpy()
-    assert (got == keep_mask(12345, range(4 * 5 * 6 * 7), 0.3)).all()
+    from bench.philox import keep_mask, keep_mask_nchw
+
+    shape = (4, 5, 6, 7)
+    got = keep_mask_nchw(12345, shape, 0.3, "cpu", chunk=97).numpy()
+    want = keep_mask(12345, np.arange(4 * 5 * 6 * 7), 0.3).reshape(shape)
+    assert got.dtype == np.bool_ and (got == want).all() and 0.6 < want.mean() < 0.8
+
+
+def test_max_batch_search_takes_the_int32_bound_as_a_bound():
+    """The kernels' IndexRangeError ends the largest-batch search like out-of-memory does: the
+    row is OK, bounded by the index limit, not an ERROR."""
+    from bench import models
+    from wrn_fast.kernels.contract import IndexRangeError
+
+    assert models.is_index_limit(IndexRangeError("x is too large for the kernels' int32 indices", 900))
+    assert not models.is_index_limit(ValueError("weight must be 4-D"))
+    calls = []
+
+    def fits(b):  # memory would allow 5000, the index bound is 900
+        calls.append(b)
+        return models.INDEX_LIMIT if b > 900 else models.FITS
+
+    lo, hi, limit = models.search_max_batch(fits, cap=16384)
+    assert limit == models.INDEX_LIMIT and 900 - max(8, 900 // 32) <= lo <= 900 < hi, (lo, hi, calls)
+    lo, hi, limit = models.search_max_batch(lambda b: models.OOM if b > 5000 else models.FITS, cap=16384)
+    assert limit == models.OOM and 5000 - 5000 // 32 <= lo <= 5000 < hi
+    lo, hi, limit = models.search_max_batch(lambda b: models.FITS, cap=1024)
+    assert (lo, limit) == (1024, "cap")
+
+
+def test_sigterm_writes_the_partial_run(tmp_path):
+    """`timeout` sends SIGTERM: bench.run writes the JSON of what it measured (marked terminated)
+    and exits 143; the streamed rows are all there."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = dict(os.environ, WRN_FAST_BENCH_STALL_AFTER="2")
+    proc = subprocess.Popen([sys.executable, "-m", "bench.run", "--quick", "--device", "cpu", "--only", "kernels",
+                             "--no-triton", "--no-plots", "--ops", "bn_act_dropout", "--out", str(tmp_path)],
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            rows = [p for p in os.listdir(tmp_path) if p.endswith(".rows.jsonl")]
+            if rows and len(open(tmp_path / rows[0]).read().splitlines()) >= 2:
+                break
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, out[-2000:]
+    run_json = [p for p in os.listdir(tmp_path) if p.endswith(".json")]
+    data = json.loads((tmp_path / run_json[0]).read_text())
+    assert "SIGTERM" in data["terminated"] and len(data["records"]) == 2
+    assert "Partial run" in (tmp_path / run_json[0].replace(".json", ".md")).read_text()
+
+
+def test_roofline_predictions_join_the_layer_rows(tmp_path):
+    """bench.gpu_table reads bench/roofline.py's JSON: the fused kernels of each named layer map to
+    the (pass, shape) of the table's layer rows; eager kernels and other layers are ignored."""
+    from bench import gpu_table
+    from bench.shapes import wrn_cifar_named_convs
+
+    assert gpu_table.load_roofline(str(tmp_path)) == ({}, None)
+    kernels = [{"impl": "fused", "phase": "fwd", "layer": "g1.b0.conv2", "what": "bn_act_conv fwd", "time_s": 1e-3},
+               {"impl": "fused", "phase": "bwd", "layer": "g1.b0.conv2", "what": "bn_act_conv wgrad (split-K 2)",
+                "time_s": 2e-3},
+               {"impl": "eager", "phase": "fwd", "layer": "g1.b0.conv2", "what": "cuDNN conv fwd", "time_s": 9.0},
+               {"impl": "fused", "phase": "fwd", "layer": "final.bn_act", "what": "BN finalize", "time_s": 9.0}]
+    (tmp_path / "roofline_x_bf16.json").write_text(json.dumps({"models": {"wrn-28-10": {"h200": {"kernels": kernels}}}}))
+    got, src = gpu_table.load_roofline(str(tmp_path))
+    spec = dict(wrn_cifar_named_convs(28, 10, 128, 32))["g1.b0.conv2"]
+    assert (spec.role, spec.Cin, spec.Cout, spec.H) == ("conv2", 160, 160, 32)
+    assert got == {("fwd", spec): 1.0, ("wgrad", spec): 2.0} and src.endswith("roofline_x_bf16.json")

@@ -1,0 +1,87 @@
+"""Reference compositions of the fused ops: what the eager PyTorch path runs (the speedup
+baseline, drawing torch's RNG for dropout) and the high-precision reference with a given keep
+mask (the validation oracle; the fused ops' mask is bench.philox's), plus the merge of the
+conv's partial statistics.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def eager_bn_act_conv(x, w, scale, shift, res, *, stride, pad, p, stats, return_mask=False):
+    """The eager composition the fused conv replaces: separate PyTorch ops."""
+    a = x
+    if scale is not None:
+        c = x.shape[1]
+        rm = torch.zeros(c, device=x.device, dtype=torch.float32)
+        rv = torch.ones(c, device=x.device, dtype=torch.float32)
+        a = F.relu(F.batch_norm(x, rm, rv, scale, shift, training=False, eps=0.0))
+    keep = nz = None
+    if p > 0:
+        if return_mask:
+            nz = a != 0
+        a = F.dropout(a, p, training=True)
+        if return_mask:
+            keep = a != 0  # where the pre-dropout value is 0 the mask does not matter
+    y = F.conv2d(a, w, None, stride, pad)
+    if res is not None:
+        y = y + res
+    mean = var = None
+    if stats:
+        var, mean = torch.var_mean(y, dim=(0, 2, 3), correction=0)
+    return y, mean, var, keep, nz
+
+
+def eager_bn_act_dropout(x, scale, shift, *, p, return_mask=False):
+    c = x.shape[1]
+    rm = torch.zeros(c, device=x.device, dtype=torch.float32)
+    rv = torch.ones(c, device=x.device, dtype=torch.float32)
+    a = F.relu(F.batch_norm(x, rm, rv, scale, shift, training=False, eps=0.0))
+    keep = nz = None
+    if p > 0:
+        if return_mask:
+            nz = a != 0
+        a = F.dropout(a, p, training=True)
+        if return_mask:
+            keep = a != 0
+    return a, keep, nz
+
+
+def reference_bn_act_conv(x, w, scale, shift, res, keep, *, stride, pad, p, rdt):
+    """High-precision reference (explicit math) with a given keep mask."""
+    a = x.to(rdt)
+    if scale is not None:
+        a = torch.relu(a * scale.to(rdt)[None, :, None, None] + shift.to(rdt)[None, :, None, None])
+    if p > 0:
+        a = a * keep.to(rdt) / (1.0 - p)
+    y = F.conv2d(a, w.to(rdt), None, stride, pad)
+    if res is not None:
+        y = y + res.to(rdt)
+    return y
+
+
+def reference_bn_act_dropout(x, scale, shift, keep, *, p, rdt):
+    a = torch.relu(x.to(rdt) * scale.to(rdt)[None, :, None, None] + shift.to(rdt)[None, :, None, None])
+    if p > 0:
+        a = a * keep.to(rdt) / (1.0 - p)
+    return a
+
+
+def combine_partials(mean_p, m2_p, count_p, C: int):
+    """Per-channel (mean, biased var, count) from the op's partial statistics (Chan et al. merge).
+
+    Accepts [T, C] partials (or [C]) with counts of shape [T], [T, 1], [T, C] or a scalar."""
+    mp = mean_p.detach().to(torch.float64).reshape(-1, C)
+    m2 = m2_p.detach().to(torch.float64).reshape(-1, C)
+    cnt = count_p.detach().to(torch.float64)
+    if cnt.numel() == 1:
+        cnt = cnt.reshape(1, 1).expand(mp.shape[0], C)
+    elif cnt.numel() == mp.shape[0]:
+        cnt = cnt.reshape(-1, 1).expand(mp.shape[0], C)
+    else:
+        cnt = cnt.reshape(-1, C)
+    n = cnt.sum(0)
+    mean = (cnt * mp).sum(0) / n
+    M2 = m2.sum(0) + (cnt * (mp - mean) ** 2).sum(0)
+    return mean, M2 / n, n
