@@ -162,13 +162,22 @@ def summarize(work_dir: str) -> str:
                      f"(source: {c.get('source')})")
         lines.append("")
     spath = os.path.join(work_dir, "steps.tsv")
+    failed_steps = []
     if os.path.isfile(spath):
         lines += ["| step | rc | seconds | limit s | note |", "|---|---|---|---|---|"]
         with open(spath) as f:
             for ln in f:
                 parts = (ln.rstrip("\n").split("\t") + [""] * 5)[:5]
                 lines.append("| " + " | ".join(parts) + " |")
+                if parts[1] not in ("0", "-", "") and not parts[0].startswith("phase "):
+                    failed_steps.append(parts[0])
         lines.append("")
+    for name in failed_steps:  # the end of a failed step's log, so the command's output shows why
+        log = os.path.join(work_dir, f"{name}.log")
+        if os.path.isfile(log):
+            with open(log, errors="replace") as f:
+                tail = f.read().splitlines()[-25:]
+            lines += [f"end of {name}.log:", "```"] + [ln[:240] for ln in tail] + ["```", ""]
     for name in sorted(os.listdir(work_dir)):
         if name.startswith("tests") and name.endswith(".log"):
             with open(os.path.join(work_dir, name), errors="replace") as f:
@@ -209,7 +218,10 @@ def unpack(tar_path: str, dest: Optional[str] = None) -> str:
         for n in names:  # nothing may land outside dest
             if n.startswith("/") or ".." in n.split("/"):
                 raise SystemExit(f"bench.session unpack: refusing member {n!r}")
-        tar.extractall(dest)
+        if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4 / 3.12: no links, devices or odd modes
+            tar.extractall(dest, filter="data")
+        else:
+            tar.extractall(dest)
     top = sorted({n.split("/")[0] for n in names})
     return os.path.join(dest, top[0]) if len(top) == 1 else dest
 
