@@ -197,15 +197,18 @@ def summarize(work_dir: str) -> str:
 
         tally = Counter((str(r.get("section")), str(r.get("status"))) for r in rows)
         lines += ["", "bench rows: " + ", ".join(f"{k[0]} {k[1]}: {v}" for k, v in sorted(tally.items())), ""]
-        lines += ["| section | what | pass/mode | impl | status | median ms | vs eager/cuDNN | note |",
+        lines += ["| section | what | pass/mode | impl | status | median ms | figures | note |",
                   "|---|---|---|---|---|---|---|---|"]
+        labels = (("speedup_vs_eager", "{:.2f}x eager speed"), ("ratio_vs_cudnn", "{:.2f}x cuDNN time"),
+                  ("ratio_vs_roofline", "{:.2f}x roofline time"), ("mfu", "MFU {:.3f}"),
+                  ("peak_mem_bytes", "{:.3g} B peak"), ("tflops", "{:.1f} TFLOP/s"), ("gbs", "{:.0f} GB/s"))
         for r in rows:
             what = r.get("what") or (f"{r.get('model')} b{r.get('batch')}" if r.get("model") else r.get("shape_label"))
-            ratio = r.get("speedup_vs_eager") or r.get("ratio_vs_cudnn") or r.get("mfu")
+            figs = ", ".join(fmt.format(r[k]) for k, fmt in labels if isinstance(r.get(k), (int, float)))
             med = r.get("median_ms")
             lines.append(f"| {r.get('section')} | {what} | {r.get('pass') or r.get('mode') or ''} | "
                          f"{r.get('impl') or ''} | {r.get('status')} | {'' if med is None else f'{med:.4g}'} | "
-                         f"{'' if ratio is None else f'{ratio:.3g}'} | {str(r.get('reason') or '')[:80]} |")
+                         f"{figs} | {str(r.get('reason') or '')[:80]} |")
     return "\n".join(lines) + "\n"
 
 
