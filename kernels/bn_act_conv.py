@@ -99,12 +99,15 @@ ALL_CONFIGS = {k: _CONFIGS_16[k] + _CONFIGS_32[k] for k in ("fwd", "dgrad", "wgr
 def default_config(kind: str, dtype: torch.dtype, cin: int, cout: int, *, dropout: bool = False):
     """The tile config used without autotuning: (BLOCK_M, BLOCK_N, BLOCK_K, num_stages, num_warps).
 
-    A heuristic, not timed: the GEMM's N side (Cout for fwd, Cin for dgrad/wgrad) gets the
-    widest tile that it fills to at least ~80%, because the BN-act prologue costs
-    instructions per element of the other operand, so its share of the K loop shrinks
-    as BLOCK_N grows; 16-bit operands use BLOCK_K = 64 (loop overhead per iteration
-    halves) with 8 warps (two wgmma warpgroups) on 128-row tiles. ``dropout`` is
-    accepted for the variants' sake; the bitmask costs the same under every tile.
+    A heuristic, not timed, read from the sm_90a SASS: the BN-act prologue costs
+    instructions per element of the x operand, so its share of the K loop shrinks as the
+    GEMM's N side (Cout for fwd, Cin for dgrad/wgrad) grows. 16-bit operands: N >= 128
+    takes 128x128x64 tiles on 8 warps (two wgmma warpgroups), even at N = 160 where the
+    last tile is 25% used: the 64-wide 4-warp tile predicts a lower issue ceiling and
+    spills (SASS at WRN-28-10, bf16: 0.51 vs 0.29 with dropout); 64 <= N < 128 takes
+    64x64x64 on 4 warps. fp32 (TF32 or exact) / fp64: smaller, spill-free tiles, 64 wide
+    when that fills >= 80% of N. ``dropout`` is accepted for the variants' sake; the
+    bitmask costs the same under every tile.
     """
     if kind not in ("fwd", "dgrad", "wgrad"):
         raise ValueError(f"kind must be 'fwd', 'dgrad' or 'wgrad', got {kind!r}")
@@ -121,10 +124,10 @@ def default_config(kind: str, dtype: torch.dtype, cin: int, cout: int, *, dropou
         if dtype == torch.float64:
             return (64, 32, 16, 3, 4)
         return (128, 64, 32, 3, 8) if n >= 64 and fill(64) >= 0.8 else (64, 32, 32, 4, 4)
-    if n >= 128 and fill(128) >= 0.8:
+    if n >= 128:
         return (128, 128, 64, 3, 8)
-    if n >= 64 and fill(64) >= 0.8:
-        return (128, 64, 64, 3, 4)
+    if n >= 64:
+        return (64, 64, 64, 4, 4)
     return (64, 32, 64, 4, 4)
 
 

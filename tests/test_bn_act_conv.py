@@ -519,8 +519,8 @@ WRN_WIDTHS = [16, 32, 64, 128, 160, 256, 320, 512, 640, 1024]
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 def test_default_config_heuristic(kind, dtype, monkeypatch):
     """The per-shape default (WRN_FAST_AUTOTUNE=0) is one of the GPU configs (so the GPU
-    test of every config covers it), 16-bit operands take BLOCK_K = 64, and at the WRN
-    widths the GEMM's N side is at least 80% used (160 -> 64-wide tiles, 320 -> 128)."""
+    test of every config covers it); 16-bit operands take BLOCK_K = 64 and, from N = 128
+    on, 128x128 tiles on 8 warps; fp32 tiles use at least 80% of the GEMM's N side."""
     monkeypatch.setattr(K, "_GPU_TILES", True)
     gpu = {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_stages, c.num_warps)
            for c in K.ALL_CONFIGS[kind]}
@@ -530,12 +530,14 @@ def test_default_config_heuristic(kind, dtype, monkeypatch):
             assert cfg in gpu, (cin, cout, cfg)
             n = cout if kind == "fwd" else cin
             bn = cfg[1]
-            if n >= 64:
-                assert n / (triton.cdiv(n, bn) * bn) >= 0.8, (n, cfg)
-            if dtype != torch.float32:
+            if dtype == torch.float32:
+                if n >= 64:
+                    assert n / (triton.cdiv(n, bn) * bn) >= 0.8, (n, cfg)
+            else:
                 assert cfg[2] == 64
-    assert K.default_config("fwd", torch.bfloat16, 160, 160)[1] == 64
-    assert K.default_config("fwd", torch.bfloat16, 320, 320)[1] == 128
+                if n >= 128:
+                    assert cfg == (128, 128, 64, 3, 8), (n, cfg)
+    assert K.default_config("fwd", torch.float32, 160, 160)[1] == 64
     with pytest.raises(ValueError, match="kind must be"):
         K.default_config("bwd", torch.bfloat16, 16, 16)
 
