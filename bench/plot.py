@@ -3,6 +3,7 @@
   <run>_speedup_<op>_<dtype>_<pass>.png   speedup vs eager per shape, one bar per implementation
   <run>_throughput.png                    model images/s vs batch (train and inference panels)
   <run>_memory.png                        peak training memory per model and implementation (GPU runs)
+  <run>_layers.png                        bench.gpu_table: fused conv time / cuDNN (and / roofline) per layer
 
 Only records with status OK are drawn; everything else is in the JSON / markdown with its reason.
 """
@@ -129,13 +130,42 @@ def plot_memory(run: Dict, out_dir: str) -> Optional[str]:
     return p
 
 
+def plot_layers(run: Dict, out_dir: str) -> Optional[str]:
+    """bench.gpu_table's layer rows: fused time over cuDNN's plain conv time (and over the roofline
+    prediction where there is one) per shape and pass; 1.0 = as fast as cuDNN."""
+    recs = [r for r in run["records"] if r.get("section") == "layer" and r.get("impl") == "wrn_fast"
+            and r.get("status") == "OK" and r.get("ratio_vs_cudnn") is not None]
+    if not recs:
+        return None
+    labels = [f"{r['shape_label']} {r['pass']}" for r in recs]
+    ys = list(range(len(recs)))
+    fig, ax = plt.subplots(figsize=(10, max(3.0, 0.28 * len(recs) + 1.5)))
+    ax.barh([y - 0.2 for y in ys], [r["ratio_vs_cudnn"] for r in recs], height=0.4, label="time / cuDNN plain conv")
+    roof = [(y, r["ratio_vs_roofline"]) for y, r in zip(ys, recs) if r.get("ratio_vs_roofline") is not None]
+    if roof:
+        ax.barh([y + 0.2 for y, _ in roof], [v for _, v in roof], height=0.4, label="time / roofline prediction")
+    ax.axvline(1.0, color="k", lw=0.8)
+    ax.axvline(1.1, color="r", lw=0.6, ls="--", label="1.10 (forward target vs cuDNN)")
+    ax.set_yticks(ys)
+    ax.set_yticklabels(labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("median time ratio (lower is better)")
+    ax.set_title(f"fused conv per layer ({recs[0].get('dtype')}, {recs[0].get('source')})\n{_subtitle(run)}", fontsize=9)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    p = os.path.join(out_dir, f"{run['run_id']}_layers.png")
+    fig.savefig(p, dpi=110)
+    plt.close(fig)
+    return p
+
+
 def plot_run(json_path: str, out_dir: Optional[str] = None) -> List[str]:
     with open(json_path) as f:
         run = json.load(f)
     out_dir = out_dir or os.path.dirname(os.path.abspath(json_path))
     os.makedirs(out_dir, exist_ok=True)
     paths = plot_speedups(run, out_dir)
-    for p in (plot_throughput(run, out_dir), plot_memory(run, out_dir)):
+    for p in (plot_throughput(run, out_dir), plot_memory(run, out_dir), plot_layers(run, out_dir)):
         if p:
             paths.append(p)
     return paths
