@@ -217,6 +217,29 @@ def test_a_locked_directory_is_refused_before_anything_is_written(tmp_path):
     assert os.listdir(tmp_path) == []  # released on exit
 
 
+def test_lock_without_flock_checks_the_recorded_pid(tmp_path, monkeypatch):
+    """File systems without flock: the pid and host recorded in the lock file decide (a live pid on this host
+    holds it; a dead one left a stale lock that is taken over)."""
+    import socket
+
+    import wrn_fast.training.rundir as rundir
+
+    monkeypatch.setattr(rundir, "fcntl", None)
+    lock_file = tmp_path / LOCK_NAME
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock_file.write_text(json.dumps(dict(pid=live.pid, host=socket.gethostname())))
+        with pytest.raises(InputError, match=f"in use by another wrn_fast run \\(pid {live.pid} on host"):
+            RunLock(str(tmp_path)).acquire()
+    finally:
+        live.kill()
+        live.wait()
+    lock = RunLock(str(tmp_path)).acquire()  # the same pid, now dead: stale
+    assert lock.stale["pid"] == live.pid and json.loads(lock_file.read_text())["pid"] == os.getpid()
+    lock.release()
+    assert not lock_file.exists()
+
+
 def test_default_run_names_are_unique(tmp_path, monkeypatch):
     import wrn_fast.training.rundir as rundir
 
