@@ -460,11 +460,11 @@ def convert_state_dict(state_dict: Mapping[str, Any], format: str = "auto", *, d
     if fmt not in FORMATS:
         raise ValueError(f"format: expected one of {FORMATS} or an alias {tuple(_FORMAT_ALIASES)}, got {format!r}")
     sd = _unwrap(state_dict)
-    if dataset is not None and fmt not in ("dm", "auto"):
-        raise ValueError(f"dataset: only DM checkpoints take a dataset (for their normalisation), format is {fmt!r}")
     family = None
     if fmt == "auto":
         fmt = detect_format(sd)
+    if dataset is not None and fmt != "dm":
+        raise ValueError(f"dataset: only DM checkpoints take a dataset (for their normalisation), format is {fmt!r}")
     if fmt in ("xternalz", "fixmatch", "torchssl", "usb"):
         family = _check_family(sd, fmt)
 
