@@ -121,10 +121,16 @@ def killed_runs(tmp_path_factory):
     procs["concurrent_1"] = (_launch(driver, shared), {})
     procs["concurrent_2"] = (_launch(driver, shared, ["--seed", "2"]), {})
     results = {}
-    for name, (proc, env) in procs.items():
-        stdout, stderr = proc.communicate(timeout=600)
-        out = shared if name.startswith("concurrent") else root / name
-        results[name] = dict(rc=proc.returncode, stdout=stdout, stderr=stderr, out=out, env=env)
+    try:
+        for name, (proc, env) in procs.items():
+            stdout, stderr = proc.communicate(timeout=600)
+            out = shared if name.startswith("concurrent") else root / name
+            results[name] = dict(rc=proc.returncode, stdout=stdout, stderr=stderr, out=out, env=env)
+    finally:
+        for proc, _ in procs.values():  # none outlives the fixture (a time-out above)
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     return results
 
 
@@ -478,6 +484,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
     assert (ckpt["epoch"], ckpt["step"]) == (1, STEPS_PER_EPOCH)
     assert [r["epoch"] for r in _read_log(result["log"])] == [1]
     assert _debris(tmp_path) == []
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the run's handlers are gone
 
 
 def test_diverging_run_exits_non_zero_with_valid_json(tmp_path, capsys):
