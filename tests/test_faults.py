@@ -517,3 +517,19 @@ def test_ema_is_useful_after_a_few_steps_and_recorded(tmp_path):
     assert result["ema_test_acc"] > max(0.3, result["test_acc"] - 0.1), result
     ckpt = load_checkpoint(result["checkpoint"])
     assert ckpt["config"]["ema"] == 0.99 and ckpt["config"]["ema_warmup"] is True
+
+
+def test_version_1_checkpoints_still_resume(straight, tmp_path):
+    """Checkpoints written before the checksum, run id and EMA warm-up (format version 1) resume as they ran."""
+    first = train(_config(tmp_path / "v2", max_steps=STEPS_PER_EPOCH))
+    old = read_checkpoint(first["checkpoint"])
+    for key in ("payload_sha256", "run_id"):
+        del old[key]
+    old["version"] = 1
+    del old["config"]["ema_warmup"]
+    (tmp_path / "v1").mkdir()
+    torch.save(old, tmp_path / "v1" / "checkpoint.pt")
+    result = train(_config(tmp_path / "v1"), resume=str(tmp_path / "v1" / "checkpoint.pt"))
+    ckpt = load_checkpoint(result["checkpoint"])
+    assert result["status"] == "finished" and ckpt["version"] == 2 and ckpt["config"]["ema_warmup"] is False
+    assert ckpt["step"] == straight[1]["step"]
