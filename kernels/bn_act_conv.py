@@ -78,10 +78,10 @@ _INTERPRET_CONFIGS = {"fwd": _cfg(64, 16, 32, 1, 4), "dgrad": _cfg(64, 16, 32, 1
 # per-iteration overhead of the K loop against 32. fp32 (TF32 or exact) and fp64 hold
 # twice the bytes per operand: their own, smaller list, free of spills.
 _CONFIGS_16 = {
-    "fwd": [_cfg(128, 128, 64, 3, 8), _cfg(128, 128, 32, 4, 8), _cfg(128, 256, 32, 3, 8),
+    "fwd": [_cfg(128, 256, 64, 3, 8), _cfg(128, 128, 64, 3, 8), _cfg(128, 128, 32, 4, 8), _cfg(128, 256, 32, 4, 8),
             _cfg(128, 64, 64, 3, 4), _cfg(64, 128, 64, 3, 4), _cfg(64, 64, 64, 4, 4), _cfg(128, 32, 64, 4, 4),
             _cfg(64, 32, 64, 4, 4)],
-    "wgrad": [_cfg(128, 128, 64, 3, 8), _cfg(128, 128, 32, 4, 8), _cfg(64, 128, 64, 3, 4),
+    "wgrad": [_cfg(256, 128, 64, 3, 8), _cfg(128, 128, 64, 3, 8), _cfg(128, 128, 32, 4, 8), _cfg(64, 128, 64, 3, 4),
               _cfg(128, 64, 64, 3, 4), _cfg(64, 64, 64, 4, 4), _cfg(64, 32, 64, 4, 4), _cfg(32, 64, 64, 4, 4)],
 }
 _CONFIGS_16["dgrad"] = list(_CONFIGS_16["fwd"])
@@ -96,17 +96,26 @@ _CONFIGS_32["dgrad"] = list(_CONFIGS_32["fwd"])
 ALL_CONFIGS = {k: _CONFIGS_16[k] + _CONFIGS_32[k] for k in ("fwd", "dgrad", "wgrad")}
 
 
+# 16-bit tiles the default chooses between, with the issue ceiling their K loop reaches
+# in the sm_90a SASS (WRN-28-10 shapes, ReLU prologue, no dropout): the prologue costs
+# instructions per element of the x operand, so the ceiling grows with the other side of
+# the tile (BLOCK_N = Cout for fwd, BLOCK_M = Cout for wgrad).
+_WIDE_16 = {
+    "fwd": [((128, 256, 64, 3, 8), 1.0), ((128, 128, 64, 3, 8), 0.62)],
+    "wgrad": [((256, 128, 64, 3, 8), 0.87), ((128, 128, 64, 3, 8), 0.57)],
+    "dgrad": [((128, 128, 64, 3, 8), 1.0)],
+}
+
+
 def default_config(kind: str, dtype: torch.dtype, cin: int, cout: int, *, dropout: bool = False):
     """The tile config used without autotuning: (BLOCK_M, BLOCK_N, BLOCK_K, num_stages, num_warps).
 
-    A heuristic, not timed, read from the sm_90a SASS: the BN-act prologue costs
-    instructions per element of the x operand, so its share of the K loop shrinks as the
-    GEMM's N side (Cout for fwd, Cin for dgrad/wgrad) grows. 16-bit operands: N >= 128
-    takes 128x128x64 tiles on 8 warps (two wgmma warpgroups), even at N = 160 where the
-    last tile is 25% used: the 64-wide 4-warp tile predicts a lower issue ceiling and
-    spills (SASS at WRN-28-10, bf16: 0.51 vs 0.29 with dropout); 64 <= N < 128 takes
-    64x64x64 on 4 warps. fp32 (TF32 or exact) / fp64: smaller, spill-free tiles, 64 wide
-    when that fills >= 80% of N. ``dropout`` is accepted for the variants' sake; the
+    A heuristic, not timed, read from the sm_90a SASS. 16-bit operands with 128 or more
+    channels on the tiled sides: of the tiles in ``_WIDE_16``, the one with the highest
+    (issue ceiling x share of the tile that falls inside Cout), e.g. fwd Cout = 320 takes
+    128x256 (1.0 x 62.5%) over 128x128 (0.62 x 83%); 64..127 channels: 64x64x64 on 4
+    warps; fewer: 64x32x64. fp32 (TF32 or exact) / fp64: smaller, spill-free tiles, 64
+    wide when that fills >= 80% of N. ``dropout`` is accepted for the variants' sake; the
     bitmask costs the same under every tile.
     """
     if kind not in ("fwd", "dgrad", "wgrad"):
@@ -114,18 +123,20 @@ def default_config(kind: str, dtype: torch.dtype, cin: int, cout: int, *, dropou
     if not _GPU_TILES:
         c = _INTERPRET_CONFIGS[kind]
         return (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_stages, c.num_warps)
-    n = cout if kind == "fwd" else cin
-    wide = dtype in (torch.float16, torch.bfloat16)
+    n = cout if kind == "fwd" else cin  # the GEMM's N side
 
-    def fill(bn):  # useful fraction of the N tiles
-        return n / (triton.cdiv(n, bn) * bn)
+    def fill(size, block):  # useful fraction of the tiles along one side
+        return size / (triton.cdiv(size, block) * block)
 
-    if not wide:
+    if dtype not in (torch.float16, torch.bfloat16):
         if dtype == torch.float64:
             return (64, 32, 16, 3, 4)
-        return (128, 64, 32, 3, 8) if n >= 64 and fill(64) >= 0.8 else (64, 32, 32, 4, 4)
-    if n >= 128:
-        return (128, 128, 64, 3, 8)
+        return (128, 64, 32, 3, 8) if n >= 64 and fill(n, 64) >= 0.8 else (64, 32, 32, 4, 4)
+    if n >= 128 and (kind != "wgrad" or cout >= 128):
+        def score(item):  # fwd: Cout along BLOCK_N; wgrad: Cout along BLOCK_M; dgrad: one tile
+            (bm, bn, _, _, _), ceiling = item
+            return ceiling * (fill(cout, bn) if kind == "fwd" else fill(cout, bm) if kind == "wgrad" else 1.0)
+        return max(_WIDE_16[kind], key=score)[0]
     if n >= 64:
         return (64, 64, 64, 4, 4)
     return (64, 32, 64, 4, 4)
@@ -155,7 +166,7 @@ _CONFIGS_16_ALL = [c for k in _CONFIGS_16 for c in _CONFIGS_16[k]]
 # The autotune key: the shape and every compile-time variant (tensor dtypes are added
 # by Triton itself).
 _KEY = ["Cin", "Cout", "H", "W", "Ho", "Wo", "KH", "KW", "STRIDE", "PT", "PL", "ACT", "HAS_AFFINE", "HAS_DROPOUT",
-        "IS_FP64", "IN_PREC"]
+        "IS_FP64", "IN_PREC"]  # (wgrad's POW2_OUT is a function of Ho, Wo)
 
 
 def _launch(kernel, grid, args, consts, kind, dtype, cin, cout, dropout):
@@ -443,12 +454,12 @@ def _wgrad_kernel(
     shift_ptr,      # [Cin] (HAS_AFFINE)
     bits_ptr,       # int32 [N*H*W, CW] dropout keep bits (HAS_DROPOUT)
     part_ptr,       # [SPLIT, Cout, Cin*KH*KW] contiguous partial grad_w (fp32 / fp64)
-    Nb, Cin, H, W, Cout, Ho, Wo, M, K_CHUNK, CW,
+    Nb, Cin, H, W, Cout, Ho, Wo, M, K_CHUNK, CW, LOG2_HOWO, LOG2_WO,
     sgn, sgc, sgh, sgw,
     sxn, sxc, sxh, sxw,
     slope, inv_keep, keep_mul,
     KH: tl.constexpr, KW: tl.constexpr, STRIDE: tl.constexpr, PT: tl.constexpr, PL: tl.constexpr,
-    ACT: tl.constexpr, HAS_AFFINE: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+    ACT: tl.constexpr, HAS_AFFINE: tl.constexpr, HAS_DROPOUT: tl.constexpr, POW2_OUT: tl.constexpr,
     IS_FP64: tl.constexpr, IN_PREC: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -479,10 +490,15 @@ def _wgrad_kernel(
         r = r0 + rk
         r_ok = r < k_hi
         rr = tl.where(r_ok, r, 0)
-        nb = rr // HoWo
-        rem = rr - nb * HoWo
-        oh = rem // Wo
-        ow = rem - oh * Wo
+        if POW2_OUT:  # Ho, Wo powers of two (every WRN shape): shifts, not integer divisions
+            nb = rr >> LOG2_HOWO
+            oh = (rr >> LOG2_WO) & (Ho - 1)
+            ow = rr & (Wo - 1)
+        else:
+            nb = rr // HoWo
+            rem = rr - nb * HoWo
+            oh = rem // Wo
+            ow = rem - oh * Wo
         nb64 = nb.to(tl.int64)
         g = tl.load(gy_ptr + (nb64 * sgn + oh * sgh + ow * sgw)[None, :] + rco[:, None] * sgc,
                     mask=co_ok[:, None] & r_ok[None, :], other=0.0)
@@ -523,6 +539,10 @@ def _scalars(negative_slope, dropout_p):
     """(slope, p, inv_keep) as the kernels use them: fp32(p), fp32(1 / (1 - fp32(p)))."""
     p = _f32(dropout_p)
     return _f32(negative_slope), p, _f32(1.0 / (1.0 - p))
+
+
+def _is_pow2(v: int) -> bool:
+    return v > 0 and v & (v - 1) == 0
 
 
 def _keep_mul(act, inv_keep):
@@ -834,12 +854,12 @@ def bn_act_conv_wgrad(grad_y, x, scale=None, shift=None, *, weight_shape, stride
                              kh * kw * triton.cdiv(cin, META["BLOCK_N"]), split)
         _launch(_wgrad_kernel, grid, (
             grad_y, x, sc, sh, bits, part,
-            nb, cin, h, w, cout, ho, wo, m_rows, chunk, cw,
+            nb, cin, h, w, cout, ho, wo, m_rows, chunk, cw, (ho * wo).bit_length() - 1, wo.bit_length() - 1,
             *grad_y.stride(), *x.stride(),
             slope, inv_keep, _keep_mul(act, inv_keep),
         ), dict(
             KH=kh, KW=kw, STRIDE=stride, PT=pt, PL=pl,
-            ACT=act_code, HAS_AFFINE=scale is not None, HAS_DROPOUT=p > 0,
+            ACT=act_code, HAS_AFFINE=scale is not None, HAS_DROPOUT=p > 0, POW2_OUT=_is_pow2(ho) and _is_pow2(wo),
             IS_FP64=x.dtype == torch.float64, IN_PREC=in_prec, UPCAST=upcast,
         ), "wgrad", x.dtype, cin, cout, p > 0)
         gw = part[0] if split == 1 else part.sum(0)
