@@ -37,8 +37,10 @@ CLI:
 (no --config: the launcher's default config; --configs: every config it would consider).
 """
 import argparse
+import contextlib
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import re
@@ -49,7 +51,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ANALYSIS_VERSION = 5  # bump when the analysis below changes what it reports
+ANALYSIS_VERSION = 7  # bump when the analysis below changes what it reports
 CACHE_DIR = os.environ.get("WRN_FAST_SASS_CACHE",
                            os.path.join(os.path.expanduser("~"), ".cache", "wrn_fast", "sass"))
 KINDS = ("fwd", "dgrad", "wgrad", "bnad_fwd", "bnad_bwd")
@@ -230,6 +232,7 @@ def _run_worker(python, items, default_mode, store, src_root):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["WRN_FAST_AUTOTUNE"] = "0" if default_mode else "1"
     env["WRN_FAST_SASS_SRC"] = src_root
+    env["TRITON_DUMP_PTXAS_LOG"] = "1"  # Triton prints its ptxas -v log: no second ptxas run
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump([job for _, job, _ in items], f)
@@ -464,7 +467,10 @@ def _worker(jobs_file):
     def compile_only(self, *args, grid, warmup, **kwargs):
         if state["list_only"]:
             return None
-        kernel = jit_run(self, *args, grid=grid, warmup=True, **kwargs)
+        log = io.StringIO()
+        with contextlib.redirect_stdout(log):  # TRITON_DUMP_PTXAS_LOG: ptxas -v of a fresh compile
+            kernel = jit_run(self, *args, grid=grid, warmup=True, **kwargs)
+        state.setdefault("ptxas_logs", {})[id(kernel)] = log.getvalue()
         consts = {k: v for k, v in kwargs.items() if isinstance(v, (int, float, str, bool))}
         # the main GEMM: launched through the tile autotuner, or with explicit tile sizes
         # (the launchers' WRN_FAST_AUTOTUNE=0 path calls the jit function directly)
@@ -518,7 +524,7 @@ def _worker(jobs_file):
             if cfg == "list":
                 res = {"configs": state["listed"], "n_configs_declared": state.get("listed_all")}
             else:
-                res = _summarise(v, state["compiled"], ptxas, tools)
+                res = _summarise(v, state["compiled"], ptxas, tools, state.get("ptxas_logs", {}))
         except Exception as e:  # noqa: BLE001 - reported per job, the others go on
             msg = f"{type(e).__name__}: {e}"
             if "out of resource" in msg.lower() or "OutOfResources" in msg:
@@ -620,14 +626,20 @@ def _launch(conv, bad, v, torch):
 
 
 def _ptxas_report(ptxas, ptx):
-    """(registers, spill store bytes, spill load bytes, stack bytes) from ptxas -v, run again
-    on Triton's PTX with Triton's options (its own log is gone when its cache hits);
+    """ptxas -v facts (``_parse_ptxas``) of Triton's PTX, by running ptxas again with
+    Triton's options (used when Triton's cache had the kernel, so no log was printed);
     cached by the PTX's hash."""
-    path = os.path.join(CACHE_DIR, "ptxas", hashlib.sha256(ptx.encode()).hexdigest()[:24] + ".json")
+    path = os.path.join(CACHE_DIR, "ptxas-v2", hashlib.sha256(ptx.encode()).hexdigest()[:24] + ".json")
     if os.path.exists(path):
         with open(path) as f:
-            return tuple(json.load(f))
-    rep = _run_ptxas(ptxas, ptx)
+            return json.load(f)
+    with tempfile.TemporaryDirectory() as d:
+        src = os.path.join(d, "k.ptx")
+        with open(src, "w") as f:
+            f.write(ptx)
+        proc = subprocess.run([ptxas, "-lineinfo", "-v", "--regAllocOptLevel=2", "--gpu-name=sm_90a", src, "-o",
+                               os.path.join(d, "k.o")], capture_output=True, text=True)
+    rep = _parse_ptxas(proc.stdout + proc.stderr)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path + f".{os.getpid()}", "w") as f:
         json.dump(rep, f)
@@ -635,23 +647,22 @@ def _ptxas_report(ptxas, ptx):
     return rep
 
 
-def _run_ptxas(ptxas, ptx):
-    with tempfile.TemporaryDirectory() as d:
-        src = os.path.join(d, "k.ptx")
-        with open(src, "w") as f:
-            f.write(ptx)
-        proc = subprocess.run([ptxas, "-lineinfo", "-v", "--regAllocOptLevel=2", "--gpu-name=sm_90a", src, "-o",
-                               os.path.join(d, "k.o")], capture_output=True, text=True)
-    log = proc.stdout + proc.stderr
-    regs = re.search(r"Used (\d+) registers", log)
-    st = re.search(r"(\d+) bytes spill stores", log)
-    ld = re.search(r"(\d+) bytes spill loads", log)
-    stack = re.search(r"(\d+) bytes stack frame", log)
-    return (int(regs.group(1)) if regs else None, int(st.group(1)) if st else None,
-            int(ld.group(1)) if ld else None, int(stack.group(1)) if stack else None)
+def _parse_ptxas(log):
+    """{registers, spill_store_bytes, spill_load_bytes, stack_bytes, perf_warnings} from a
+    ptxas -v log (None where the log lacks it). perf_warnings: ptxas's "Potential Performance
+    Loss" notes, e.g. C7515 "wgmma.mma_async instructions are serialized" (no overlap of
+    consecutive wgmmas)."""
+    def num(pattern):
+        m = re.search(pattern, log)
+        return int(m.group(1)) if m else None
+    found = re.findall(r"\((C\d+)\) Potential Performance Loss: (.*?)(?: in the function '[^']*')?\s*$", log,
+                       flags=re.M)
+    return {"registers": num(r"Used (\d+) registers"), "spill_store_bytes": num(r"(\d+) bytes spill stores"),
+            "spill_load_bytes": num(r"(\d+) bytes spill loads"), "stack_bytes": num(r"(\d+) bytes stack frame"),
+            "perf_warnings": sorted({f"{code}: {text}" for code, text in found})}
 
 
-def _summarise(v, compiled, ptxas, tools):
+def _summarise(v, compiled, ptxas, tools, ptxas_logs):
     if not compiled:
         raise RuntimeError("the launcher compiled no kernel")
     kernels = []
@@ -664,14 +675,20 @@ def _summarise(v, compiled, ptxas, tools):
                                   text=True).stdout
         md = kernel.metadata
         warps = md.num_warps
-        regs, spill_st, spill_ld, stack = _ptxas_report(ptxas, kernel.asm["ptx"])
+        rep = _parse_ptxas(ptxas_logs.get(id(kernel), ""))
+        if rep["registers"] is None or rep["spill_store_bytes"] is None:  # Triton's cache had it: no log
+            rep = _ptxas_report(ptxas, kernel.asm["ptx"])
+        regs, spill_st, spill_ld, stack = (rep["registers"], rep["spill_store_bytes"], rep["spill_load_bytes"],
+                                           rep["stack_bytes"])
         tile = (consts.get("BLOCK_M"), consts.get("BLOCK_N"), consts.get("BLOCK_K"))
         tile = tile if all(isinstance(t, int) for t in tile) else None
         k = {"name": name, "main_gemm": via_forced, "warps": warps, "stages": md.num_stages,
              "constexprs": {c: consts[c] for c in sorted(consts) if c.isupper()},
              "config": [tile[0], tile[1], tile[2], md.num_stages, warps] if tile else None,
              "registers": regs, "spill_bytes": max(spill_st or 0, spill_ld or 0), "spill_store_bytes": spill_st,
-             "spill_load_bytes": spill_ld, "stack_bytes": stack, "shared": md.shared}
+             "spill_load_bytes": spill_ld, "stack_bytes": stack, "shared": md.shared,
+             "ptxas_perf_warnings": rep["perf_warnings"],
+             "wgmma_serialized": any("serialized" in w for w in rep["perf_warnings"])}
         k.update(occupancy(regs or 255, md.shared, warps))
         k.update(analyze_sass(sass, warps=warps, dtype=v.dtype, tile=tile))
         kernels.append(k)
@@ -691,6 +708,7 @@ def format_result(res):
     lines = [f"kernel {res['name']}  config BM,BN,BK,stages,warps = {res['config']}",
              f"  registers {res['registers']}  spilled bytes {res['spill_bytes']} (stores {res['spill_store_bytes']},"
              f" loads {res['spill_load_bytes']}, stack {res['stack_bytes']})  shared {res['shared']} B",
+             *([f"  ptxas: {w}" for w in res.get("ptxas_perf_warnings") or []]),
              f"  H100 occupancy: {res['ctas_per_sm']} CTAs / {res['warps_per_sm']} warps per SM "
              f"({res['occupancy']:.0%}, limited by {res['limited_by']})",
              f"  kernel uses wgmma {res['uses_wgmma']}  mma.sync {res['uses_mma_sync']}  TMA {res['uses_tma']}  "

@@ -236,7 +236,7 @@ def _slim(r):
         return {"error": r["error"][:500]}
     keep = ("name", "registers", "spill_bytes", "spill_store_bytes", "spill_load_bytes", "stack_bytes", "shared",
             "ctas_per_sm", "warps_per_sm", "occupancy", "limited_by", "uses_wgmma", "uses_mma_sync", "uses_tma",
-            "uses_cp_async", "config", "kernels", "sass_instructions")
+            "uses_cp_async", "config", "kernels", "sass_instructions", "wgmma_serialized", "ptxas_perf_warnings")
     out = {k: r.get(k) for k in keep}
     loop = r.get("main_loop")
     if loop:
@@ -274,7 +274,8 @@ def _row_cells(r):
     cells = [str(r["registers"]), str(r["spill_bytes"]), f"{r['shared'] / 1024:.0f}",
              f"{r['ctas_per_sm']} ({r['occupancy']:.0%})"]
     if loop:
-        cells += [loop["engine"], loads, str(loop["instr_per_thread_per_iter"]), str(loop["warp_instr_per_iter"]),
+        engine = loop["engine"] + (" (serialized)" if r.get("wgmma_serialized") else "")
+        cells += [engine, loads, str(loop["instr_per_thread_per_iter"]), str(loop["warp_instr_per_iter"]),
                   f"{loop['tc_clocks_per_iter']:.0f}", f"**{loop['issue_ceiling']:.2f}**", _mix(loop)]
     else:
         cells += ["-", loads, "-", "-", "-", "-", f"{r['sass_instructions']} SASS instr, no loop"]
@@ -350,7 +351,9 @@ DEFINITIONS = [
     "shared memory; CTAs/SM (occ): resident CTAs per SM on an H100 from registers (64K, 256-register warp "
     "allocation unit), shared memory (228 KiB per SM, 1 KiB reserved per CTA, 227 KiB per CTA) and warps (64).",
     "engine: wgmma (HGMMA), mma.sync (HMMA) or FFMA in the main loop = the longest backward branch of the SASS "
-    "whose body holds the dot; loads: TMA (UTMALDG), cp.async (LDGSTS) or LDG anywhere in the kernel.",
+    "whose body holds the dot; '(serialized)': ptxas reported C7515, wgmma.mma_async instructions serialized "
+    "(non-wgmma instructions define accumulator registers inside the pipeline stage: consecutive wgmmas do not "
+    "overlap); loads: TMA (UTMALDG), cp.async (LDGSTS) or LDG anywhere in the kernel.",
     "instr/thr/iter: SASS instructions in the main-loop body, counted statically (each once; predicated-off and "
     "branched-over code included); warp-instr/iter = instr/thr/iter x warps.",
     "TC clk/iter = FMAs per iteration (from the loop's HGMMA/HMMA shapes; the tile for the FFMA loop) / FMA per "
