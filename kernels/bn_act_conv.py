@@ -241,7 +241,7 @@ def _fwd_kernel(
     KH: tl.constexpr, KW: tl.constexpr, STRIDE: tl.constexpr, PT: tl.constexpr, PL: tl.constexpr,
     ACT: tl.constexpr, HAS_AFFINE: tl.constexpr, HAS_DROPOUT: tl.constexpr, HAS_BIAS: tl.constexpr,
     HAS_RES: tl.constexpr, STATS: tl.constexpr, STATS_ROWS: tl.constexpr, FLAT_K: tl.constexpr,
-    IS_FP64: tl.constexpr, IN_PREC: tl.constexpr, UPCAST: tl.constexpr,
+    OFFS_64: tl.constexpr, IS_FP64: tl.constexpr, IN_PREC: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
@@ -257,7 +257,9 @@ def _fwd_kernel(
     rem = rmc - nb * HoWo
     oh = rem // Wo
     ow = rem - oh * Wo
-    x_row = nb.to(tl.int64) * sxn
+    # element offsets in int64 only when a tensor of the launch spans 2**31 elements
+    # (OFFS_64, see _needs_int64): int32 address math is half the instructions
+    x_row = (nb.to(tl.int64) if OFFS_64 else nb) * sxn
     if IS_FP64:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float64)
     else:
@@ -325,7 +327,7 @@ def _fwd_kernel(
     if HAS_BIAS:
         b = tl.load(bias_ptr + rn, mask=n_ok, other=0.0).to(acc.dtype)
         acc += b[None, :]
-    nb64 = nb.to(tl.int64)
+    nb64 = (nb.to(tl.int64) if OFFS_64 else nb)
     if HAS_RES:
         r = tl.load(res_ptr + (nb64 * srn + oh * srh + ow * srw)[:, None] + rn[None, :] * src,
                     mask=out_mask, other=0.0)
@@ -371,7 +373,7 @@ def _dgrad_kernel(
     sdn, sdc, sdh, sdw,
     slope, inv_keep,
     KH: tl.constexpr, KW: tl.constexpr, STRIDE: tl.constexpr, PT: tl.constexpr, PL: tl.constexpr,
-    ACT: tl.constexpr, HAS_AFFINE: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+    ACT: tl.constexpr, HAS_AFFINE: tl.constexpr, HAS_DROPOUT: tl.constexpr, OFFS_64: tl.constexpr,
     IS_FP64: tl.constexpr, IN_PREC: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -388,7 +390,7 @@ def _dgrad_kernel(
     rem = rmc - nb * HW
     ih = rem // W
     iw = rem - ih * W
-    nb64 = nb.to(tl.int64)
+    nb64 = (nb.to(tl.int64) if OFFS_64 else nb)
     g_row = nb64 * sgn
     if IS_FP64:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float64)
@@ -460,6 +462,7 @@ def _wgrad_kernel(
     slope, inv_keep, keep_mul,
     KH: tl.constexpr, KW: tl.constexpr, STRIDE: tl.constexpr, PT: tl.constexpr, PL: tl.constexpr,
     ACT: tl.constexpr, HAS_AFFINE: tl.constexpr, HAS_DROPOUT: tl.constexpr, POW2_OUT: tl.constexpr,
+    OFFS_64: tl.constexpr,
     IS_FP64: tl.constexpr, IN_PREC: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -499,7 +502,7 @@ def _wgrad_kernel(
             rem = rr - nb * HoWo
             oh = rem // Wo
             ow = rem - oh * Wo
-        nb64 = nb.to(tl.int64)
+        nb64 = (nb.to(tl.int64) if OFFS_64 else nb)
         g = tl.load(gy_ptr + (nb64 * sgn + oh * sgh + ow * sgw)[None, :] + rco[:, None] * sgc,
                     mask=co_ok[:, None] & r_ok[None, :], other=0.0)
         ih = oh * STRIDE - PT + kh
@@ -539,6 +542,12 @@ def _scalars(negative_slope, dropout_p):
     """(slope, p, inv_keep) as the kernels use them: fp32(p), fp32(1 / (1 - fp32(p)))."""
     p = _f32(dropout_p)
     return _f32(negative_slope), p, _f32(1.0 / (1.0 - p))
+
+
+def _needs_int64(*tensors) -> bool:
+    """Whether an element offset of one of ``tensors`` (any strides) can reach 2**31."""
+    return any(t.numel() and sum((d - 1) * abs(st) for d, st in zip(t.shape, t.stride())) >= MAX_INDEX
+               for t in tensors)
 
 
 def _is_pow2(v: int) -> bool:
@@ -758,6 +767,7 @@ def bn_act_conv_fwd(x, weight, scale=None, shift=None, *, stride=1, padding=(1, 
             KH=kh, KW=kw, STRIDE=stride, PT=pt, PL=pl,
             ACT=act_code, HAS_AFFINE=scale is not None, HAS_DROPOUT=p > 0, HAS_BIAS=bias is not None,
             HAS_RES=residual is not None, STATS=bool(compute_stats), STATS_ROWS=STATS_M, FLAT_K=cin < 16,
+            OFFS_64=_needs_int64(x, y, res),
             IS_FP64=x.dtype == torch.float64, IN_PREC=in_prec, UPCAST=upcast,
         ), "fwd", x.dtype, cin, cout, p > 0)
     return y, ((mean_p, m2_p, cnt_p) if compute_stats else None)
@@ -808,7 +818,7 @@ def bn_act_conv_dgrad(grad_y, weight, x, scale=None, shift=None, *, stride=1, pa
             slope, inv_keep,
         ), dict(
             KH=kh, KW=kw, STRIDE=stride, PT=pt, PL=pl,
-            ACT=act_code, HAS_AFFINE=has_affine, HAS_DROPOUT=p > 0,
+            ACT=act_code, HAS_AFFINE=has_affine, HAS_DROPOUT=p > 0, OFFS_64=_needs_int64(grad_y, x, grad_x),
             IS_FP64=x.dtype == torch.float64, IN_PREC=in_prec, UPCAST=upcast,
         ), "dgrad", x.dtype, cin, cout, p > 0)
         if not has_affine:
@@ -860,6 +870,7 @@ def bn_act_conv_wgrad(grad_y, x, scale=None, shift=None, *, weight_shape, stride
         ), dict(
             KH=kh, KW=kw, STRIDE=stride, PT=pt, PL=pl,
             ACT=act_code, HAS_AFFINE=scale is not None, HAS_DROPOUT=p > 0, POW2_OUT=_is_pow2(ho) and _is_pow2(wo),
+            OFFS_64=_needs_int64(grad_y, x),
             IS_FP64=x.dtype == torch.float64, IN_PREC=in_prec, UPCAST=upcast,
         ), "wgrad", x.dtype, cin, cout, p > 0)
         gw = part[0] if split == 1 else part.sum(0)

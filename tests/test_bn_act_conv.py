@@ -597,6 +597,14 @@ def test_allow_tf32_follows_cudnn_flag(monkeypatch):
     assert K._dot_modes(torch.float32, True)[0] == "tf32" and K._dot_modes(torch.float32, False)[0] == "ieee"
 
 
+@pytest.mark.parametrize("offs_64", [False, True])
+def test_int64_offsets_path(offs_64, monkeypatch, poison):
+    """Element offsets are int32 unless a tensor spans 2**31 elements (too big to test
+    here): force the int64 path on a small case and compare both with the reference."""
+    monkeypatch.setattr(K, "_needs_int64", lambda *tensors: offs_64)
+    check_case(run_case(CASES["relu3x3-cin40-drop-res-cl"], torch.float32, compute_stats=False), torch.float32)
+
+
 def test_int32_bound_is_a_batch_limit():
     """Too large for int32 indexing: IndexRangeError (a ValueError) that carries the largest
     batch that fits, raised before any allocation or launch."""
