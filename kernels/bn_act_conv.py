@@ -374,7 +374,7 @@ def _dgrad_kernel(
     slope, inv_keep,
     KH: tl.constexpr, KW: tl.constexpr, STRIDE: tl.constexpr, PT: tl.constexpr, PL: tl.constexpr,
     ACT: tl.constexpr, HAS_AFFINE: tl.constexpr, HAS_DROPOUT: tl.constexpr, OFFS_64: tl.constexpr,
-    IS_FP64: tl.constexpr, IN_PREC: tl.constexpr, UPCAST: tl.constexpr,
+    GX_LIKE_X: tl.constexpr, IS_FP64: tl.constexpr, IN_PREC: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
@@ -425,18 +425,35 @@ def _dgrad_kernel(
         acc = _mma(g, w, acc, IN_PREC, UPCAST)
 
     out_mask = m_ok[:, None] & n_ok[None, :]
-    gx_ptrs = gx_ptr + (nb64 * sdn + ih * sdh + iw * sdw)[:, None] + rn[None, :] * sdc
+    gx_off = (nb64 * sdn + ih * sdh + iw * sdw)[:, None] + rn[None, :] * sdc
+    gx_ptrs = gx_ptr + gx_off
     if HAS_AFFINE:
-        xv = tl.load(x_ptr + (nb64 * sxn + ih * sxh + iw * sxw)[:, None] + rn[None, :] * sxc,
-                     mask=out_mask, other=0.0).to(acc.dtype)
+        if GX_LIKE_X:  # grad_x has x's strides (its memory format): one set of offsets, fewer registers
+            x_off = gx_off
+        else:
+            x_off = (nb64 * sxn + ih * sxh + iw * sxw)[:, None] + rn[None, :] * sxc
+        xv = tl.load(x_ptr + x_off, mask=out_mask, other=0.0).to(acc.dtype)
         sc = tl.load(scale_ptr + rn, mask=n_ok, other=0.0).to(acc.dtype)
         sh = tl.load(shift_ptr + rn, mask=n_ok, other=0.0).to(acc.dtype)
         z = xv * sc[None, :] + sh[None, :]
         gz = acc * act_grad(z, ACT, slope)
         if HAS_DROPOUT:  # rows are input pixels: word row = rm
-            keep = keep_from_bits(bits_ptr, rmc * CW, m_ok, pid_n * BLOCK_N, tl.arange(0, BLOCK_N), CW, BLOCK_N)
-            gz = tl.where(keep, gz * inv_keep, 0.0)
-        gz = tl.where(out_mask, gz, 0.0)
+            if BLOCK_N > 32:
+                # a select per word, not keep_from_bits' broadcast: fewer live registers
+                # next to the accumulator (the 128x128 tile would spill here)
+                cols = tl.arange(0, BLOCK_N)
+                sel = 1 << (cols % 32)
+                for j in tl.static_range(BLOCK_N // 32):
+                    wj = tl.load(bits_ptr + rmc * CW + (pid_n * (BLOCK_N // 32) + j),
+                                 mask=m_ok & (pid_n * (BLOCK_N // 32) + j < CW), other=0)
+                    gz = tl.where((cols // 32 == j)[None, :] & ((wj[:, None] & sel[None, :]) == 0), 0.0, gz)
+                gz = gz * inv_keep
+            else:
+                keep = keep_from_bits(bits_ptr, rmc * CW, m_ok, pid_n * BLOCK_N, tl.arange(0, BLOCK_N), CW, BLOCK_N)
+                gz = tl.where(keep, gz * inv_keep, 0.0)
+            # (out-of-range rows and channels have no keep bits: already 0)
+        else:
+            gz = tl.where(out_mask, gz, 0.0)
         tl.store(gx_ptrs, (gz * sc[None, :]).to(gx_ptr.dtype.element_ty), mask=out_mask)
         tl.store(psh_ptr + pid_m * Cin + rn, tl.sum(gz, axis=0), mask=n_ok)
         tl.store(psc_ptr + pid_m * Cin + rn, tl.sum(gz * xv, axis=0), mask=n_ok)
@@ -819,6 +836,7 @@ def bn_act_conv_dgrad(grad_y, weight, x, scale=None, shift=None, *, stride=1, pa
         ), dict(
             KH=kh, KW=kw, STRIDE=stride, PT=pt, PL=pl,
             ACT=act_code, HAS_AFFINE=has_affine, HAS_DROPOUT=p > 0, OFFS_64=_needs_int64(grad_y, x, grad_x),
+            GX_LIKE_X=grad_x.stride() == x.stride(),
             IS_FP64=x.dtype == torch.float64, IN_PREC=in_prec, UPCAST=upcast,
         ), "dgrad", x.dtype, cin, cout, p > 0)
         if not has_affine:

@@ -597,6 +597,16 @@ def test_allow_tf32_follows_cudnn_flag(monkeypatch):
     assert K._dot_modes(torch.float32, True)[0] == "tf32" and K._dot_modes(torch.float32, False)[0] == "ieee"
 
 
+def test_wide_tiles_in_interpreter(monkeypatch, poison):
+    """The GPU's tile shapes where the dropout bits span several words per tile (fwd
+    BLOCK_K = 64, dgrad epilogue BLOCK_N = 64, wgrad BLOCK_N = 64), run for their
+    semantics: Cin = 40 puts two bitmask words in one tile."""
+    monkeypatch.setitem(K._INTERPRET_CONFIGS, "fwd", K._cfg(32, 64, 64, 1, 4))
+    monkeypatch.setitem(K._INTERPRET_CONFIGS, "dgrad", K._cfg(32, 64, 64, 1, 4))
+    monkeypatch.setitem(K._INTERPRET_CONFIGS, "wgrad", K._cfg(32, 64, 64, 1, 4))
+    check_case(run_case(CASES["relu3x3-cin40-drop-res-cl"], torch.float32, compute_stats=False), torch.float32)
+
+
 @pytest.mark.parametrize("offs_64", [False, True])
 def test_int64_offsets_path(offs_64, monkeypatch, poison):
     """Element offsets are int32 unless a tensor spans 2**31 elements (too big to test
