@@ -12,7 +12,7 @@ struct BnActDropoutArgs {
   at::Tensor scale, shift;  // contiguous [C], stats dtype
   ChannelLayout layout;
   int act = kIdentity;
-  float negative_slope = 0.f;
+  double negative_slope = 0.0;  // cast to the compute type by the kernels (fp64 data keeps it exact)
   float p = 0.f;            // fp32, like the Triton kernels compare u >= p
   float inv_keep = 1.f;     // 1/(1-p), 0 when p == 1
   bool use_dropout = false;
@@ -32,7 +32,7 @@ inline BnActDropoutArgs prepare_bn_act_dropout_args(const char* op, const at::Te
   args.scale = scale.contiguous();
   args.shift = shift.contiguous();
   args.act = act_code(act, op);
-  args.negative_slope = static_cast<float>(negative_slope);
+  args.negative_slope = negative_slope;
   check_dropout(p, seed, x_in.device(), op);
   args.p = static_cast<float>(p);
   args.use_dropout = p > 0.0;

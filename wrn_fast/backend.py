@@ -8,11 +8,15 @@ Backends
   'cpu'       C++ ops + PyTorch convolution, on any device (debugging).
   'reference' the pure-PyTorch reference ops.
 
-Select with ``wrn_fast.set_backend(name)``, the ``wrn_fast.use_backend(name)``
-context manager, or the environment variable WRN_FAST_BACKEND.
+Select with ``wrn_fast.set_backend(name)`` (the process-wide default), the
+``wrn_fast.use_backend(name)`` context manager (this thread only: another
+thread keeps its own choice, and nested or overlapping contexts in different
+threads restore their own thread's previous choice), or the environment variable
+WRN_FAST_BACKEND (the initial default).
 """
 import contextlib
 import os
+import threading
 import warnings
 
 import torch
@@ -22,29 +26,39 @@ _backend = os.environ.get("WRN_FAST_BACKEND", "auto")
 if _backend not in BACKENDS:
     raise ValueError(f"WRN_FAST_BACKEND must be one of {BACKENDS}, got {_backend!r}")
 _said = set()
+_thread = threading.local()  # .override: this thread's use_backend() choice, or absent
+
+
+def _check_name(name: str) -> None:
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
 
 
 def set_backend(name: str) -> None:
-    """Select the backend for all wrn_fast models and ops (see module doc)."""
+    """Select the process-wide default backend for wrn_fast models and ops (see module doc).
+
+    A thread inside ``use_backend`` keeps that context's backend until it exits.
+    """
     global _backend
-    if name not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
+    _check_name(name)
     _backend = name
 
 
 def get_backend() -> str:
-    return _backend
+    """This thread's backend: its innermost ``use_backend`` context, else the process default."""
+    return getattr(_thread, "override", None) or _backend
 
 
 @contextlib.contextmanager
 def use_backend(name: str):
-    """Temporarily select a backend: ``with use_backend('reference'): ...``."""
-    old = get_backend()
-    set_backend(name)
+    """Select a backend for this thread only: ``with use_backend('reference'): ...``."""
+    _check_name(name)
+    old = getattr(_thread, "override", None)
+    _thread.override = name
     try:
         yield
     finally:
-        set_backend(old)
+        _thread.override = old
 
 
 def say_once(key: str, message: str) -> None:
@@ -68,8 +82,10 @@ def resolve(device: torch.device) -> str:
     """The concrete backend ('triton', 'cpu' or 'reference') for tensors on ``device``."""
     from ._ext import ext_available
 
-    name = _backend
-    if name == "reference":
+    name = get_backend()
+    if name == "reference" or device.type == "meta":
+        # meta tensors (sizing, torch.device("meta") initialisation): the reference
+        # forward gives the same shapes and runs no kernel
         return "reference"
     if name == "triton":
         if not triton_usable(device):

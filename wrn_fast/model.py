@@ -98,7 +98,8 @@ class _Engine:
             isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is None for m in model.modules()
         )
         self.compute_dtype = compute_dtype
-        self.sync_bn = sync_bn
+        # nn.SyncBatchNorm modules (convert_sync_batchnorm) ask for global statistics too
+        self.sync_bn = sync_bn or any(isinstance(m, nn.SyncBatchNorm) for m in model.modules())
         self.pending: List[_RunningUpdate] = []
         self._unconsumed: List[_DeferredBN] = []
         self._last_activation = None  # (x, affine, (act, slope), a): the cpu backend's last prologue
@@ -216,7 +217,9 @@ class _Engine:
                 return deferred
             self._track(bn, stats)
             return ext.bn_finalize(stats.mean, stats.var, bn.weight, bn.bias, bn.eps)
-        return ext.bn_finalize(bn.running_mean, bn.running_var, bn.weight, bn.bias, bn.eps)
+        # half / bf16 models keep half running stats: the affine is computed in fp32, as BN does
+        sd = _stats_dtype(bn.running_mean.dtype)
+        return ext.bn_finalize(bn.running_mean.to(sd), bn.running_var.to(sd), bn.weight, bn.bias, bn.eps)
 
     # -- y = dropout(act(x*scale + shift)) where no conv follows
     def bn_act(self, x, affine, act, negative_slope):
@@ -266,7 +269,7 @@ class _SyncStats(torch.autograd.Function):
         import torch.distributed as dist
 
         world = dist.get_world_size()
-        local = torch.stack([torch.full_like(mean, float(count)), mean, var]).float().contiguous()
+        local = torch.stack([torch.full_like(mean, float(count)), mean, var]).contiguous()
         gathered = torch.empty((world * 3, local.shape[1]), dtype=local.dtype, device=local.device)
         # all_gather_single (torch >= 2.14) is the new name of all_gather_into_tensor
         gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
@@ -276,7 +279,7 @@ class _SyncStats(torch.autograd.Function):
         total = n.sum(0)
         g_mean = (n * m).sum(0) / total
         g_var = (n * (v + (m - g_mean) ** 2)).sum(0) / total
-        ctx.save_for_backward(mean.float(), g_mean, total)
+        ctx.save_for_backward(mean, g_mean, total)
         ctx.count = count
         return g_mean, g_var
 
@@ -286,8 +289,8 @@ class _SyncStats(torch.autograd.Function):
 
         mean, g_mean, total = ctx.saved_tensors
         grads = torch.stack([
-            torch.zeros_like(g_mean) if grad_mean is None else grad_mean.float(),
-            torch.zeros_like(g_mean) if grad_var is None else grad_var.float(),
+            torch.zeros_like(g_mean) if grad_mean is None else grad_mean.to(g_mean.dtype),
+            torch.zeros_like(g_mean) if grad_var is None else grad_var.to(g_mean.dtype),
         ]).contiguous()
         dist.all_reduce(grads)  # every rank's loss depends on every rank's statistics
         gm, gv = grads[0], grads[1]
@@ -316,12 +319,15 @@ def _check_input(model: nn.Module, x: torch.Tensor, in_channels: int, spatial_di
     if x.device.type == "cuda" and x.dtype == torch.float64:
         raise TypeError("input: float64 is not supported by the fused CUDA path; use float32/bf16/fp16 "
                         "or wrn_fast.set_backend('reference')")
-    if not torch.is_autocast_enabled(x.device.type) and x.dtype != param.dtype:
+    if not _autocast_enabled(x.device) and x.dtype != param.dtype:
         raise TypeError(f"input: dtype {x.dtype} does not match the model's parameters ({param.dtype}); "
                         "cast the input or use torch.autocast")
-    if x.shape[0] == 0 or x.shape[2] == 0 or x.shape[3] == 0:
-        raise ValueError(f"input: expected a non-empty batch, got shape {tuple(x.shape)}")
-    if model.training:
+    if x.shape[2] == 0 or x.shape[3] == 0:
+        raise ValueError(f"input: expected a non-empty image (H, W >= 1), got shape {tuple(x.shape)}")
+    if getattr(model, "padding", None) == "tf_same" and (x.shape[2] % 4 or x.shape[3] % 4):
+        # the reference's check and message (reference.WideResNet.forward)
+        raise ValueError(f"x: padding='tf_same' expects H and W divisible by 4, got {list(x.shape[-2:])}")
+    if model.training and x.shape[0] > 0:
         h = -(-x.shape[2] // spatial_divisor)
         w = -(-x.shape[3] // spatial_divisor)
         if x.shape[0] * h * w <= 1:
@@ -331,10 +337,25 @@ def _check_input(model: nn.Module, x: torch.Tensor, in_channels: int, spatial_di
             )
 
 
+def _autocast_enabled(device: torch.device) -> bool:
+    return device.type in ("cpu", "cuda") and torch.is_autocast_enabled(device.type)
+
+
 def _compute_dtype(x: torch.Tensor) -> Optional[torch.dtype]:
-    if torch.is_autocast_enabled(x.device.type):
+    if _autocast_enabled(x.device):
         return torch.get_autocast_dtype(x.device.type)
     return None
+
+
+def _stats_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Statistics, scale / shift: fp32, or fp64 for fp64 data (as nn.BatchNorm2d computes them)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _check_sync_bn(sync_bn) -> bool:
+    if not isinstance(sync_bn, bool):
+        raise ValueError(f"sync_bn: expected True or False, got {sync_bn!r}")
+    return sync_bn
 
 
 # --------------------------------------------------------------------------- models
@@ -353,21 +374,24 @@ class WideResNet(reference.WideResNet):
 
     def __init__(self, *args, sync_bn: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
-        self.sync_bn = sync_bn
+        self.sync_bn = _check_sync_bn(sync_bn)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         backend = resolve(x.device) if isinstance(x, torch.Tensor) else "reference"
         if backend == "reference":
             return super().forward(x)
         _check_input(self, x, self.conv1.in_channels, spatial_divisor=4)
+        if x.shape[0] == 0:  # an empty batch: the reference's [0, num_classes] (and its buffer semantics)
+            return super().forward(x)
         eng = _Engine(backend, self, _compute_dtype(x), self.sync_bn)
         if backend == "triton" and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)  # NHWC: the implicit GEMM's layout
         # Stem. In-model normalisation (x - mean) / std is an affine prologue with no activation.
         norm = None
         if getattr(self, "input_mean", None) is not None:
-            inv_std = (1.0 / self.input_std.reshape(-1)).float()
-            norm = (inv_std, (-self.input_mean.reshape(-1).float() * inv_std))
+            sd = _stats_dtype(x.dtype)  # the affine's dtype: fp64 for fp64 data, else fp32
+            inv_std = 1.0 / self.input_std.reshape(-1).to(sd)
+            norm = (inv_std, -self.input_mean.reshape(-1).to(sd) * inv_std)
         out, st = eng.conv(x, self.conv1, _same_padding(self.conv1), affine=norm, stats=True)
         for group in (self.block1, self.block2, self.block3):
             for block in group.layer:
@@ -421,14 +445,22 @@ class WideResNetBottleneck(reference.WideResNetBottleneck):
     prologue and statistics in their epilogue; the block's last BN + residual
     add + ReLU, the stem's BN-ReLU-maxpool and the downsample BN are
     elementwise PyTorch ops (not fused yet; ``explain`` says so).
+
+    Extra keyword: ``sync_bn=False``, as for ``WideResNet``.
     """
+
+    def __init__(self, *args, sync_bn: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.sync_bn = _check_sync_bn(sync_bn)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         backend = resolve(x.device) if isinstance(x, torch.Tensor) else "reference"
         if backend == "reference":
             return super().forward(x)
         _check_input(self, x, self.conv1.in_channels, spatial_divisor=32)
-        eng = _Engine(backend, self, _compute_dtype(x), False)
+        if x.shape[0] == 0:
+            return super().forward(x)
+        eng = _Engine(backend, self, _compute_dtype(x), self.sync_bn)
         if backend == "triton":
             x = x.contiguous(memory_format=torch.channels_last)
         h, st = eng.conv(x, self.conv1, _same_padding(self.conv1), stats=True)
