@@ -379,6 +379,18 @@ def test_custom_op_autograd(layout, p):
     assert_close("grad_shift", shift.grad, gb_ref, TOL[torch.float32])
 
 
+def test_launches_enter_the_tensors_device(monkeypatch):
+    """Both launchers launch inside launch_device(x) (torch.cuda.device(x.device) on a GPU)."""
+    entered = []
+    real = K.launch_device
+    monkeypatch.setattr(K, "launch_device", lambda t: entered.append(t.device) or real(t))
+    x = make_x("nchw", torch.float32).to(DEVICE)
+    s, b = torch.ones(x.shape[1], device=DEVICE), torch.zeros(x.shape[1], device=DEVICE)
+    K.bn_act_dropout_fwd(x, s, b)
+    K.bn_act_dropout_bwd(x, x, s, b)
+    assert entered == [x.device, x.device]
+
+
 def test_counters_bumped_once_per_launch():
     x = make_x("nchw", torch.float32).to(DEVICE)
     C = x.shape[1]
