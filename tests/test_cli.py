@@ -138,3 +138,40 @@ def test_bench_subcommand_passes_its_options_through(tmp_path, monkeypatch):
     assert cli.run(["bench", "--quick", "--device", "cpu", "--no-triton", "--only", "kernels",
                     "--out", str(tmp_path)]) == 0
     assert list(tmp_path.glob("*_quick.json"))
+
+
+def test_eval_of_a_robustbench_dm_state_dict_matches_upstream(tmp_path, capsys):
+    """A DM checkpoint holds neither its activation nor its normalisation: `eval --activation`
+    supplies the first, the dataset RobustBench's CIFAR-10 normalisation (inside the model), and the
+    model then gets x / 255 unnormalised, as RobustBench feeds it. Loss equals upstream's."""
+    import numpy as np
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    from _upstream import DMWideResNet, randomize_
+    from test_data import _write_cifar10
+
+    batches = _write_cifar10(str(tmp_path), n_per_batch=6, seed=3)
+    src = DMWideResNet(num_classes=10, depth=10, width=1, activation_fn=nn.ReLU)
+    randomize_(src, seed=1)
+    src.eval()
+    ckpt = tmp_path / "dm.pt"
+    torch.save(src.state_dict(), ckpt)
+    assert "mean" not in src.state_dict()  # non-persistent upstream: the checkpoint cannot say
+
+    data, labels = batches["test_batch"]
+    x = torch.from_numpy(np.asarray(data).reshape(-1, 3, 32, 32)).float() / 255
+    with torch.no_grad():
+        want = F.cross_entropy(src(x), torch.tensor(labels)).item()
+
+    with pytest.warns(UserWarning, match="RobustBench"):
+        rc = main(["eval", "--checkpoint", str(ckpt), "--dataset", "cifar10", "--data-dir", str(tmp_path),
+                   "--activation", "relu", "--device", "cpu", "--amp", "none", "--json"])
+    assert rc == 0
+    got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert abs(got["test_loss"] - want) <= 1e-5 * max(1.0, abs(want)), (got["test_loss"], want)
+
+    # without --activation the converter says what is missing (usage error, nothing evaluated)
+    rc = main(["eval", "--checkpoint", str(ckpt), "--dataset", "cifar10", "--data-dir", str(tmp_path)])
+    assert rc == 2 and "activation" in capsys.readouterr().err

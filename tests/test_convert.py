@@ -459,3 +459,34 @@ def test_load_pretrained_builds_the_fast_model_by_default(monkeypatch):
     ours = convert.load_pretrained(source.state_dict(), format="native")
     assert isinstance(ours, wrn_fast.WideResNet) and isinstance(ours, R.WideResNet)
     assert all(torch.equal(v, source.state_dict()[k]) for k, v in ours.state_dict().items())
+
+
+def test_load_pretrained_rejects_corrupt_and_non_finite_files(tmp_path):
+    """Issue 17 item 5: load_pretrained verifies wrn_fast checkpoints' checksum and rejects
+    non-finite tensors in foreign files, naming the file (it used to load both silently)."""
+    from wrn_fast.checkpoint import save_checkpoint
+
+    model = R.WideResNet(10, 1, num_classes=10)
+    sd = model.state_dict()
+    ours = tmp_path / "ours.pt"
+    save_checkpoint(str(ours), {"state_dict": sd})
+    loaded = convert.load_pretrained(str(ours), format="xternalz")  # intact: loads
+    assert torch.equal(loaded.state_dict()["fc.weight"], sd["fc.weight"])
+
+    # flip the bytes of one weight tensor inside the (uncompressed) torch.save archive
+    raw = bytearray(ours.read_bytes())
+    needle = sd["block1.layer.0.conv1.weight"].contiguous().numpy().tobytes()
+    at = bytes(raw).find(needle)
+    assert at > 0
+    raw[at:at + 64] = bytes(b ^ 0x5A for b in raw[at:at + 64])
+    ours.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match=r"ours\.pt: checksum mismatch"):
+        convert.load_pretrained(str(ours), format="xternalz")
+
+    foreign = tmp_path / "foreign.pt"
+    bad = dict(sd)
+    bad["fc.weight"] = bad["fc.weight"].clone()
+    bad["fc.weight"][0, 0] = float("nan")
+    torch.save(bad, foreign)
+    with pytest.raises(ValueError, match=r"foreign\.pt: tensor fc\.weight holds non-finite"):
+        convert.load_pretrained(str(foreign), format="xternalz")

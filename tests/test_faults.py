@@ -24,7 +24,7 @@ import torch
 from wrn_fast.__main__ import main
 from wrn_fast.data import InputError
 from wrn_fast.training import load_checkpoint, save_checkpoint, train
-from wrn_fast.training.checkpoint import read_checkpoint
+from wrn_fast.checkpoint import read_checkpoint
 from wrn_fast.training.ema import ModelEMA, ema_decay
 from wrn_fast.training.rundir import LOCK_NAME, RunLock, create_run_dir, default_run_dir
 

@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--model", help="expected architecture (checked against the checkpoint)")
     e.add_argument("--format", default="auto", help="state_dict format for non-wrn_fast checkpoints "
                                                      "(see wrn_fast.convert_state_dict)")
+    e.add_argument("--activation", choices=("relu", "leaky_relu", "silu"),
+                   help="activation of a state_dict that does not record it (RobustBench DM: silu or relu)")
     e.add_argument("--ema-weights", action="store_true", help="evaluate the checkpoint's EMA weights")
     e.add_argument("--batch-size", type=int, default=512)
     e.add_argument("--amp", type=parse_amp, default="auto")
@@ -141,7 +143,7 @@ def _cmd_eval(args) -> int:
     result = evaluate_checkpoint(args.checkpoint, dataset=args.dataset, data_dir=args.data_dir,
                                  model_name=args.model, device=args.device, format=args.format,
                                  batch_size=args.batch_size, image_size=args.image_size, amp=args.amp,
-                                 use_ema=args.ema_weights, workers=args.workers)
+                                 use_ema=args.ema_weights, workers=args.workers, activation=args.activation)
     if args.json:
         print(dumps(result))
     else:

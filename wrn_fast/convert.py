@@ -49,6 +49,8 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
 
+from .checkpoint import load_checkpoint
+
 __all__ = ["FORMATS", "DATASET_NORMALIZATION", "convert_state_dict", "load_pretrained", "detect_format"]
 
 log = logging.getLogger(__name__)
@@ -146,7 +148,8 @@ def _announce(message: str) -> None:
 
 
 def detect_format(state_dict: Mapping[str, torch.Tensor]) -> str:
-    """The format of an (unwrapped, unprefixed) state_dict; raises ValueError when it cannot tell."""
+    """The format of a state_dict or a checkpoint wrapping one; raises ValueError when it cannot tell."""
+    state_dict = _unwrap(state_dict)
     keys = set(state_dict)
     if "layer1.0.conv1.weight" in keys and "layer1.0.conv3.weight" in keys:
         return "torchvision"
@@ -520,8 +523,9 @@ def load_pretrained(path_or_state_dict, format: str = "auto", model: Optional[to
     """Load an ecosystem checkpoint into a wrn_fast model.
 
     Args:
-        path_or_state_dict: a file (loaded with ``torch.load(weights_only=True, map_location='cpu')``)
-            or an already loaded state_dict / checkpoint dict. For a checkpoint with an EMA copy
+        path_or_state_dict: a file (``torch.load(weights_only=True, map_location='cpu')``; a
+            checkpoint written by wrn_fast is verified against its payload checksum, any other file
+            must hold only finite tensors: see :func:`wrn_fast.checkpoint.load_checkpoint`) or an already loaded state_dict / checkpoint dict. For a checkpoint with an EMA copy
             (TorchSSL's / USB's ``ema_model``), pass ``ckpt['ema_model']`` to get it.
         format: see :func:`convert_state_dict`.
         model: load into this model instead of building one; model_kwargs must then be empty (the
@@ -535,7 +539,7 @@ def load_pretrained(path_or_state_dict, format: str = "auto", model: Optional[to
         the model (``wrn_fast.WideResNet`` or ``wrn_fast.WideResNetBottleneck`` when built here).
     """
     if isinstance(path_or_state_dict, (str, os.PathLike)):
-        checkpoint = torch.load(path_or_state_dict, map_location="cpu", weights_only=True)
+        checkpoint = load_checkpoint(os.fspath(path_or_state_dict), flag="path_or_state_dict")
     else:
         checkpoint = path_or_state_dict
     if model is None:

@@ -1,9 +1,8 @@
 """Training, evaluation and checkpoints (``python -m wrn_fast train|eval``).
 
-Modules, lowest first (each imports only those above it in this list, plus wrn_fast.data / backend / models):
+Modules, lowest first (each imports only those above it in this list, plus wrn_fast.data / checkpoint / backend / models):
   config       TrainConfig (the `train` options are derived from its fields), the paper's recipes
   rng          seeds as pure functions of (seed, epoch, batch, step, rank); RNG state save / restore
-  checkpoint   atomic writes, payload checksum, loading with clear errors
   rundir       the run directory: default names, writability checks, the exclusive run lock
   signals      SIGINT / SIGTERM: finish the step, save, exit 130 / 143
   distributed  torchrun process group, --device parsing, sync-BN
@@ -13,7 +12,7 @@ Modules, lowest first (each imports only those above it in this list, plus wrn_f
   evaluation   test loss / accuracy of a model or a checkpoint file
   trainer      Trainer (step / epoch / save / run) and train()
 """
-from .checkpoint import CHECKPOINT_FORMAT, atomic_write, load_checkpoint, save_checkpoint
+from ..checkpoint import CHECKPOINT_FORMAT, atomic_write, load_checkpoint, save_checkpoint
 from .config import TrainConfig, recipe
 from .evaluation import evaluate, evaluate_checkpoint
 from .models import build_model, check_architecture

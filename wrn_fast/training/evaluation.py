@@ -7,7 +7,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..data import InputError, Split, load_dataset, normalize_batch
-from .checkpoint import check_train_checkpoint, is_train_checkpoint, load_checkpoint
+from ..checkpoint import check_train_checkpoint, is_train_checkpoint, load_checkpoint
+from ..convert import DATASET_NORMALIZATION, detect_format
 from .config import AMP_MODES
 from .distributed import Dist, parse_device
 from .models import arch_kwargs_from_name, check_architecture, load_weights
@@ -61,8 +62,13 @@ def evaluate(model: nn.Module, split: Split, mean: torch.Tensor, std: torch.Tens
 
 
 def _model_from_checkpoint(obj: Dict[str, Any], source: str, model_name: Optional[str], num_classes: int,
-                           in_channels: int, dataset: str, format: str, use_ema: bool) -> Tuple[nn.Module, str]:
-    """The model stored in a training checkpoint or a raw state_dict in a converter format."""
+                           in_channels: int, dataset: str, format: str, use_ema: bool,
+                           activation: Optional[str] = None) -> Tuple[nn.Module, str]:
+    """The model stored in a training checkpoint or a raw state_dict in a converter format.
+
+    ``activation`` overrides the converter's (a DM checkpoint does not record it). A DM
+    checkpoint on CIFAR gets RobustBench's normalisation for ``dataset`` (announced by the
+    converter)."""
     import wrn_fast
 
     if is_train_checkpoint(obj):
@@ -79,15 +85,18 @@ def _model_from_checkpoint(obj: Dict[str, Any], source: str, model_name: Optiona
             raise InputError(f"{source}: --ema-weights given but the checkpoint has no EMA (train with --ema DECAY)")
         load_weights(model, weights, source, "EMA weights" if use_ema else "model weights")
         return model, obj["model_name"]
+    overrides: Dict[str, Any] = {} if activation is None else {"activation": activation}
     try:
-        state_dict, kwargs = wrn_fast.convert_state_dict(obj, format)
+        if dataset in DATASET_NORMALIZATION and (format == "auto" and detect_format(obj) == "dm" or format == "dm"):
+            overrides["dataset"] = dataset
+        state_dict, kwargs = wrn_fast.convert_state_dict(obj, format, **overrides)
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise InputError(f"{source}: not a wrn_fast training checkpoint and not a state_dict in a known format "
                          f"({type(e).__name__}: {e})") from e
     check_architecture(source, kwargs, model_name, num_classes, in_channels, dataset)
     if use_ema:
         raise InputError(f"{source}: --ema-weights needs a wrn_fast training checkpoint; this is a plain state_dict")
-    model = wrn_fast.load_pretrained(obj, format=format)
+    model = wrn_fast.load_pretrained(obj, format=format, **overrides)
     name = (f"wrn-{kwargs['depth']}-{kwargs['widen_factor']}" if "depth" in kwargs else type(model).__name__)
     return model, name
 
@@ -95,8 +104,12 @@ def _model_from_checkpoint(obj: Dict[str, Any], source: str, model_name: Optiona
 def evaluate_checkpoint(path: str, dataset: Optional[str] = None, data_dir: Optional[str] = None,
                         model_name: Optional[str] = None, device: Optional[str] = None, format: str = "auto",
                         batch_size: int = 512, image_size: Optional[int] = None, amp: str = "auto",
-                        use_ema: bool = False, workers: int = 2) -> Dict[str, Any]:
-    """Test loss and accuracy of a checkpoint (ours or a converter-format state_dict)."""
+                        use_ema: bool = False, workers: int = 2, activation: Optional[str] = None) -> Dict[str, Any]:
+    """Test loss and accuracy of a checkpoint (ours or a converter-format state_dict).
+
+    A model that normalises its input itself (``input_mean``/``input_std``, e.g. RobustBench's
+    DMWideResNet) is fed images in [0, 1]; any other model gets the dataset's normalisation.
+    """
     # The arguments first: a usage error costs no checkpoint or dataset load.
     for name, value, flag in (("batch_size", batch_size, "--batch-size"), ("image_size", image_size, "--image-size")):
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
@@ -120,11 +133,13 @@ def evaluate_checkpoint(path: str, dataset: Optional[str] = None, data_dir: Opti
                          "pass --dataset (and --data-dir)")
     _, test, info = load_dataset(dataset, data_dir, image_size, workers)
     model, name = _model_from_checkpoint(obj, path, model_name, info.num_classes, info.in_channels, dataset,
-                                         format, use_ema)
+                                         format, use_ema, activation)
     model.to(dev)
     test = Split(test.images.to(dev), test.labels.to(dev))
-    mean = torch.tensor(info.mean, device=dev)
-    std = torch.tensor(info.std, device=dev)
+    if getattr(model, "input_mean", None) is not None:  # the model normalises: feed x / 255 unchanged
+        mean, std = torch.zeros(info.in_channels, device=dev), torch.ones(info.in_channels, device=dev)
+    else:
+        mean, std = torch.tensor(info.mean, device=dev), torch.tensor(info.std, device=dev)
     t0 = time.perf_counter()
     loss, acc = evaluate(model, test, mean, std, batch_size, amp_dtype(amp, dev))
     result = dict(checkpoint=path, model=name, dataset=dataset, images=len(test), test_loss=loss, test_acc=acc,

@@ -5,7 +5,7 @@ import os
 import sys
 from typing import Any, Dict, List
 
-from .checkpoint import atomic_write
+from ..checkpoint import atomic_write
 
 
 def json_safe(value):

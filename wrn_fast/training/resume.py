@@ -4,7 +4,7 @@ import os
 from typing import Any, Dict, Tuple
 
 from ..data import InputError
-from .checkpoint import check_train_checkpoint, is_train_checkpoint, load_checkpoint
+from ..checkpoint import check_train_checkpoint, is_train_checkpoint, load_checkpoint
 from .config import RUN_CONTROL, TrainConfig
 from .models import arch_kwargs_from_name, check_architecture
 

@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any, Dict, Optional
 
 from ..data import InputError
-from .checkpoint import is_train_checkpoint, load_checkpoint
+from ..checkpoint import is_train_checkpoint, load_checkpoint
 
 try:
     import fcntl

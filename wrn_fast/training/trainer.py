@@ -41,7 +41,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..data import InputError, Split, apply_augmentation, draw_augmentation, load_dataset, normalize_batch
-from .checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, all_finite, remove_stale_temporaries, save_checkpoint
+from ..checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, all_finite, remove_stale_temporaries, save_checkpoint
 from .config import RUN_CONTROL, TrainConfig
 from .distributed import Dist, apply_sync_bn, init_distributed
 from .ema import ModelEMA

@@ -15,7 +15,7 @@ from typing import Any, Dict
 
 import torch
 
-from ..data import InputError
+from .data import InputError
 
 CHECKPOINT_FORMAT = "wrn_fast.train_checkpoint"
 # 1: the first format; 2: adds payload_sha256 and run_id.
