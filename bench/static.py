@@ -347,7 +347,7 @@ DEFINITIONS = [
     "Compiled for sm_90a (capability 90) with the stand-in driver of tests/_triton_aot.py, through the public "
     "launchers on CPU tensors (channels_last), one tile config forced on the autotuner; DEFAULT = what the "
     "launcher compiles with WRN_FAST_AUTOTUNE=0 (no autotuning).",
-    "regs / spill B: ptxas -v on Triton's PTX (spill B = bytes of spill stores); smem: the kernel's dynamic "
+    "regs / spill B: ptxas -v on Triton's PTX (spill B = the larger of its spill-store and spill-load bytes); smem: the kernel's dynamic "
     "shared memory; CTAs/SM (occ): resident CTAs per SM on an H100 from registers (64K, 256-register warp "
     "allocation unit), shared memory (228 KiB per SM, 1 KiB reserved per CTA, 227 KiB per CTA) and warps (64).",
     "engine: wgmma (HGMMA), mma.sync (HMMA) or FFMA in the main loop = the longest backward branch of the SASS "
