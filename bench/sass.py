@@ -433,20 +433,15 @@ def verdict(res):
 
 # --------------------------------------------------------------------------- worker (compiles)
 
-def _worker(jobs_file):
-    assert os.environ.get("TRITON_INTERPRET", "0") != "1", "the worker must run without TRITON_INTERPRET"
-    if sys.platform.startswith("linux"):  # die with the parent (an interrupted report leaves no workers)
-        import ctypes
-        import signal
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+def install_stand_in_driver(capability=90):
+    """Point Triton's JIT at a driver that reports ``cuda:capability`` without a GPU, so
+    launches can compile (the technique of tests/_triton_aot.py)."""
     import torch
-    import triton.runtime.autotuner as autotuner
     from triton.backends.compiler import GPUTarget
     from triton.runtime import driver
-    from triton.runtime.jit import JITFunction
 
     class _StandInDriver:
-        """Just enough of a driver for Triton's JIT to pick sm_90a and compile."""
+        """Just enough of a driver for Triton's JIT to pick a target and compile."""
 
         def get_current_device(self):
             return 0
@@ -455,12 +450,25 @@ def _worker(jobs_file):
             return 0
 
         def get_current_target(self):
-            return GPUTarget("cuda", 90, 32)
+            return GPUTarget("cuda", capability, 32)
 
         def get_active_torch_device(self):
             return torch.device("cpu")
 
     driver.set_active(_StandInDriver())
+
+
+def _worker(jobs_file):
+    assert os.environ.get("TRITON_INTERPRET", "0") != "1", "the worker must run without TRITON_INTERPRET"
+    if sys.platform.startswith("linux"):  # die with the parent (an interrupted report leaves no workers)
+        import ctypes
+        import signal
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    import torch
+    import triton.runtime.autotuner as autotuner
+    from triton.runtime.jit import JITFunction
+
+    install_stand_in_driver(90)
     state = {"compiled": [], "forced": None, "listed": None, "list_only": False}
     jit_run = JITFunction.run
 
