@@ -15,6 +15,8 @@
 //   backward  g_x', g_scale, g_shift = bn_act_dropout_bwd(g_y, ...)     (one pass)
 //             [C]-vector algebra of bn_finalize's and the statistics' derivatives
 //             g_x = g_x' + b[c] * x + c[c]   = bn_backward_apply          (one pass)
+//             On the CPU the same chain rule runs as one routine, the per-channel
+//             algebra in a loop between two passes (csrc/batch_norm_act_cpu.cpp).
 //
 // Double backward is not supported (the kernels' derivatives are not registered).
 // The model keeps the decomposition where the statistics come from elsewhere: the
@@ -26,6 +28,7 @@
 #include <string>
 #include <tuple>
 
+#include "batch_norm_act_cpu.h"
 #include "bn_composite.h"
 #include "common.h"
 
@@ -104,19 +107,63 @@ struct BatchNormActFunction : public torch::autograd::Function<BatchNormActFunct
     const double p = ctx->saved_data["p"].toDouble();
     const Tensor &grad_y = grads[0], &grad_mean = grads[1], &grad_var = grads[2];
 
-    // Through the act-dropout: grad_x' = g_z * scale, g_scale = sum(g_z x), g_shift = sum(g_z).
-    Tensor grad_direct, grad_scale, grad_shift;
-    if (grad_y.defined())
-      std::tie(grad_direct, grad_scale, grad_shift) =
-          bn_act_dropout_bwd(grad_y, x, scale, shift, act, slope, p, optional_if_defined(seed));
-    // Through bn_finalize and the statistics, added to grad_x' in one pass.
-    const AffineGrads g =
-        bn_affine_backward(x, grad_direct, grad_scale, grad_shift, grad_mean, grad_var, weight, bias, mean, var,
-                           scale, eps, ctx->needs_input_grad(0), needs_grad(ctx, weight, 1),
-                           needs_grad(ctx, bias, 1 + weight.defined()));
+    const bool need_weight = needs_grad(ctx, weight, 1), need_bias = needs_grad(ctx, bias, 1 + weight.defined());
+    if (grad_y.defined()) {  // the usual case: one op (a fused routine on the CPU)
+      static const auto op =
+          wrn_op<std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const OptTensor&, const OptTensor&,
+                                                    const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                                                    const OptTensor&, const OptTensor&, double, c10::string_view,
+                                                    double, double, const OptTensor&)>(
+              "wrn_fast::batch_norm_act_backward");
+      auto [grad_x, grad_weight, grad_bias] =
+          op.call(grad_y, x, optional_if_defined(weight), optional_if_defined(bias), mean, var, scale, shift,
+                  optional_if_defined(grad_mean), optional_if_defined(grad_var), eps, act, slope, p,
+                  optional_if_defined(seed));
+      return {ctx->needs_input_grad(0) ? grad_x : Tensor(), need_weight ? grad_weight : Tensor(),
+              need_bias ? grad_bias : Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
+    }
+    // Only mean / var were used: the statistics' term alone.
+    const AffineGrads g = bn_affine_backward(x, Tensor(), Tensor(), Tensor(), grad_mean, grad_var, weight, bias, mean,
+                                             var, scale, eps, ctx->needs_input_grad(0), need_weight, need_bias);
     return {g.grad_x, g.grad_weight, g.grad_bias, Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
   }
 };
+
+// ------------------------------------------------------- backward op
+// Gradients of (y, mean, var) w.r.t. (x, weight, bias) given grad_y and optional
+// grad_mean / grad_var. Every output is defined: a missing weight / bias gets zeros
+// of the statistics dtype. The CPU kernel is one routine (batch_norm_act_cpu.cpp);
+// every other backend (and fake tensors) runs the composition below.
+std::tuple<Tensor, Tensor, Tensor> complete(const AffineGrads& g, const Tensor& weight, const Tensor& bias,
+                                            const Tensor& mean) {
+  return {g.grad_x, weight.defined() ? g.grad_weight : at::zeros_like(mean),
+          bias.defined() ? g.grad_bias : at::zeros_like(mean)};
+}
+
+std::tuple<Tensor, Tensor, Tensor> batch_norm_act_backward(
+    const Tensor& grad_y, const Tensor& x, const OptTensor& weight_opt, const OptTensor& bias_opt, const Tensor& mean,
+    const Tensor& var, const Tensor& scale, const Tensor& shift, const OptTensor& grad_mean,
+    const OptTensor& grad_var, double eps, c10::string_view act, double slope, double p, const OptTensor& seed) {
+  const Tensor weight = value_or_undefined(weight_opt), bias = value_or_undefined(bias_opt);
+  // Through the act-dropout: grad_x' = g_z * scale, g_scale = sum(g_z x), g_shift = sum(g_z).
+  auto [grad_direct, grad_scale, grad_shift] = bn_act_dropout_bwd(grad_y, x, scale, shift, act, slope, p, seed);
+  // Through bn_finalize and the statistics, added to grad_x' in one pass.
+  const AffineGrads g = bn_affine_backward(x, grad_direct, grad_scale, grad_shift, value_or_undefined(grad_mean),
+                                           value_or_undefined(grad_var), weight, bias, mean, var, scale, eps, true,
+                                           true, true);
+  return complete(g, weight, bias, mean);
+}
+
+std::tuple<Tensor, Tensor, Tensor> batch_norm_act_backward_cpu(
+    const Tensor& grad_y, const Tensor& x, const OptTensor& weight_opt, const OptTensor& bias_opt, const Tensor& mean,
+    const Tensor& var, const Tensor& scale, const Tensor& shift, const OptTensor& grad_mean,
+    const OptTensor& grad_var, double eps, c10::string_view act, double slope, double p, const OptTensor& seed) {
+  const Tensor weight = value_or_undefined(weight_opt), bias = value_or_undefined(bias_opt);
+  const AffineGrads g = cpu::batch_norm_act_backward(grad_y, x, weight, bias, mean, var, scale, shift,
+                                                     value_or_undefined(grad_mean), value_or_undefined(grad_var), eps,
+                                                     act, slope, p, value_or_undefined(seed), true, true, true);
+  return complete(g, weight, bias, mean);
+}
 
 std::tuple<Tensor, Tensor, Tensor> batch_norm_act_autograd(const Tensor& x, const OptTensor& weight,
                                                            const OptTensor& bias, double eps, c10::string_view act,
@@ -133,7 +180,19 @@ TORCH_LIBRARY_FRAGMENT(wrn_fast, m) {
       "Tensor? seed) -> (Tensor y, Tensor mean, Tensor var)");
 }
 
-TORCH_LIBRARY_IMPL(wrn_fast, CompositeExplicitAutograd, m) { m.impl("batch_norm_act", &batch_norm_act); }
+TORCH_LIBRARY_FRAGMENT(wrn_fast, m) {
+  m.def(
+      "batch_norm_act_backward(Tensor grad_y, Tensor x, Tensor? weight, Tensor? bias, Tensor mean, Tensor var, "
+      "Tensor scale, Tensor shift, Tensor? grad_mean, Tensor? grad_var, float eps, str act, float negative_slope, "
+      "float p, Tensor? seed) -> (Tensor grad_x, Tensor grad_weight, Tensor grad_bias)");
+}
+
+TORCH_LIBRARY_IMPL(wrn_fast, CompositeExplicitAutograd, m) {
+  m.impl("batch_norm_act", &batch_norm_act);
+  m.impl("batch_norm_act_backward", &batch_norm_act_backward);
+}
+
+TORCH_LIBRARY_IMPL(wrn_fast, CPU, m) { m.impl("batch_norm_act_backward", &batch_norm_act_backward_cpu); }
 
 TORCH_LIBRARY_IMPL(wrn_fast, Autograd, m) { m.impl("batch_norm_act", &batch_norm_act_autograd); }
 

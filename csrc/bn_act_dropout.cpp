@@ -9,59 +9,18 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cstring>
 #include <cstdint>
-#include <type_traits>
 #include <vector>
 
 #include "bn_act_dropout.h"
+#include "cpu_act.h"
 #include "cpu_loops.h"
 
 namespace wrn_fast {
 namespace {
 
-// Branch-free forms of act_forward / act_derivative (common.h) with the same
-// values: GCC (with its default -ftrapping-math) will not if-convert a float
-// compare that guards arithmetic, so selects are done on the bits and compares
-// are the quiet __builtin_isgreater (NaN -> false, like `>`).
-// memcpy bit cast: std::bit_cast is C++20, and torch < 2.13 builds extensions as C++17.
-template <typename To, typename From>
-inline To bits_as(const From& v) {
-  static_assert(sizeof(To) == sizeof(From), "bits_as: sizes differ");
-  To out;
-  std::memcpy(&out, &v, sizeof(To));
-  return out;
-}
-
-template <typename T>
-inline T bit_select(bool c, T a, T b) {
-  using U = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
-  const U m = U(0) - static_cast<U>(c);
-  return bits_as<T>(static_cast<U>((bits_as<U>(a) & m) | (bits_as<U>(b) & ~m)));
-}
-
-template <int ACT, typename T>
-inline T act_fwd(T z, T slope) {
-  if constexpr (ACT == kLeakyRelu) {
-    return bit_select(__builtin_isgreater(z, T(0)), z, z * slope);
-  } else {
-    return act_forward<T>(ACT, z, slope);
-  }
-}
-
-// g * act'(z), as the original g * act_derivative(act, z, slope)
-template <int ACT, typename T>
-inline T times_act_derivative(T g, T z, T slope) {
-  if constexpr (ACT == kIdentity) {
-    return g;  // g * 1
-  } else if constexpr (ACT == kRelu) {
-    return g * static_cast<T>(__builtin_isgreater(z, T(0)));
-  } else if constexpr (ACT == kLeakyRelu) {
-    return g * bit_select(__builtin_isgreater(z, T(0)), T(1), slope);
-  } else {
-    return g * act_derivative<T>(ACT, z, slope);
-  }
-}
+using cpu::act_fwd;
+using cpu::times_act_derivative;
 
 constexpr int64_t kChunk = cpu::kMaskChunk;  // elements per dropout-mask chunk
 constexpr int64_t kSubRows = 16;                // channels-last rows summed in acc_t before going to double

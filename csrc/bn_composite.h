@@ -10,6 +10,8 @@
 #include <optional>
 #include <tuple>
 
+#include "bn_backward_formula.h"
+
 namespace wrn_fast {
 namespace composite {
 
@@ -107,6 +109,40 @@ inline Tensor value_or_undefined(const OptTensor& t) { return t.has_value() ? *t
 
 inline OptTensor optional_if_defined(const Tensor& t) { return t.defined() ? OptTensor(t) : std::nullopt; }
 
+// The BatchNorm backward formula lives in bn_backward_formula.h (templates, once);
+// these are its [C]-tensor instances. Every autograd of the statistics and of
+// bn_finalize (the C++ composite ops here, the Python registrations in
+// wrn_fast/ops/ext.py through the ops of csrc/bn_backward.cpp) calls them.
+
+struct FinalizeGrads {
+  Tensor grad_mean, grad_var, grad_weight;  // grad_weight in the statistics dtype
+};
+
+// Backward of bn_finalize given grad_scale / grad_shift (undefined = zero).
+inline FinalizeGrads bn_finalize_backward(const Tensor& grad_scale, const Tensor& grad_shift, const Tensor& mean,
+                                          const Tensor& var, const Tensor& weight, const Tensor& scale, double eps) {
+  const Tensor g_scale = grad_scale.defined() ? grad_scale.to(mean.scalar_type()) : at::zeros_like(mean);
+  const Tensor g_shift = grad_shift.defined() ? grad_shift.to(mean.scalar_type()) : at::zeros_like(mean);
+  const Tensor w = weight.defined() ? weight.to(mean.scalar_type()) : at::ones_like(mean);
+  const auto f = formula::bn_finalize_backward<Tensor>(g_scale, g_shift, mean, var, w, scale, eps);
+  return {f.grad_mean, f.grad_var, f.grad_weight};
+}
+
+// Backward of (mean, var) = statistics of x, plus (optionally) a gradient grad_direct
+// of x from elsewhere, in one pass over x: grad_x = grad_direct + b[c] * x + c[c].
+// n is symbolic under torch.compile with dynamic shapes. Undefined grads stand for zero.
+inline Tensor channel_stats_backward(const Tensor& x, const Tensor& grad_direct, const Tensor& mean,
+                                     const Tensor& grad_mean_in, const Tensor& grad_var_in) {
+  const Tensor grad_mean = grad_mean_in.defined() ? grad_mean_in : at::zeros_like(mean);
+  const Tensor grad_var = grad_var_in.defined() ? grad_var_in : at::zeros_like(mean);
+  c10::SymInt n = x.sym_size(0);
+  for (int64_t d = 2; d < x.dim(); ++d) n = n * x.sym_size(d);
+  if (!n.is_symbolic() && n.expect_int() == 0) n = 1;  // an empty x: empty gradient, no 0/0
+  const auto k = formula::stats_backward<Tensor, c10::Scalar>(grad_mean, grad_var, mean, c10::Scalar(n));
+  const Tensor a_coef = grad_direct.defined() ? at::ones_like(mean) : at::zeros_like(mean);
+  return bn_backward_apply(optional_if_defined(grad_direct), x, a_coef, k.b, k.c);
+}
+
 struct AffineGrads {
   Tensor grad_x, grad_weight, grad_bias;
 };
@@ -114,38 +150,22 @@ struct AffineGrads {
 // Backward of   mean, var = stats(x);  scale, shift = bn_finalize(mean, var, weight, bias, eps)
 // given grad_scale / grad_shift (from whoever applied x*scale + shift) and, optionally,
 // gradients of mean / var used directly. grad_direct (optional) is the consumer's own
-// gradient w.r.t. x, added in the same pass:
-//   grad_x = grad_direct + b[c] * x + c[c],  b = 2 grad_var / n,  c = grad_mean / n - b * mean.
-// n is symbolic under torch.compile with dynamic shapes. Undefined grads stand for zero.
+// gradient w.r.t. x, added in the same pass.
 inline AffineGrads bn_affine_backward(const Tensor& x, const Tensor& grad_direct, const Tensor& grad_scale,
                                       const Tensor& grad_shift, const Tensor& grad_mean_in,
                                       const Tensor& grad_var_in, const Tensor& weight, const Tensor& bias,
                                       const Tensor& mean, const Tensor& var, const Tensor& scale, double eps,
                                       bool need_x, bool need_weight, bool need_bias) {
-  const Tensor g_scale = grad_scale.defined() ? grad_scale : at::zeros_like(mean);
-  const Tensor g_shift = grad_shift.defined() ? grad_shift : at::zeros_like(mean);
-  // bn_finalize: scale = w * invstd, shift = bias - mean * scale.
-  const Tensor invstd = (var + eps).rsqrt();
-  const Tensor g_scale_total = g_scale - g_shift * mean;
+  const FinalizeGrads f = bn_finalize_backward(grad_scale, grad_shift, mean, var, weight, scale, eps);
   AffineGrads out;
   if (need_x) {
-    const Tensor w = weight.defined() ? weight.to(mean.scalar_type()) : at::ones_like(mean);
-    Tensor grad_mean = -g_shift * scale;
-    Tensor grad_var = g_scale_total * w * invstd.pow(3) * (-0.5);
-    if (grad_mean_in.defined()) grad_mean = grad_mean + grad_mean_in;
-    if (grad_var_in.defined()) grad_var = grad_var + grad_var_in;
-    // Statistics: d mean/dx = 1/n, d var/dx = 2 (x - mean) / n.
-    c10::SymInt n = x.sym_size(0);
-    for (int64_t d = 2; d < x.dim(); ++d) n = n * x.sym_size(d);
-    if (!n.is_symbolic() && n.expect_int() == 0) n = 1;  // an empty x: empty gradient, no 0/0
-    const c10::Scalar n_scalar(n);
-    const Tensor b_coef = (grad_var * 2.0) / n_scalar;
-    const Tensor c_coef = grad_mean / n_scalar - b_coef * mean;
-    const Tensor a_coef = grad_direct.defined() ? at::ones_like(mean) : at::zeros_like(mean);
-    out.grad_x = bn_backward_apply(optional_if_defined(grad_direct), x, a_coef, b_coef, c_coef);
+    const Tensor grad_mean = grad_mean_in.defined() ? f.grad_mean + grad_mean_in : f.grad_mean;
+    const Tensor grad_var = grad_var_in.defined() ? f.grad_var + grad_var_in : f.grad_var;
+    out.grad_x = channel_stats_backward(x, grad_direct, mean, grad_mean, grad_var);
   }
-  if (weight.defined() && need_weight) out.grad_weight = (g_scale_total * invstd).to(weight.scalar_type());
-  if (bias.defined() && need_bias) out.grad_bias = g_shift.to(bias.scalar_type());
+  if (weight.defined() && need_weight) out.grad_weight = f.grad_weight.to(weight.scalar_type());
+  if (bias.defined() && need_bias)
+    out.grad_bias = grad_shift.defined() ? grad_shift.to(bias.scalar_type()) : at::zeros_like(bias);
   return out;
 }
 

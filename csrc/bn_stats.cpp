@@ -79,52 +79,59 @@ void channel_stats_cpu_kernel(const at::Tensor& x, const ChannelLayout& layout, 
     });
     return;
   }
-  // Channels-last rows of C: each block of rows keeps per-channel summaries,
-  // built from sub-blocks small enough for a cache-resident two-pass.
+  // Channels-last rows of C, one pass: each block of rows (sized by the shape only)
+  // sums d = x - k and d * d per channel, k being the block's first row (a shift that
+  // keeps a large mean from cancelling); acc_t sums over sub-blocks of kSubRows rows,
+  // double across them. The inner loop runs along the channels: it vectorises. The
+  // blocks are Chan-merged in double, in block order.
   constexpr int64_t kSubRows = 32;
   const int64_t rows = layout.outer();
   const int64_t block_rows = cpu::rows_per_block(rows);
   const int64_t blocks = (rows + block_rows - 1) / block_rows;
   std::vector<double> block_mean(blocks * channels), block_m2(blocks * channels), block_count(blocks);
   at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-    // per-channel sums of one sub-block, in double (corrected two-pass as run_moments)
-    std::vector<double> sub_mean(channels), sub_sq(channels), sub_res(channels);
+    std::vector<acc_t> shift_v(channels), s1_v(channels), s2_v(channels);
+    std::vector<double> d1_v(channels), d2_v(channels);
+    acc_t* __restrict shift = shift_v.data();
+    acc_t* __restrict s1 = s1_v.data();
+    acc_t* __restrict s2 = s2_v.data();
+    double* __restrict d1 = d1_v.data();
+    double* __restrict d2 = d2_v.data();
     for (int64_t b = begin; b < end; ++b) {
-      double* acc_mean = block_mean.data() + b * channels;
-      double* acc_m2 = block_m2.data() + b * channels;
-      double acc_count = 0;
-      const int64_t row_end = std::min(rows, (b + 1) * block_rows);
-      for (int64_t r0 = b * block_rows; r0 < row_end; r0 += kSubRows) {
+      const int64_t row_begin = b * block_rows, row_end = std::min(rows, row_begin + block_rows);
+      const scalar_t* first = data + row_begin * channels;
+      for (int64_t c = 0; c < channels; ++c) shift[c] = static_cast<acc_t>(first[c]);
+      std::fill(d1, d1 + channels, 0.0);
+      std::fill(d2, d2 + channels, 0.0);
+      for (int64_t r0 = row_begin; r0 < row_end; r0 += kSubRows) {
         const int64_t r1 = std::min(row_end, r0 + kSubRows);
-        const double length = static_cast<double>(r1 - r0);
-        std::fill(sub_mean.begin(), sub_mean.end(), 0.0);
-        std::fill(sub_sq.begin(), sub_sq.end(), 0.0);
-        std::fill(sub_res.begin(), sub_res.end(), 0.0);
+        std::fill(s1, s1 + channels, acc_t(0));
+        std::fill(s2, s2 + channels, acc_t(0));
         for (int64_t r = r0; r < r1; ++r) {
-          const scalar_t* row = data + r * channels;
-          for (int64_t c = 0; c < channels; ++c) sub_mean[c] += static_cast<double>(row[c]);
-        }
-        for (int64_t c = 0; c < channels; ++c) sub_mean[c] /= length;
-        for (int64_t r = r0; r < r1; ++r) {
-          const scalar_t* row = data + r * channels;
+          const scalar_t* __restrict row = data + r * channels;
+#pragma omp simd
           for (int64_t c = 0; c < channels; ++c) {
-            const double d = static_cast<double>(row[c]) - sub_mean[c];
-            sub_sq[c] += d * d;
-            sub_res[c] += d;
+            const acc_t d = static_cast<acc_t>(row[c]) - shift[c];
+            s1[c] += d;
+            s2[c] += d * d;
           }
         }
         for (int64_t c = 0; c < channels; ++c) {
-          const double mean = sub_mean[c] + sub_res[c] / length;
-          const double m2 = std::max(0.0, sub_sq[c] - sub_res[c] * sub_res[c] / length);
-          double count = acc_count;
-          cpu::chan_merge(count, acc_mean[c], acc_m2[c], length, mean, m2);
+          d1[c] += static_cast<double>(s1[c]);
+          d2[c] += static_cast<double>(s2[c]);
         }
-        acc_count += length;
       }
-      block_count[b] = acc_count;
+      const double length = static_cast<double>(row_end - row_begin);
+      for (int64_t c = 0; c < channels; ++c) {
+        block_mean[b * channels + c] = static_cast<double>(shift[c]) + d1[c] / length;
+        block_m2[b * channels + c] = std::max(0.0, d2[c] - d1[c] * d1[c] / length);
+      }
+      block_count[b] = length;
     }
   });
-  at::parallel_for(0, channels, 16, [&](int64_t begin, int64_t end) {
+  // serial unless there is much to merge: a second parallel region costs more than it saves
+  const int64_t merge_grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(blocks, 1));
+  at::parallel_for(0, channels, merge_grain, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
       double count = 0, mean = 0, m2 = 0;
       for (int64_t b = 0; b < blocks; ++b)

@@ -28,8 +28,24 @@ struct ChannelLayout {
   int64_t per_channel() const { return batch * spatial; }  // n of the BN statistics
 };
 
+// Dense in memory order [N, *spatial, C], read from the strides (no view is built:
+// this runs for every tensor of every op). Like is_contiguous, size-1 dims' strides
+// do not matter and an empty tensor is dense.
 inline bool is_channels_last_dense(const at::Tensor& x) {
-  return x.dim() >= 3 && x.movedim(1, -1).is_contiguous();
+  const int64_t dims = x.dim();
+  if (dims < 3) return false;
+  if (x.numel() == 0) return true;
+  int64_t expected = 1;
+  const auto dense_dim = [&](int64_t d) {
+    const int64_t size = x.size(d);
+    if (size != 1 && x.stride(d) != expected) return false;
+    expected *= size;
+    return true;
+  };
+  if (!dense_dim(1)) return false;
+  for (int64_t d = dims - 1; d >= 2; --d)
+    if (!dense_dim(d)) return false;
+  return dense_dim(0);
 }
 
 inline void check_rank_and_dtype(const at::Tensor& x, const char* op, const char* arg, bool allow_double) {

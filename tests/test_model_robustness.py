@@ -257,3 +257,40 @@ def test_sync_bn_must_be_a_bool(cls, kwargs, value):
     with pytest.raises(ValueError, match="sync_bn: expected True or False"):
         cls(**kwargs, sync_bn=value)
 
+
+# ------------------------------------------------------------------ eval: BN folded into the conv
+@pytest.mark.parametrize("act", ["relu", "leaky_relu", "silu"])
+def test_eval_folds_bn2_into_conv1_with_onednn_and_matches_reference(act):
+    """Issue 18: in eval (no_grad) each block's bn2 is folded into conv1 and run as oneDNN's
+    conv + bias + act; the profile proves it ran, the logits match the reference (fp32)."""
+    _needs_ext()
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("oneDNN unavailable")
+    fast, ref = _pair(depth=10, widen_factor=2, activation=act, negative_slope=0.2)
+    fast.eval()
+    ref.eval()
+    x = torch.randn(4, 3, 8, 8)
+    with torch.no_grad(), use_backend("cpu"), torch.profiler.profile() as prof:
+        out = fast(x)
+    names = [e.name for e in prof.events()]
+    n_blocks = sum(len(g.layer) for g in (fast.block1, fast.block2, fast.block3))
+    assert names.count("mkldnn::_convolution_pointwise") == n_blocks
+    with torch.no_grad():
+        assert rel_err(out, ref(x)) < 1e-5
+    assert "folded" in wrn_fast.explain(fast)
+
+
+def test_eval_input_gradient_is_not_folded_and_matches_reference():
+    """An attack's eval-mode input gradient: oneDNN's fused op has no autograd, so no fold."""
+    _needs_ext()
+    fast, ref = _pair(depth=10, widen_factor=1)
+    fast.eval()
+    ref.eval()
+    x = torch.randn(2, 3, 8, 8)
+    grads = []
+    for model, backend in ((fast, "cpu"), (ref, "reference")):
+        xi = x.clone().requires_grad_()
+        with use_backend(backend):
+            model(xi).logsumexp(1).sum().backward()
+        grads.append(xi.grad)
+    assert rel_err(grads[0], grads[1]) < 1e-4

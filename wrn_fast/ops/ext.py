@@ -158,14 +158,8 @@ def _per_channel(v: Tensor, like: Tensor) -> Tensor:
 
 
 def _stats_backward(x: Tensor, mean: Tensor, grad_mean: Optional[Tensor], grad_var: Optional[Tensor]) -> Tensor:
-    """grad_x = grad_mean/n + 2 (x - mean) grad_var / n, as one bn_backward_apply."""
-    n = x.numel() // x.shape[1] if x.shape[1] > 0 else 0
-    n = max(n, 1)  # an empty x has an empty gradient; avoid dividing by zero
-    grad_mean = torch.zeros_like(mean) if grad_mean is None else grad_mean
-    grad_var = torch.zeros_like(mean) if grad_var is None else grad_var
-    b = grad_var * (2.0 / n)
-    c = grad_mean / n - b * mean
-    return torch.ops.wrn_fast.bn_backward_apply.default(None, x, torch.zeros_like(b), b, c)
+    """grad_x of (mean, var) = statistics of x: the one C++ formula (csrc/bn_backward_formula.h)."""
+    return torch.ops.wrn_fast.channel_stats_backward.default(x, mean, grad_mean, grad_var)
 
 
 def _register() -> None:
@@ -212,14 +206,13 @@ def _register() -> None:
 
     def finalize_backward(ctx, grad_scale, grad_shift):
         mean, var, weight, scale = ctx.saved_tensors
-        invstd = torch.rsqrt(var + ctx.eps)
-        # shift = bias - mean*scale feeds scale too: its total gradient
-        grad_scale_total = grad_scale - grad_shift * mean
-        grad_mean = -grad_shift * scale
-        w = weight.to(mean.dtype) if weight is not None else torch.ones_like(mean)
-        grad_var = grad_scale_total * w * (-0.5) * invstd**3
-        grad_weight = (grad_scale_total * invstd).to(ctx.weight_dtype) if ctx.has_weight else None
-        grad_bias = grad_shift.to(ctx.bias_dtype) if ctx.has_bias else None
+XX
+        grad_mean, grad_var, grad_weight = torch.ops.wrn_fast.bn_finalize_backward.default(
+            grad_scale, grad_shift, mean, var, weight, scale, ctx.eps)
+        grad_weight = grad_weight.to(ctx.weight_dtype) if ctx.has_weight else None
+        grad_bias = None
+        if ctx.has_bias:
+            grad_bias = (grad_shift if grad_shift is not None else torch.zeros_like(mean)).to(ctx.bias_dtype)
         return grad_mean, grad_var, grad_weight, grad_bias, None
 
     torch.library.register_autograd(lib + "bn_finalize", finalize_backward, setup_context=finalize_setup)
@@ -276,6 +269,12 @@ def _register() -> None:
         dtype = _stats_dtype(x.dtype)
         return _empty_like_dense(x), x.new_empty((x.shape[1],), dtype=dtype), x.new_empty((x.shape[1],), dtype=dtype)
     # (its autograd is the C++ kernel registered for the Autograd key)
+
+    @torch.library.register_fake(lib + "batch_norm_act_backward")
+    def _(grad_y, x, weight, bias, mean, var, scale, shift, grad_mean, grad_var, eps, act, negative_slope, p, seed):
+        c = x.shape[1]
+        return (_empty_like_dense(x), mean.new_empty((c,), dtype=mean.dtype if weight is None else weight.dtype),
+                mean.new_empty((c,), dtype=mean.dtype if bias is None else bias.dtype))
 
     @torch.library.register_fake(lib + "bn_finalize_partials")
     def _(x, mean_p, m2_p, count_p, weight, bias, eps):

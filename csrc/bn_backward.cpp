@@ -1,0 +1,47 @@
+// The BatchNorm backward formula (csrc/bn_composite.h) as ops, so that the Python
+// autograd registrations of channel_stats / merge_partial_stats / bn_finalize
+// (wrn_fast/ops/ext.py) call the one C++ implementation instead of restating it:
+//   bn_finalize_backward:   (grad_scale, grad_shift) -> (grad_mean, grad_var, grad_weight)
+//   channel_stats_backward: (x, mean, grad_mean, grad_var) -> grad_x
+// CompositeExplicitAutograd: tensor algebra plus bn_backward_apply, so every device
+// (and fake tensors) that has bn_backward_apply runs them.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <tuple>
+
+#include "bn_composite.h"
+
+namespace wrn_fast {
+namespace {
+
+using namespace composite;
+
+std::tuple<Tensor, Tensor, Tensor> bn_finalize_backward_op(const OptTensor& grad_scale, const OptTensor& grad_shift,
+                                                           const Tensor& mean, const Tensor& var,
+                                                           const OptTensor& weight, const Tensor& scale, double eps) {
+  const FinalizeGrads g = bn_finalize_backward(value_or_undefined(grad_scale), value_or_undefined(grad_shift), mean,
+                                               var, value_or_undefined(weight), scale, eps);
+  return {g.grad_mean, g.grad_var, g.grad_weight};
+}
+
+Tensor channel_stats_backward_op(const Tensor& x, const Tensor& mean, const OptTensor& grad_mean,
+                                 const OptTensor& grad_var) {
+  return channel_stats_backward(x, Tensor(), mean, value_or_undefined(grad_mean), value_or_undefined(grad_var));
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(wrn_fast, m) {
+  m.def(
+      "bn_finalize_backward(Tensor? grad_scale, Tensor? grad_shift, Tensor mean, Tensor var, Tensor? weight, "
+      "Tensor scale, float eps) -> (Tensor grad_mean, Tensor grad_var, Tensor grad_weight)");
+  m.def("channel_stats_backward(Tensor x, Tensor mean, Tensor? grad_mean, Tensor? grad_var) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(wrn_fast, CompositeExplicitAutograd, m) {
+  m.impl("bn_finalize_backward", &bn_finalize_backward_op);
+  m.impl("channel_stats_backward", &channel_stats_backward_op);
+}
+
+}  // namespace wrn_fast
