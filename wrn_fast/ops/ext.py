@@ -206,7 +206,7 @@ def _register() -> None:
 
     def finalize_backward(ctx, grad_scale, grad_shift):
         mean, var, weight, scale = ctx.saved_tensors
-XX
+        # the one C++ formula (csrc/bn_backward_formula.h), shared with the composite ops
         grad_mean, grad_var, grad_weight = torch.ops.wrn_fast.bn_finalize_backward.default(
             grad_scale, grad_shift, mean, var, weight, scale, ctx.eps)
         grad_weight = grad_weight.to(ctx.weight_dtype) if ctx.has_weight else None
