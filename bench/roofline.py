@@ -359,8 +359,9 @@ def report(models, dtype, devices, static_path, peak_override, bw_override):
             results["models"].setdefault(model, {})[dev] = {
                 "peak_flops": peak, "bandwidth": bw, "summary": summ, "params": params,
                 "missing_ceilings": sorted({v.label() for v in missing}),
+                # every kernel for the first device only (the JSON stays small)
                 "kernels": [dict(dataclasses.asdict(k), time_s=k.time(peak, bw)[0], compute_s=k.time(peak, bw)[1],
-                                 memory_s=k.time(peak, bw)[2]) for k in ks]}
+                                 memory_s=k.time(peak, bw)[2]) for k in ks] if dev == devices[0] else None}
             e, f = summ["eager"], summ["fused"]
             L.append(f"| {model} (N={static.MODELS[model][2]}, {'train' if static.MODELS[model][4] else 'infer'}) | "
                      f"{dev} | {_ms(e['time_s'])} | {_ms(f['time_s'])} | **{summ['speedup']:.2f}x** | "
