@@ -244,13 +244,21 @@ def _fwd_kernel(
     OFFS_64: tl.constexpr, IS_FP64: tl.constexpr, IN_PREC: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
+    # BLOCK_N >= 256 with statistics and no dropout: two accumulators of BLOCK_N / 2
+    # columns (two wgmma chains sharing the prologue's A operand), so that the epilogue
+    # holds half a tile at a time: its per-column statistics spill next to a 128x256 fp32
+    # tile (sm_90a: 19 spill stores). With dropout the whole tile fits (and the split's
+    # extra loop instructions would cost more: 526 -> 570 per iteration).
+    BH: tl.constexpr = BLOCK_N // 2 if (BLOCK_N >= 256 and STATS and not HAS_DROPOUT) else BLOCK_N
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rn0 = pid_n * BLOCK_N + tl.arange(0, BH)
+    rn1 = rn0 + BH
     rk = tl.arange(0, BLOCK_K)
     m_ok = rm < M
-    n_ok = rn < Cout
+    n_ok0 = rn0 < Cout
+    n_ok1 = rn1 < Cout
     rmc = tl.where(m_ok, rm, 0)
     HoWo = Ho * Wo
     nb = rmc // HoWo
@@ -261,9 +269,11 @@ def _fwd_kernel(
     # (OFFS_64, see _needs_int64): int32 address math is half the instructions
     x_row = (nb.to(tl.int64) if OFFS_64 else nb) * sxn
     if IS_FP64:
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float64)
+        acc0 = tl.zeros((BLOCK_M, BH), dtype=tl.float64)
+        acc1 = tl.zeros((BLOCK_M, BH), dtype=tl.float64)
     else:
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        acc0 = tl.zeros((BLOCK_M, BH), dtype=tl.float32)
+        acc1 = tl.zeros((BLOCK_M, BH), dtype=tl.float32)
 
     if FLAT_K:
         # Small Cin (stem, Cin=3): K = (tap, c) flattened, gathered per element.
@@ -279,19 +289,23 @@ def _fwd_kernel(
             iw = ow[:, None] * STRIDE - PL + kw[None, :]
             inb = m_ok[:, None] & k_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
             xv = tl.load(x_ptr + x_row[:, None] + c[None, :] * sxc + ih * sxh + iw * sxw, mask=inb, other=0.0)
-            w = tl.load(w_ptr + k[:, None] * Cout + rn[None, :], mask=k_ok[:, None] & n_ok[None, :], other=0.0)
+            w0 = tl.load(w_ptr + k[:, None] * Cout + rn0[None, :], mask=k_ok[:, None] & n_ok0[None, :], other=0.0)
             if HAS_AFFINE:
-                sc = tl.load(scale_ptr + c, mask=k_ok, other=0.0).to(acc.dtype)
-                sh = tl.load(shift_ptr + c, mask=k_ok, other=0.0).to(acc.dtype)
-                a = apply_act(xv.to(acc.dtype) * sc[None, :] + sh[None, :], ACT, slope)
+                sc = tl.load(scale_ptr + c, mask=k_ok, other=0.0).to(acc0.dtype)
+                sh = tl.load(shift_ptr + c, mask=k_ok, other=0.0).to(acc0.dtype)
+                a = apply_act(xv.to(acc0.dtype) * sc[None, :] + sh[None, :], ACT, slope)
                 if HAS_DROPOUT:  # a word per element: only the stem takes this path
                     wd = tl.load(bits_ptr + ((nb[:, None] * H + ih) * W + iw) * CW + c[None, :] // 32,
                                  mask=inb, other=0)
                     a = tl.where(((wd >> (c[None, :] % 32)) & 1) != 0, a * inv_keep, 0.0)
-                a = tl.where(inb, a, 0.0).to(w.dtype)
+                a = tl.where(inb, a, 0.0).to(w0.dtype)
             else:
                 a = xv
-            acc = _mma(a, w, acc, IN_PREC, UPCAST)
+            acc0 = _mma(a, w0, acc0, IN_PREC, UPCAST)
+            if BH < BLOCK_N:
+                w1 = tl.load(w_ptr + k[:, None] * Cout + rn1[None, :], mask=k_ok[:, None] & n_ok1[None, :],
+                             other=0.0)
+                acc1 = _mma(a, w1, acc1, IN_PREC, UPCAST)
     else:
         nkc = tl.cdiv(Cin, BLOCK_K)
         for ks in range(0, KH * KW * nkc):
@@ -306,28 +320,45 @@ def _fwd_kernel(
             r_ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
             xv = tl.load(x_ptr + (x_row + ih * sxh + iw * sxw)[:, None] + c[None, :] * sxc,
                          mask=r_ok[:, None] & c_ok[None, :], other=0.0)
-            w = tl.load(w_ptr + (tap * Cin + c)[:, None] * Cout + rn[None, :],
-                        mask=c_ok[:, None] & n_ok[None, :], other=0.0)
+            w_rows = (tap * Cin + c)[:, None] * Cout
+            w0 = tl.load(w_ptr + w_rows + rn0[None, :], mask=c_ok[:, None] & n_ok0[None, :], other=0.0)
             if HAS_AFFINE:
-                sc = tl.load(scale_ptr + c, mask=c_ok, other=0.0).to(acc.dtype)
-                sh = tl.load(shift_ptr + c, mask=c_ok, other=0.0).to(acc.dtype)
+                sc = tl.load(scale_ptr + c, mask=c_ok, other=0.0).to(acc0.dtype)
+                sh = tl.load(shift_ptr + c, mask=c_ok, other=0.0).to(acc0.dtype)
                 if HAS_DROPOUT:
                     keep = keep_from_bits(bits_ptr, ((nb * H + ih) * W + iw) * CW, r_ok, c0, rk, CW, BLOCK_K)
                     m = tl.where(keep, keep_mul, 0.0)
                 else:
                     m = tl.where(r_ok, 1.0, 0.0)[:, None]
-                a = _prologue(xv.to(acc.dtype), sc[None, :], sh[None, :], m, slope, inv_keep, ACT, HAS_DROPOUT)
-                a = a.to(w.dtype)
+                a = _prologue(xv.to(acc0.dtype), sc[None, :], sh[None, :], m, slope, inv_keep, ACT, HAS_DROPOUT)
+                a = a.to(w0.dtype)
             else:
                 a = xv
-            acc = _mma(a, w, acc, IN_PREC, UPCAST)
+            acc0 = _mma(a, w0, acc0, IN_PREC, UPCAST)
+            if BH < BLOCK_N:
+                w1 = tl.load(w_ptr + w_rows + rn1[None, :], mask=c_ok[:, None] & n_ok1[None, :], other=0.0)
+                acc1 = _mma(a, w1, acc1, IN_PREC, UPCAST)
 
-    # ---- epilogue: bias, residual, store, partial stats of the stored values
+    nb64 = (nb.to(tl.int64) if OFFS_64 else nb)
+    _fwd_epilogue(acc0, rn0, n_ok0, m_ok, nb64, oh, ow, pid_m, pid_n == 0, bias_ptr, res_ptr, y_ptr,
+                  mean_ptr, m2_ptr, cnt_ptr, Cout, P, srn, src, srh, srw, syn, syc, syh, syw,
+                  HAS_BIAS, HAS_RES, STATS, STATS_ROWS, BLOCK_M)
+    if BH < BLOCK_N:
+        _fwd_epilogue(acc1, rn1, n_ok1, m_ok, nb64, oh, ow, pid_m, False, bias_ptr, res_ptr, y_ptr,
+                      mean_ptr, m2_ptr, cnt_ptr, Cout, P, srn, src, srh, srw, syn, syc, syh, syw,
+                      HAS_BIAS, HAS_RES, STATS, STATS_ROWS, BLOCK_M)
+
+
+@triton.jit
+def _fwd_epilogue(acc, rn, n_ok, m_ok, nb64, oh, ow, pid_m, write_count, bias_ptr, res_ptr, y_ptr, mean_ptr,
+                  m2_ptr, cnt_ptr, Cout, P, srn, src, srh, srw, syn, syc, syh, syw,
+                  HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, STATS: tl.constexpr, STATS_ROWS: tl.constexpr,
+                  BLOCK_M: tl.constexpr):
+    """Bias, residual, store, partial stats of the stored values, for output columns rn."""
     out_mask = m_ok[:, None] & n_ok[None, :]
     if HAS_BIAS:
         b = tl.load(bias_ptr + rn, mask=n_ok, other=0.0).to(acc.dtype)
         acc += b[None, :]
-    nb64 = (nb.to(tl.int64) if OFFS_64 else nb)
     if HAS_RES:
         r = tl.load(res_ptr + (nb64 * srn + oh * srh + ow * srw)[:, None] + rn[None, :] * src,
                     mask=out_mask, other=0.0)
@@ -348,7 +379,7 @@ def _fwd_kernel(
             row_ok = prow < P
             tl.store(mean_ptr + prow * Cout + rn, mean, mask=n_ok & row_ok)
             tl.store(m2_ptr + prow * Cout + rn, m2, mask=n_ok & row_ok)
-            tl.store(cnt_ptr + prow, cnt, mask=row_ok & (pid_n == 0))
+            tl.store(cnt_ptr + prow, cnt, mask=row_ok & write_count)
 
 
 # --------------------------------------------------------------------------- dgrad

@@ -607,6 +607,21 @@ def test_wide_tiles_in_interpreter(monkeypatch, poison):
     check_case(run_case(CASES["relu3x3-cin40-drop-res-cl"], torch.float32, compute_stats=False), torch.float32)
 
 
+def test_split_accumulators_in_interpreter(monkeypatch, poison):
+    """BLOCK_N = 256 with statistics and no dropout runs as two 128-column accumulators
+    (the GPU default at Cout >= 160): Cout = 136 puts columns in both halves."""
+    monkeypatch.setitem(K._INTERPRET_CONFIGS, "fwd", K._cfg(64, 256, 32, 1, 4))
+    case = (1, 12, 136, 5, 5, 3, 1, (1, 1, 1, 1), "relu", "cl", 0.0, True, True)
+    out = run_case(case, torch.float32, backward=False, compute_stats=True)
+    check_case(out, torch.float32)
+    y = out["y"].detach().double()
+    var_ref, mean_ref = torch.var_mean(y, dim=(0, 2, 3), unbiased=False)
+    mean, var, count = merged_stats(out["mean_p"], out["m2_p"], out["cnt_p"])
+    assert count.item() == 25
+    assert ((mean - mean_ref).norm() / var_ref.sqrt().norm()).item() < 1e-5
+    assert rel(var, var_ref) < 1e-5
+
+
 @pytest.mark.parametrize("offs_64", [False, True])
 def test_int64_offsets_path(offs_64, monkeypatch, poison):
     """Element offsets are int32 unless a tensor spans 2**31 elements (too big to test
