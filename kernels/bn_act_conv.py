@@ -482,9 +482,9 @@ def _dgrad_kernel(
             else:
                 keep = keep_from_bits(bits_ptr, rmc * CW, m_ok, pid_n * BLOCK_N, tl.arange(0, BLOCK_N), CW, BLOCK_N)
                 gz = tl.where(keep, gz * inv_keep, 0.0)
-            # (out-of-range rows and channels have no keep bits: already 0)
-        else:
-            gz = tl.where(out_mask, gz, 0.0)
+        # Out-of-range rows / channels need no select: acc is 0 there (masked operand
+        # loads) and act'(z) is finite for the zero-loaded x, scale, shift (a non-finite
+        # shift makes the whole column non-finite anyway); under dropout they have no bits.
         tl.store(gx_ptrs, (gz * sc[None, :]).to(gx_ptr.dtype.element_ty), mask=out_mask)
         tl.store(psh_ptr + pid_m * Cin + rn, tl.sum(gz, axis=0), mask=n_ok)
         tl.store(psc_ptr + pid_m * Cin + rn, tl.sum(gz * xv, axis=0), mask=n_ok)
