@@ -114,6 +114,7 @@ def _markdown(env, rows):
              f"- torch {torch.__version__}, python {sys.version.split()[0]}",
              f"- commit {env.get('git', {}).get('commit')} (dirty: {env.get('git', {}).get('dirty')})",
              f"- command: `{env.get('command')}`", "",
+             "Ratios are of medians (speed: higher is faster).", "",
              "| row | mode | impl | median ms | p10 | p90 | reps | vs reference | vs reference-compile |",
              "|---|---|---|---|---|---|---|---|---|"]
     comp = {(r["row"], r["mode"]): r["median_ms"] for r in rows if r["impl"] == "reference-compile"}
@@ -129,8 +130,11 @@ def main(argv=None):
     ap.add_argument("--rows", default="job,small", help="comma list of: " + ", ".join(ROWS))
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--max-s", type=float, default=60.0, help="cap of each timed phase (seconds)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--out", default=common.DEFAULT_OUT)
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device("cpu")
     env = {"device_name": common.device_name(device), "git": common.git_info(),
            "command": " ".join([sys.executable, "-m", "bench.cpu_job"] + list(argv if argv is not None else sys.argv[1:])),
