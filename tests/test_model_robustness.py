@@ -294,3 +294,32 @@ def test_eval_input_gradient_is_not_folded_and_matches_reference():
             model(xi).logsumexp(1).sum().backward()
         grads.append(xi.grad)
     assert rel_err(grads[0], grads[1]) < 1e-4
+
+
+def test_eval_fold_cache_follows_weight_and_running_stat_changes():
+    """The folded conv weights are cached per conv; an in-place update (optimizer step,
+    load_state_dict, a training step's running stats) must invalidate them."""
+    _needs_ext()
+    fast, ref = _pair(depth=10, widen_factor=1)
+    x = torch.randn(4, 3, 8, 8)
+    for change in ("weight", "running_stats", "load_state_dict"):
+        fast.eval()
+        ref.eval()
+        with torch.no_grad(), use_backend("cpu"):
+            fast(x)  # fills the cache
+        with torch.no_grad():
+            if change == "weight":
+                for m in (fast, ref):
+                    m.block1.layer[0].conv1.weight.mul_(1.5)
+            elif change == "running_stats":
+                for m in (fast, ref):
+                    m.block2.layer[0].bn2.running_var.mul_(3.0)
+            else:
+                other, _ = _pair(depth=10, widen_factor=1)
+                with torch.no_grad():
+                    for p in other.parameters():
+                        p.add_(0.1)
+                fast.load_state_dict(other.state_dict())
+                ref.load_state_dict(other.state_dict())
+            with use_backend("cpu"):
+                assert rel_err(fast(x), ref(x)) < 1e-5, change

@@ -44,6 +44,7 @@ epilogue; a training BN is one C++ node merging those partials
 Sync-BN (``sync_bn=True`` or nn.SyncBatchNorm modules): the local statistics are
 all-gathered (``wrn_fast.ops.sync_bn``) and the BN is applied with the global ones.
 """
+import weakref
 from typing import List, NamedTuple, Optional, Tuple
 
 import torch
@@ -99,17 +100,28 @@ class _RunningUpdate(NamedTuple):
     count: int
 
 
+def _scan_batch_norms(model: nn.Module) -> Tuple[bool, bool]:
+    """One walk over the modules: (a BN without running stats, an nn.SyncBatchNorm)."""
+    no_running_stats = has_sync_modules = False
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            no_running_stats = no_running_stats or m.running_mean is None
+            has_sync_modules = has_sync_modules or isinstance(m, nn.SyncBatchNorm)
+    return no_running_stats, has_sync_modules
+
+
 class _Engine:
     """What both engines share: batch vs running statistics, sync-BN, deferred running-stat updates."""
 
     def __init__(self, model: nn.Module, compute_dtype: Optional[torch.dtype], sync_bn: bool):
         self.training = model.training
+        no_running_stats, has_sync_modules = _scan_batch_norms(model)
         # Batch statistics are needed in training, or in eval by a BN without running
         # stats; otherwise (eval) producers skip them and sync-BN exchanges nothing.
-        self.batch_stats = model.training or any(
-            isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is None for m in model.modules())
+        self.batch_stats = model.training or no_running_stats
         self.compute_dtype = compute_dtype  # autocast: convs run in this dtype
-        self.sync_bn = sync_bn
+        # sync_bn=True, or nn.SyncBatchNorm modules (convert_sync_batchnorm): global statistics
+        self.sync_bn = sync_bn or has_sync_modules
         self._pending: List[_RunningUpdate] = []
 
     # -- helpers for the engines
@@ -262,18 +274,44 @@ class CpuEngine(_Engine):
                     and top == bottom and left == right and torch.backends.mkldnn.is_available())
         if not foldable:
             return super().conv_bn_act(src, conv, padding, bn, act, negative_slope, dropout_p)
-        # eval: act(bn(conv(a))) = act(conv'(a)) with W' = W * scale[o], b' = b * scale + shift
-        scale, shift = self.bn_affine(None, bn)
-        weight = conv.weight * scale.view(-1, 1, 1, 1)
-        bias = shift if conv.bias is None else conv.bias * scale + shift
+        weight, bias = self._folded(conv, bn)
         y = torch.ops.mkldnn._convolution_pointwise(
             a, weight, bias, [top, left], list(conv.stride), [1, 1], 1, _ONEDNN_ACTS[act],
             [negative_slope] if act == "leaky_relu" else [], "")
         return Activation(y, None, None, "identity", 0.0, 0.0, None, y)
 
+    def _folded(self, conv, bn):
+        """eval: act(bn(conv(a))) = act(conv'(a)) with W' = W * scale[o], b' = b * scale + shift.
+        Cached per conv until a parameter or running statistic changes (in place or replaced)."""
+        key = tuple(_version_key(t) for t in (conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean,
+                                               bn.running_var)) + (bn.eps,)
+        cached = _FOLDED.get(conv)
+        if cached is not None and cached[0] == key:
+            return cached[1], cached[2]
+        scale, shift = self.bn_affine(None, bn)
+        weight = conv.weight * scale.view(-1, 1, 1, 1)
+        bias = shift if conv.bias is None else conv.bias * scale + shift
+        if None not in key:
+            _FOLDED[conv] = (key, weight, bias)
+        return weight, bias
+
     def tensor(self, activation):
         return activation.value
 
+
+def _version_key(t: Optional[torch.Tensor]):
+    """What identifies a tensor's current values: (storage, version counter); () for None,
+    None where no version counter is kept (inference tensors: never cached)."""
+    if t is None:
+        return ()
+    try:
+        return (t.data_ptr(), t._version)
+    except RuntimeError:
+        return None
+
+
+# conv module -> (key, folded weight, folded bias); weak: the cache dies with the model
+_FOLDED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 # wrn_fast activation -> oneDNN post-op name of mkldnn._convolution_pointwise
 _ONEDNN_ACTS = {"relu": "relu", "leaky_relu": "leaky_relu", "silu": "swish"}

@@ -96,7 +96,7 @@ def _engine(model: nn.Module, x, spatial_divisor: int):
     _check_input(model, x, model.conv1.in_channels, spatial_divisor)
     if x.shape[0] == 0:
         return None
-    return engine_class(backend)(model, _compute_dtype(x), _wants_sync_bn(model))
+    return engine_class(backend)(model, _compute_dtype(x), bool(getattr(model, "sync_bn", False)))
 
 
 def _autocast_enabled(device: torch.device) -> bool:
