@@ -224,6 +224,9 @@ UPSTREAM_SIGNATURES = {
                                "dropRate=0.0, use_embed=False, is_remix=False)",
     fixmatch.WideResNet: "(num_classes, depth=28, widen_factor=2, drop_rate=0.0)",
     fixmatch.build_wideresnet: "(depth, widen_factor, dropout, num_classes, verbose)",
+    # USB's class takes no 6th parameter: the layout choice must hide in **kwargs (regression: an explicit
+    # layout='0.3' parameter made the signature differ from semilearn's).
+    usb.WideResNet: "(first_stride, num_classes, depth=28, widen_factor=2, drop_rate=0.0, **kwargs)",
     usb.wrn_28_2: "(pretrained=False, pretrained_path=None, **kwargs)",
     usb.wrn_28_8: "(pretrained=False, pretrained_path=None, **kwargs)",
 }
@@ -322,3 +325,31 @@ def test_sub_block1_is_saved_but_never_trained():
     model(torch.randn(2, 3, 32, 32)).sum().backward()
     assert all(p.grad is None for p in model.sub_block1.parameters())
     assert model.block1.layer[0].conv1.weight.grad is not None
+
+
+def test_upstream_module_names_reach_the_modules_forward_uses():
+    """Fine-tuning code replaces the head under its upstream name (USB ``classifier``, RobustBench DM
+    ``logits``); that must replace the head forward runs, and save under the upstream key (regression:
+    ``classifier`` was a read-only property, so assigning it registered a second, unused Linear)."""
+    model = usb.WideResNet(1, 5, depth=10, widen_factor=1)
+    head = nn.Linear(64, 7)
+    model.classifier = head
+    assert model.fc is head and model.classifier is head
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        out = model.eval()(x)
+        assert out["logits"].shape == (2, 7)
+        assert rel_err(out["logits"], head(out["feat"])) < 1e-6
+    assert [k for k in model.state_dict() if k.startswith(("fc.", "classifier."))] == ["classifier.weight",
+                                                                                    "classifier.bias"]
+    dm = robustbench.DMWideResNet(5, depth=10, width=1)
+    assert dm.init_conv is dm.conv1 and dm.batchnorm is dm.bn1 and dm.logits is dm.fc
+    dm.logits = nn.Linear(64, 3)
+    assert dm(torch.randn(2, 3, 32, 32)).shape == (2, 3)
+    assert "logits.weight" in dm.state_dict() and not any(k.startswith("fc.") for k in dm.state_dict())
+
+
+def test_usb_layout_keyword_is_checked():
+    with pytest.raises(ValueError, match="layout: expected one of"):
+        usb.WideResNet(1, 5, depth=10, layout="0.2")
+    assert usb.wrn_28_2(num_classes=3, layout="2022").layout == "2022"

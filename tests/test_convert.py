@@ -381,6 +381,25 @@ def test_native_state_dict_round_trip_infers_the_configuration():
     compare_models(source, ours, torch.randn(3, 1, 12, 12))
 
 
+@pytest.mark.parametrize("variant", ["torchssl", "usb-0.3", "usb-2022", "fixmatch"])
+def test_native_warns_when_the_state_dict_is_an_upstream_ssl_family(variant):
+    # Regression: format='native' loaded these silently into a ReLU / eps 1e-5 model (eval errors 0.4-1.0
+    # against the real TorchSSL, USB and kekmodel code).
+    source = ssl_source(variant)
+    with pytest.warns(UserWarning, match=r"format='native' builds ReLU.*looks like"):
+        convert.load_pretrained(source.state_dict(), format="native")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # options said: no warning
+        convert.convert_state_dict(source.state_dict(), format="native", activation="leaky_relu")
+
+
+def test_native_does_not_warn_on_its_own_default_layout():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for model in (R.WideResNet(10, 1), randomize_(R.WideResNet(10, 1))):  # untrained, trained
+            convert.convert_state_dict(model.state_dict(), format="native")
+
+
 def test_detect_format():
     assert convert.detect_format(DMWideResNet(depth=10, width=1).state_dict()) == "dm"
     assert convert.detect_format(authors_params(10, 1, 10)) == "authors"

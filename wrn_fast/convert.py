@@ -237,6 +237,32 @@ def _detect_family(sd) -> str:
     return family
 
 
+# What a state_dict cannot carry and an upstream SSL family fixes in code: passing any of them to
+# format='native' says the caller knows what the network computes.
+_OPTIONS_KEYS_CANNOT_CARRY = ("activation", "negative_slope", "bn_eps", "final_bn_eps", "bn_momentum",
+                              "activate_before_residual")
+
+
+def _warn_if_foreign(sd, overrides) -> None:
+    """format='native' builds the constructor's defaults (ReLU, eps 1e-5, every block pre-activated):
+    warn when the keys or the bn1 evidence say the state_dict is an upstream SSL family's and no
+    option that would set those up was passed (it would load, and compute something else)."""
+    if any(name in overrides for name in _OPTIONS_KEYS_CANNOT_CARRY):
+        return
+    layout, dead = _layout(sd), _bn1_evidence(sd)
+    fits = [f for f, lay in _LAYOUTS.items() if lay == layout and (dead is None or _DEAD_BN1[f] == dead)]
+    # The default model's own layout (xternalz's) is only suspicious with dead-bn1 evidence.
+    if not fits or fits == ["xternalz"] or (layout == _LAYOUTS["xternalz"] and not dead):
+        return
+    _announce(
+        f"load_pretrained: format='native' builds ReLU / BatchNorm eps 1e-5 / pre-activated blocks, but this "
+        f"state_dict ({_describe_layout(layout)}"
+        + (", bn1 of block2.layer.0 / block3.layer.0 never trained" if dead else "")
+        + f") looks like {' or '.join(_FAMILY_NAMES[f] for f in fits if f != 'xternalz')}: use that format, "
+        "or pass the options it was built with (activation=..., bn_eps=..., activate_before_residual=...)"
+    )
+
+
 def _check_family(sd, fmt: str) -> str:
     """The family variant of an explicit format whose layout the keys show, or ValueError."""
     layout = _layout(sd)
@@ -492,6 +518,7 @@ def convert_state_dict(state_dict: Mapping[str, Any], format: str = "auto", *, d
             raise ValueError(f"state_dict: keys not in the 'dm' format: {unexpected[:6]}")
         sd = OrderedDict((dm_key_to_reference(k), v) for k, v in sd.items())
     elif fmt == "native":
+        _warn_if_foreign(sd, overrides)
         sd = OrderedDict((re.sub(r"^classifier\.", "fc.", k), v) for k, v in sd.items())
     else:
         if family == "xternalz":

@@ -8,7 +8,7 @@ both ways, while ``named_parameters()`` shows the reference names.
 """
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Dict, Tuple
 
 import torch
 import torch.nn as nn
@@ -24,12 +24,24 @@ class CompatWideResNet(FastWideResNet):
 
     _check_positional_widen_factor = False  # the upstream signatures differ from the seed's
     _renames_keys = False
+    # Upstream module name -> the reference's (``classifier`` -> ``fc``): reading and assigning
+    # ``model.classifier`` reach ``model.fc``, so replacing an upstream head replaces the one forward uses.
+    _module_aliases: Dict[str, str] = {}
 
     def __init__(self, **reference_kwargs):
         super().__init__(**reference_kwargs)
         if self._renames_keys:
             self.register_state_dict_post_hook(_state_dict_to_upstream)
             self.register_load_state_dict_pre_hook(_state_dict_from_upstream)
+
+    def __getattr__(self, name: str):
+        return super().__getattr__(type(self)._module_aliases.get(name, name))
+
+    def __setattr__(self, name: str, value) -> None:
+        super().__setattr__(type(self)._module_aliases.get(name, name), value)
+
+    def __delattr__(self, name: str) -> None:
+        super().__delattr__(type(self)._module_aliases.get(name, name))
 
     def _upstream_key(self, key: str) -> str:
         return key

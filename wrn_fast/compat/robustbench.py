@@ -81,6 +81,8 @@ class DMWideResNet(CompatWideResNet):
     (H, W divisible by 4 after the input padding; RobustBench's own forward assumes 32x32)."""
 
     _renames_keys = True
+    # RobustBench's top-level module names (the blocks keep the reference's: model.block1.layer[0] ...).
+    _module_aliases = {"init_conv": "conv1", "batchnorm": "bn1", "logits": "fc"}
 
     def __init__(self, num_classes: int = 10, depth: int = 28, width: int = 10,
                  activation_fn: Type[nn.Module] = nn.ReLU,

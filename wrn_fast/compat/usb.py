@@ -38,11 +38,15 @@ LAYOUTS = {
 class WideResNet(CompatWideResNet):
     """USB's WRN: ``[N, 3, H, W] -> {'logits': [N, num_classes], 'feat': [N, 64k]}``, fused forward."""
 
-    def __init__(self, first_stride, num_classes, depth=28, widen_factor=2, drop_rate=0.0, layout="0.3", **kwargs):
+    _module_aliases = {"classifier": "fc"}
+
+    def __init__(self, first_stride, num_classes, depth=28, widen_factor=2, drop_rate=0.0, **kwargs):
+        # ``layout`` travels in **kwargs so that the signature stays USB's (which has no 6th parameter).
+        layout = kwargs.pop("layout", "0.3")
         if layout not in LAYOUTS:
             raise ValueError(f"layout: expected one of {tuple(LAYOUTS)} (semilearn 0.3.x or the 2022 code), "
                              f"got {layout!r}")
-        self.layout = layout  # read by the key renaming (before nn.Module.__init__: a plain attribute)
+        object.__setattr__(self, "layout", layout)  # read by the key renaming, before nn.Module.__init__
         super().__init__(depth=depth, widen_factor=widen_factor, dropout_rate=drop_rate, num_classes=num_classes,
                          first_stride=first_stride, activation="leaky_relu", negative_slope=0.1, bn_momentum=0.001,
                          **LAYOUTS[layout])
@@ -57,11 +61,6 @@ class WideResNet(CompatWideResNet):
 
     def _reference_key(self, key: str) -> str:
         return "fc." + key[len("classifier."):] if key.startswith("classifier.") else key
-
-    @property
-    def classifier(self):
-        """The head under its USB 0.3 name (the module is ``fc``)."""
-        return self.fc
 
     def reset_parameters(self) -> None:
         init_like_ssl(self)
