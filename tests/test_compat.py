@@ -18,6 +18,7 @@ of ~6e-8 per operation grows through ~30 convolution/BN layers and the BN backwa
 measured worst 1.6e-6 to 2.9e-6 over runs, DM Swish BN gradients).
 """
 import copy
+import functools
 import inspect
 
 import pytest
@@ -70,6 +71,11 @@ FAMILIES = {
         source=lambda: DMWideResNet(5, depth=10, width=1, activation_fn=nn.ReLU, padding=2),
         compat=lambda: robustbench.DMWideResNet(5, depth=10, width=1, activation_fn=nn.ReLU, padding=2),
         save=lambda sd: sd, convert=None, size=28),  # input padding: only the drop-in has it
+    "dm-leaky-factory": dict(  # regression: RobustBench calls activation_fn(): a factory is valid there
+        source=lambda: DMWideResNet(5, depth=10, width=1, activation_fn=functools.partial(nn.LeakyReLU, 0.2)),
+        compat=lambda: robustbench.DMWideResNet(5, depth=10, width=1,
+                                                activation_fn=functools.partial(nn.LeakyReLU, 0.2)),
+        save=lambda sd: sd, convert=None, size=32),
     "dm-relu": dict(
         source=lambda: DMWideResNet(5, depth=10, width=1, activation_fn=nn.ReLU),
         compat=lambda: robustbench.DMWideResNet(5, depth=10, width=1),

@@ -65,15 +65,22 @@ class Swish(nn.SiLU):
 
 
 def _activation_of(activation_fn) -> Tuple[str, float]:
-    cls = activation_fn if isinstance(activation_fn, type) else type(activation_fn)
-    if issubclass(cls, nn.ReLU):
-        return "relu", 0.1
-    if issubclass(cls, nn.LeakyReLU):
+    """(activation, negative_slope) of what RobustBench calls ``activation_fn()`` on: a module class,
+    an instance, or a factory such as ``functools.partial(nn.LeakyReLU, 0.2)``."""
+    if isinstance(activation_fn, nn.Module) or (callable(activation_fn) and not isinstance(activation_fn, type)):
         instance = activation_fn if isinstance(activation_fn, nn.Module) else activation_fn()
+        cls = type(instance)
+    else:
+        instance, cls = None, activation_fn
+    if isinstance(cls, type) and issubclass(cls, nn.ReLU):
+        return "relu", 0.1
+    if isinstance(cls, type) and issubclass(cls, nn.LeakyReLU):
+        instance = instance if instance is not None else cls()
         return "leaky_relu", float(instance.negative_slope)
-    if issubclass(cls, nn.SiLU) or cls.__name__ in ("Swish", "_Swish"):
+    if isinstance(cls, type) and (issubclass(cls, nn.SiLU) or cls.__name__ in ("Swish", "_Swish")):
         return "silu", 0.1
-    raise ValueError(f"activation_fn: expected nn.ReLU, Swish (or nn.SiLU) or nn.LeakyReLU, got {activation_fn!r}")
+    raise ValueError(f"activation_fn: expected nn.ReLU, Swish (or nn.SiLU) or nn.LeakyReLU (a class, an instance or "
+                     f"a factory of one), got {activation_fn!r}")
 
 
 class DMWideResNet(CompatWideResNet):
