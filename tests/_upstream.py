@@ -5,6 +5,15 @@ Each keeps its codebase's module names (so its state_dict is theirs), its forwar
 quirks that matter: blocks that read their raw input, 8x8 average pooling, manual TF-SAME padding)
 and its BatchNorm settings. ``randomize_`` gives every tensor non-default values, so that BN
 affine and running statistics are really checked.
+
+Checked on 2026-11-30 against the real files, run locally and not kept here: with the same weights,
+each model here gives bit-identical float64 eval and train logits, gradients and BN buffers, with the
+same BatchNorm eps/momentum and state_dict keys in the same order, as xternalz/WideResNet-pytorch
+wideresnet.py @ae12d25; RobustBench wide_resnet.py @9258a49 and dm_wide_resnet.py @471499d (mean/std
+plain tensors, never saved) and @21148b5 (``persistent_normalization=True``: mean/std saved);
+yaodongyu/TRADES models/wideresnet.py @9ee26f4; TorchSSL models/nets/wrn.py @99cf3eb; USB
+semilearn/nets/wrn/wrn.py @5d09751 ('usb-0.3') and @167842a ('usb-2022'); kekmodel/FixMatch-pytorch
+models/wideresnet.py @326bea3.
 """
 import math
 
