@@ -450,6 +450,22 @@ def test_given_model_with_other_options_warns():
     assert "padding" in messages and "normalises its input" in messages
 
 
+def test_given_model_unlike_the_xternalz_family_warns():
+    # Regression: the xternalz family sets no option explicitly, so a given LeakyReLU / momentum 0.001 /
+    # raw-input model (kekmodel's) took an xternalz checkpoint without a word (eval error 1.8).
+    source = randomize_(XzWideResNet(10, 4, widen_factor=2))
+    kekmodel_like = R.WideResNet(10, 2, num_classes=4, activation="leaky_relu", bn_momentum=0.001,
+                                 activate_before_residual=(True, False, False))
+    with pytest.warns(UserWarning, match="implies activation='relu', the given model has 'leaky_relu'"):
+        convert.load_pretrained(source.state_dict(), model=kekmodel_like)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the matching model: silent
+        ours = convert.load_pretrained(source.state_dict(), model=R.WideResNet(10, 2, num_classes=4))
+        torchssl_like = R.WideResNet(10, 2, num_classes=6, conv_bias=True, **convert._FAMILY_OPTIONS["torchssl"])
+        convert.load_pretrained(ssl_source("torchssl").state_dict(), model=torchssl_like)
+    compare_models(source, ours, torch.randn(2, 3, 32, 32))
+
+
 def test_given_model_supplies_what_a_dm_checkpoint_lacks():
     source = randomize_(DMWideResNet(depth=10, width=1, activation_fn=Swish))
     model = R.WideResNet(10, 1, activation="silu", padding="tf_same", input_mean=CIFAR10_MEAN, input_std=CIFAR10_STD)

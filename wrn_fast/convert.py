@@ -593,9 +593,29 @@ def load_pretrained(path_or_state_dict, format: str = "auto", model: Optional[to
                               "the given model does not", stacklevel=2)
         else:
             state_dict, inferred = convert_state_dict(sd, format, dataset=dataset)
+            if (detect_format(sd) if fmt == "auto" else fmt) in _UPSTREAM_FORMATS:
+                inferred = _with_unstored_defaults(inferred)
             _warn_on_config_mismatch(model, inferred)
     model.load_state_dict(state_dict, strict=strict)
     return model
+
+
+# Formats whose source code fixes everything a state_dict does not store: what the family does not
+# set (xternalz: everything) is the reference constructor's default.
+_UPSTREAM_FORMATS = ("xternalz", "fixmatch", "torchssl", "usb", "authors")
+_UNSTORED_OPTIONS = ("activation", "padding", "bn_eps", "bn_momentum", "activate_before_residual", "shortcut")
+
+
+def _with_unstored_defaults(inferred: Dict[str, Any]) -> Dict[str, Any]:
+    """``inferred`` plus the defaults of the options a checkpoint of an upstream family cannot store
+    (regression: an xternalz checkpoint loaded into a given LeakyReLU FixMatch model without a warning)."""
+    from .reference import WideResNet
+
+    with torch.device("meta"):
+        default = WideResNet(10, 1)
+    full = {**{name: getattr(default, name) for name in _UNSTORED_OPTIONS}, **inferred}
+    full.setdefault("final_bn_eps", full["bn_eps"])
+    return full
 
 
 def _warn_on_config_mismatch(model: torch.nn.Module, inferred: Dict[str, Any]) -> None:
