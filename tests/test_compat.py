@@ -20,6 +20,7 @@ measured worst 1.6e-6 to 2.9e-6 over runs, DM Swish BN gradients).
 import copy
 import functools
 import inspect
+import warnings
 
 import pytest
 import torch
@@ -359,3 +360,17 @@ def test_usb_layout_keyword_is_checked():
     with pytest.raises(ValueError, match="layout: expected one of"):
         usb.WideResNet(1, 5, depth=10, layout="0.2")
     assert usb.wrn_28_2(num_classes=3, layout="2022").layout == "2022"
+
+
+def test_usb_checkpoint_of_the_other_layout_names_the_fix():
+    """Regression: a 2022-layout checkpoint loaded non-strict (as semilearn's load_checkpoint does) into the
+    default 0.3-layout class kept half of it without a word."""
+    model_2022, model_03 = build_source("usb-2022"), build_source("usb-0.3")
+    with pytest.warns(UserWarning, match=r"USB '2022' layout .* build it with layout='2022'"):
+        usb.WideResNet(1, 5, depth=10, widen_factor=2).load_state_dict(model_2022.state_dict(), strict=False)
+    with pytest.warns(UserWarning, match=r"USB '0.3' layout .* build it with layout='0.3'"):
+        usb.WideResNet(1, 5, depth=10, widen_factor=2, layout="2022").load_state_dict(model_03.state_dict(),
+                                                                                     strict=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        usb.WideResNet(1, 5, depth=10, widen_factor=2).load_state_dict(model_03.state_dict())

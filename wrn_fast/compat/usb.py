@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 
 import torch
 
@@ -51,6 +52,7 @@ class WideResNet(CompatWideResNet):
                          first_stride=first_stride, activation="leaky_relu", negative_slope=0.1, bn_momentum=0.001,
                          **LAYOUTS[layout])
         self.channels = self.num_features = self.widths[3]
+        self.register_load_state_dict_pre_hook(_check_layout)
 
     @property
     def _renames_keys(self) -> bool:
@@ -84,6 +86,23 @@ class WideResNet(CompatWideResNet):
 
     def no_weight_decay(self):
         return [n for n, _ in self.named_parameters() if "bn" in n or "bias" in n]
+
+
+def _check_layout(module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                  error_msgs) -> None:
+    """A checkpoint of the other USB layout (its block convs have biases in the 2022 code only) gets
+    a warning naming the fix: strict loading then fails on the keys anyway; semilearn's
+    load_checkpoint loads non-strict and would otherwise keep half of it silently. (A warning, not an
+    error message: nn.Module passes strict=True to every hook whatever the caller asked.)"""
+    if prefix + "block1.layer.0.conv1.weight" not in state_dict:
+        return
+    found = "2022" if prefix + "block1.layer.0.conv1.bias" in state_dict else "0.3"
+    if found == module.layout:
+        return
+    message = (f"usb.WideResNet: the state_dict has the USB {found!r} layout (block convs "
+               f"{'with' if found == '2022' else 'without'} biases), this model the {module.layout!r} one: "
+               f"build it with layout={found!r} (a keyword the upstream constructor ignores)")
+    warnings.warn(message, stacklevel=3)
 
 
 def _load_checkpoint(model: WideResNet, checkpoint_path: str) -> WideResNet:
