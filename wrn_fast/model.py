@@ -289,17 +289,29 @@ def wide_resnet101_2(**kwargs) -> WideResNetBottleneck:
     return WideResNetBottleneck(layers=(3, 4, 23, 3), **kwargs)
 
 
-def create_model(name: str, **kwargs) -> nn.Module:
-    """A fast model by name: 'wrn-28-10', 'wrn-16-8', any 'wrn-DEPTH-WIDTH', 'wide_resnet50_2', 'wide_resnet101_2'."""
-    key = name.lower().replace("_", "-")
-    if key in ("wide-resnet50-2", "wrn-50-2"):  # the ImageNet bottleneck WRN, not a 6n+4 CIFAR one
-        return wide_resnet50_2(**kwargs)
-    if key in ("wide-resnet101-2", "wrn-101-2"):
-        return wide_resnet101_2(**kwargs)
+_BOTTLENECK_LAYERS = {"wide-resnet50-2": (3, 4, 6, 3), "wrn-50-2": (3, 4, 6, 3),  # ImageNet bottleneck WRNs,
+                      "wide-resnet101-2": (3, 4, 23, 3), "wrn-101-2": (3, 4, 23, 3)}  # not 6n+4 CIFAR ones
+
+
+def model_architecture(name: str) -> dict:
+    """The constructor arguments a model name fixes: ``{'depth', 'widen_factor'}`` for
+    'wrn-DEPTH-WIDTH' (CIFAR-style :class:`WideResNet`), ``{'layers'}`` for 'wide_resnet50_2' /
+    'wide_resnet101_2' (also 'wrn-50-2' / 'wrn-101-2': :class:`WideResNetBottleneck`). The one
+    parser of model names (create_model, the trainer's checkpoint checks)."""
+    key = str(name).lower().replace("_", "-")
+    if key in _BOTTLENECK_LAYERS:
+        return {"layers": _BOTTLENECK_LAYERS[key]}
     m = re.fullmatch(r"wrn-(\d+)-(\d+)", key)
     if m:
-        return WideResNet(depth=int(m.group(1)), widen_factor=int(m.group(2)), **kwargs)
+        return {"depth": int(m.group(1)), "widen_factor": int(m.group(2))}
     raise ValueError(
         f"model: unknown name {name!r}; expected 'wrn-DEPTH-WIDTH' (e.g. 'wrn-28-10'), "
         "'wide_resnet50_2' or 'wide_resnet101_2'"
     )
+
+
+def create_model(name: str, **kwargs) -> nn.Module:
+    """A fast model by name: 'wrn-28-10', 'wrn-16-8', any 'wrn-DEPTH-WIDTH', 'wide_resnet50_2', 'wide_resnet101_2'."""
+    arch = model_architecture(name)
+    cls = WideResNetBottleneck if "layers" in arch else WideResNet
+    return cls(**arch, **kwargs)

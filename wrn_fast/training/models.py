@@ -1,12 +1,10 @@
 """Model names (``wrn-DEPTH-WIDTH``, ``wide_resnet50_2``) to models, and architecture checks for checkpoints."""
-import re
 from typing import Any, Dict, Optional, Tuple
 
 import torch.nn as nn
 
 from ..data import InputError
-
-_WRN_NAME = re.compile(r"wrn-(\d+)-(\d+)")
+from ..model import model_architecture
 
 
 def build_model(model_name: str, num_classes: int, in_channels: int, dropout: float = 0.0,
@@ -15,7 +13,7 @@ def build_model(model_name: str, num_classes: int, in_channels: int, dropout: fl
     import wrn_fast
 
     kwargs: Dict[str, Any] = dict(num_classes=num_classes, in_channels=in_channels, **extra_kwargs)
-    if _WRN_NAME.fullmatch(model_name.lower().replace("_", "-")):
+    if "depth" in arch_kwargs_from_name(model_name):
         kwargs["dropout_rate"] = dropout
     elif dropout:
         raise InputError(f"--dropout: {model_name} has no dropout (only 'wrn-DEPTH-WIDTH' models do), "
@@ -28,9 +26,11 @@ def build_model(model_name: str, num_classes: int, in_channels: int, dropout: fl
 
 
 def arch_kwargs_from_name(model_name: str) -> Dict[str, Any]:
-    """{'depth', 'widen_factor'} of a 'wrn-DEPTH-WIDTH' name; {} for other names."""
-    m = _WRN_NAME.fullmatch(model_name.lower().replace("_", "-"))
-    return dict(depth=int(m.group(1)), widen_factor=int(m.group(2))) if m else {}
+    """What a model name fixes (``wrn_fast.model.model_architecture``); {} for unknown names."""
+    try:
+        return model_architecture(model_name)
+    except ValueError:
+        return {}
 
 
 def check_architecture(source: str, model_kwargs: Dict[str, Any], model_name: Optional[str],
@@ -39,14 +39,18 @@ def check_architecture(source: str, model_kwargs: Dict[str, Any], model_name: Op
     """Clear errors when a checkpoint's architecture differs from --model or the dataset."""
     if model_name is not None:
         want = arch_kwargs_from_name(model_name)
-        if want and "depth" in model_kwargs:
+        if "depth" in want and "depth" in model_kwargs:
             have = (model_kwargs.get("depth"), model_kwargs.get("widen_factor"))
             if have != (want["depth"], want["widen_factor"]):
                 raise InputError(f"{source}: checkpoint has depth {have[0]}, width {have[1]} but --model {model_name}")
-        elif want and "layers" in model_kwargs:
+        elif "depth" in want and "layers" in model_kwargs:
             raise InputError(f"{source}: checkpoint is an ImageNet bottleneck WRN (layers {model_kwargs['layers']}) "
                              f"but --model {model_name}")
-        elif not want and "depth" in model_kwargs:
+        elif "layers" in want and "layers" in model_kwargs:
+            if tuple(model_kwargs["layers"]) != tuple(want["layers"]):
+                raise InputError(f"{source}: checkpoint is a bottleneck WRN with layers {tuple(model_kwargs['layers'])} "
+                                 f"but --model {model_name} has {tuple(want['layers'])}")
+        elif "depth" in model_kwargs:
             raise InputError(f"{source}: checkpoint has depth {model_kwargs['depth']}, width "
                              f"{model_kwargs.get('widen_factor')} (a CIFAR-style WRN) but --model {model_name}")
     if num_classes is not None and model_kwargs.get("num_classes", num_classes) != num_classes:
