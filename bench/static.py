@@ -266,14 +266,18 @@ def _cfg(c):
     return "x".join(map(str, c[:3])) + f"/{c[3]}/{c[4]}" if c else "-"
 
 
-def _row_cells(r):
+def _row_cells(r, elementwise=False):
     if "error" in r:
         return ["ERROR: " + r["error"][:80].replace("|", "/")] + [""] * 10
     loop = r.get("main_loop")
     loads = "TMA" if r["uses_tma"] else ("cp.async" if r["uses_cp_async"] else "LDG")
     cells = [str(r["registers"]), str(r["spill_bytes"]), f"{r['shared'] / 1024:.0f}",
              f"{r['ctas_per_sm']} ({r['occupancy']:.0%})"]
-    if loop:
+    if elementwise:  # bn_act_dropout: no dot, no ceiling; memory-bound (bench.roofline)
+        body = f"{loop['instr_per_thread_per_iter']} SASS instr in its loop" if loop else \
+            f"{r['sass_instructions']} SASS instr, no loop"
+        cells += ["-", loads, "-", "-", "-", "-", body + ", memory-bound"]
+    elif loop:
         engine = loop["engine"] + (" (serialized)" if r.get("wgmma_serialized") else "")
         cells += [engine, loads, str(loop["instr_per_thread_per_iter"]), str(loop["warp_instr_per_iter"]),
                   f"{loop['tc_clocks_per_iter']:.0f}", f"**{loop['issue_ceiling']:.2f}**", _mix(loop)]
@@ -324,7 +328,7 @@ def write_report(rows, meta, out_base):
             names = r["layers"]
             lay = names[0] + (f" (+{len(names) - 1})" if len(names) > 1 else "")
             L.append("| " + " | ".join([r["model"], r["label"].split(" ", 1)[1], lay, _cfg(r["default_config"])]
-                                       + _row_cells(r["default"])) + " |")
+                                       + _row_cells(r["default"], kind not in sass.CONV_KINDS)) + " |")
         if kind in sass.CONV_KINDS and any(r["configs"] for r in krows):
             L += ["", f"### {kind}: every config the launcher considers (after pruning); * = DEFAULT", "",
                   "| variant (batch as compiled: N=128 for multiples of 16) | config | regs | spill B | smem KiB | "
