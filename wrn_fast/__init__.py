@@ -8,7 +8,7 @@ holds the Triton kernels, ``wrn_fast.ops`` the op wiring (autograd, fake
 kernels), ``wrn_fast._C`` the compiled extension.
 """
 from ._counters import counters, reset_counters
-from ._ext import build_info
+from .info import build_info
 from .backend import get_backend, set_backend, use_backend
 
 __version__ = "0.1.0"
