@@ -18,6 +18,7 @@ word [(n*H + h)*W + w, c // 32] = keep of channel c of that pixel; bits past C a
 0) and the kernels test bits (``keep_from_bits``).
 """
 import contextlib
+import struct
 
 import torch
 import triton
@@ -111,3 +112,15 @@ def keep_from_bits(bits_ptr, row_words, row_ok, c0, cols, CW, BLOCK: tl.constexp
                         (row_words.shape[0], BLOCK))                                          # word of each column
         keep = (wd & (1 << (cols % 32))[None, :]) != 0
     return keep
+
+
+def _f32(v: float) -> float:
+    """Round a Python float to fp32: the kernels see every scalar as fp32 on the GPU;
+    doing it here makes the interpreter (which may keep fp64) see the same values."""
+    return struct.unpack("f", struct.pack("f", float(v)))[0]
+
+
+def _scalars(negative_slope, dropout_p):
+    """(slope, p, inv_keep) as the kernels use them: fp32(p), fp32(1 / (1 - fp32(p)))."""
+    p = _f32(dropout_p)
+    return _f32(negative_slope), p, _f32(1.0 / (1.0 - p))

@@ -33,13 +33,12 @@ Tile configs: with WRN_FAST_AUTOTUNE=0 (or in the interpreter) each launch uses
 from the kind's list, keyed on the shape and every compile-time variant.
 """
 import os
-import struct
 
 import torch
 import triton
 import triton.language as tl
 
-from ._common import act_grad, apply_act, dropout_bits_kernel, keep_from_bits, launch_device
+from ._common import _f32, _scalars, act_grad, apply_act, dropout_bits_kernel, keep_from_bits, launch_device
 from .contract import (IndexRangeError, MAX_INDEX, check_activation, dropout_bits_shape, norm_padding, out_hw,
                        output_memory_format)
 
@@ -140,6 +139,38 @@ def default_config(kind: str, dtype: torch.dtype, cin: int, cout: int, *, dropou
     if n >= 64:
         return (64, 64, 64, 4, 4)
     return (64, 32, 64, 4, 4)
+
+
+# Narrow 16-bit layers run as two kernels (``two_pass_layer``): the BN-act-dropout
+# prologue costs a fixed number of instructions per element of the activation while the
+# tensor work per element scales with the GEMM's other side (Cout for the forward and
+# wgrad), so below this many output channels the fused prologue, not the tensor cores,
+# bounds the K loop. sm_90a SASS, bf16, N=128, WRN-28-2 widths (default tiles), issue
+# ceiling of the forward / wgrad K loop with the prologue -> without it (identity):
+#   width 32 @ 32x32   fwd 0.17 -> 0.33   wgrad 0.25 -> 0.34
+#   width 64 @ 16x16   fwd 0.30 -> 0.58   wgrad 0.37 -> 0.64
+#   width 128 @ 8x8    fwd 0.65 -> 1.00   wgrad 0.73 -> 1.00
+# dgrad keeps its fused epilogue (its K loop has no prologue). The price: one
+# elementwise pass (read x, write a: 4 bytes per bf16 element, ~0.9 ps at 4.3 TB/s) and
+# the activation a kept for wgrad. It pays where the tensor work per element of x is
+# large: a 3x3 stride-1 conv does 18*Cout FLOPs per element (Cout = 32: 0.73 ps at
+# 790 TFLOP/s, 4.3 ps at ceiling 0.17, 1.5-2.2 ps without the prologue); a 1x1 conv
+# (2*Cout) or a stride-2 conv (a quarter of that per element) loses more to the pass
+# than the prologue costs it.
+TWO_PASS_MAX_COUT = 128
+
+
+def two_pass_layer(dtype: torch.dtype, cin: int, cout: int, taps: int = 9, stride: int = 1) -> bool:
+    """Whether a BN-act(-dropout) -> conv of this shape should run as a standalone
+    elementwise pass writing the activation ``a`` (``kernels.bn_act_dropout``) followed by
+    this module's kernels without a prologue (forward, wgrad on ``a``; dgrad still fused
+    on x). ``taps`` = kh*kw. True for fp16/bf16 on the GPU with Cout <= TWO_PASS_MAX_COUT
+    or Cin <= 16 (the first block after the 16-channel stem: the pass over 16 channels is
+    cheap and its wgrad, whose prologue runs on the Cin side, goes 0.25 -> 0.34), at least
+    9 taps and stride 1 (see above); False in the interpreter, whose tests pick either
+    path explicitly."""
+    return (_GPU_TILES and dtype in (torch.float16, torch.bfloat16) and (cout <= TWO_PASS_MAX_COUT or cin <= 16)
+            and taps >= 9 and stride == 1)
 
 
 def _configs_for(kind):
@@ -579,18 +610,6 @@ def _wgrad_kernel(
 
 
 # --------------------------------------------------------------------------- launchers
-
-def _f32(v: float) -> float:
-    """Round a Python float to fp32: the kernels see every scalar as fp32 on the GPU;
-    doing it here makes the interpreter (which may keep fp64) see the same values."""
-    return struct.unpack("f", struct.pack("f", float(v)))[0]
-
-
-def _scalars(negative_slope, dropout_p):
-    """(slope, p, inv_keep) as the kernels use them: fp32(p), fp32(1 / (1 - fp32(p)))."""
-    p = _f32(dropout_p)
-    return _f32(negative_slope), p, _f32(1.0 / (1.0 - p))
-
 
 def _needs_int64(*tensors) -> bool:
     """Whether an element offset of one of ``tensors`` (any strides) can reach 2**31."""

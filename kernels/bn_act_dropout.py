@@ -40,7 +40,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import act_grad, apply_act, dropout_keep, launch_device
+from ._common import _f32, act_grad, apply_act, dropout_keep, launch_device
 from .contract import MAX_INDEX, IndexRangeError, check_activation, output_memory_format
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -360,8 +360,10 @@ def _launch_params(tensors, x, dropout_p):
     if col_blocks > _MAX_GRID_Y:
         raise ValueError(f"too many channels: C = {C} needs {col_blocks} column blocks > {_MAX_GRID_Y}")
     compute = tl.float64 if x.dtype == torch.float64 else tl.float32
-    p = float(dropout_p)
-    inv_keep = 0.0 if p >= 1.0 else 1.0 / (1.0 - p)
+    # fp32 scalars, rounded here so the interpreter (which may keep fp64) sees what the
+    # GPU sees, and the same values as kernels/bn_act_conv.py (its two-pass path)
+    p = _f32(dropout_p)
+    inv_keep = 0.0 if p >= 1.0 else _f32(1.0 / (1.0 - p))
     return dict(N=N, C=C, H=H, W=W, HW=HW, R=R, flat=flat, split_hw=split_hw, strides=strides,
                 block_r=block_r, block_c=block_c, num_warps=num_warps, nhb=nhb, num_tiles=num_tiles,
                 col_blocks=col_blocks, compute=compute, p=p, inv_keep=inv_keep,
@@ -399,7 +401,7 @@ def bn_act_dropout_fwd(x, scale, shift, *, act="relu", negative_slope=0.0, dropo
             x, out, scale, shift, seed if has_dropout else scale,
             k["R"], k["C"], k["HW"], k["W"], k["nhb"],
             *sx, *sy,
-            float(negative_slope), k["p"], k["inv_keep"],
+            _f32(negative_slope), k["p"], k["inv_keep"],
             ACT=check_activation(act), HAS_DROPOUT=has_dropout,
             FLAT=k["flat"], SPLIT_HW=k["split_hw"], OFFS_64=k["offs64"], COMPUTE=k["compute"],
             BLOCK_R=k["block_r"], BLOCK_C=k["block_c"], num_warps=k["num_warps"],
@@ -447,7 +449,7 @@ def bn_act_dropout_bwd(grad_y, x, scale, shift, *, act="relu", negative_slope=0.
             grad_y, x, grad_x_out, scale, shift, seed if has_dropout else scale, part_s, part_b,
             k["R"], C, k["HW"], k["W"], k["nhb"], k["num_tiles"], P,
             *sg, *sx, *sgx,
-            float(negative_slope), k["p"], k["inv_keep"],
+            _f32(negative_slope), k["p"], k["inv_keep"],
             ACT=check_activation(act), HAS_DROPOUT=has_dropout,
             FLAT=k["flat"], SPLIT_HW=k["split_hw"], OFFS_64=k["offs64"], COMPUTE=k["compute"],
             BLOCK_R=k["block_r"], BLOCK_C=k["block_c"], num_warps=k["num_warps"],

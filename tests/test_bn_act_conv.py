@@ -464,6 +464,106 @@ def test_opcheck():
                           test_utils=["test_schema", "test_faketensor"])
 
 
+
+# ----------------------------------------------------------------------------- two-pass path (narrow layers)
+
+BN_CASES = [name for name, c in CASES.items() if c[8] != "identity" or c[10] > 0]
+
+
+def _force_two_pass(monkeypatch, on=True):
+    monkeypatch.setattr(K, "two_pass_layer", lambda dtype, cin, cout, taps, stride: on)
+
+
+@pytest.mark.parametrize("name", BN_CASES)
+def test_two_pass_grid_fp32(name, monkeypatch, poison):
+    """BN-act-dropout as its own kernel, then the conv without a prologue (wgrad on the
+    saved activation, dgrad fused on x): forward, every gradient and the statistics vs
+    the float64 reference (same mask: the reference uses the kernels' mask function);
+    the counters prove both kernels ran."""
+    _force_two_pass(monkeypatch)
+    wrn_fast.reset_counters()
+    out = run_case(CASES[name], torch.float32)
+    check_case(out, torch.float32)
+    c = wrn_fast.counters()
+    assert c.get("bn_act_dropout_fwd") == 1 and c.get("bn_act_conv_fwd") == 1
+    assert c.get("bn_act_conv_dgrad") == 1 and c.get("bn_act_conv_wgrad") == 1
+    assert c.get("conv_dropout_bits", 0) == 0  # the elementwise kernel evaluates the mask itself
+    y = out["y"].detach().double()
+    var_ref, mean_ref = torch.var_mean(y, dim=(0, 2, 3), unbiased=False)
+    mean, var, count = merged_stats(out["mean_p"], out["m2_p"], out["cnt_p"])
+    assert count.item() == y.shape[0] * y.shape[2] * y.shape[3]
+    assert ((mean - mean_ref).norm() / var_ref.sqrt().norm()).item() < 1e-5
+    assert rel(var, var_ref) < 1e-5
+
+
+@pytest.mark.parametrize("name", ["leaky3x3-s2-tfsame-drop-n1-cl", "all-silu3x3-drop-bias-res-cl"])
+def test_two_pass_fp64_and_bf16(name, monkeypatch, poison):
+    _force_two_pass(monkeypatch)
+    check_case(run_case(CASES[name], torch.float64, compute_stats=False), torch.float64)
+    check_case(run_case(CASES[name], torch.bfloat16, compute_stats=False), torch.bfloat16)
+
+
+def test_two_pass_equals_one_kernel_path(monkeypatch):
+    """Same inputs, same seed: the two paths give the same output and gradients (fp64: to
+    rounding), i.e. the elementwise kernel's dropout mask is the conv's bitmask."""
+    x = make((2, 20, 7, 7), torch.float64, "cl")
+    w = torch.randn(12, 20, 3, 3, dtype=torch.float64, device=DEV)
+    sc = torch.rand(20, dtype=torch.float64, device=DEV) + 0.5
+    sh = torch.randn(20, dtype=torch.float64, device=DEV)
+    seed = torch.tensor([99], dtype=torch.int64, device=DEV)
+    gy = make((2, 12, 7, 7), torch.float64, "cl")
+    results = []
+    for two_pass in (False, True):
+        leaves = [t.detach().clone().requires_grad_() for t in (x, w, sc, sh)]
+        y, *_ = bn_act_conv(*leaves, seed=seed, act="relu", dropout_p=0.4, two_pass=two_pass)
+        y.backward(gy)
+        results.append([y.detach()] + [t.grad for t in leaves])
+    for one, two in zip(*results):
+        assert rel(two, one) < 1e-12
+    assert (results[0][0] != 0).any()
+
+
+def test_two_pass_layer_decision(monkeypatch):
+    assert not K.two_pass_layer(torch.bfloat16, 32, 32)  # interpreter: tests choose explicitly
+    monkeypatch.setattr(K, "_GPU_TILES", True)
+    for w in (32, 64, 128):
+        assert K.two_pass_layer(torch.bfloat16, w, w) and K.two_pass_layer(torch.float16, w, w)
+    assert not K.two_pass_layer(torch.bfloat16, 160, 160)
+    assert K.two_pass_layer(torch.bfloat16, 16, 160)           # WRN-28-10 g1.b0.conv1
+    assert not K.two_pass_layer(torch.float32, 32, 32)
+    assert not K.two_pass_layer(torch.bfloat16, 32, 64, 1, 2)  # 1x1 / stride-2 shortcuts: the pass costs more
+    assert not K.two_pass_layer(torch.bfloat16, 32, 64, 9, 2)
+    assert K.two_pass_layer(torch.bfloat16, 16, 32, 9, 1)    # WRN-28-2 g1.b0.conv1 (Cin = 16)
+
+
+def test_two_pass_fake_and_opcheck(monkeypatch):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    _force_two_pass(monkeypatch)
+    x = make((1, 5, 5, 5), torch.float32, "cl").requires_grad_()
+    w = (torch.randn(6, 5, 3, 3) * 0.3).requires_grad_()
+    sc, sh = (torch.rand(5) + 0.5).requires_grad_(), torch.randn(5).requires_grad_()
+    seed = torch.tensor([7], dtype=torch.int64)
+    real = bn_act_conv(x, w, sc, sh, seed=seed, stride=2, padding=(0, 1, 0, 1), act="relu", dropout_p=0.3,
+                       compute_stats=True)
+    with FakeTensorMode() as mode:
+        fake = bn_act_conv(*(mode.from_tensor(t) for t in (x, w, sc, sh)), seed=mode.from_tensor(seed), stride=2,
+                           padding=(0, 1, 0, 1), act="relu", dropout_p=0.3, compute_stats=True)
+    for r, f in zip(real, fake):
+        assert r.shape == f.shape and r.dtype == f.dtype and r.stride() == f.stride()
+    args = (x, w, sc, sh, None, None, seed, 2, [0, 1, 0, 1], "silu", 0.0, 0.3, True, False)
+    torch.library.opcheck(torch.ops.wrn_fast.bn_act_conv_two_pass.default, args,
+                          test_utils=["test_schema", "test_autograd_registration", "test_faketensor"])
+
+
+def test_two_pass_bad_input_before_any_launch(monkeypatch):
+    _force_two_pass(monkeypatch)
+    wrn_fast.reset_counters()
+    with pytest.raises(ValueError, match="weight Cin"):
+        bn_act_conv(torch.randn(1, 5, 7, 7), torch.randn(8, 4, 3, 3), torch.ones(5), torch.zeros(5), act="relu")
+    assert not wrn_fast.counters()
+
+
 # ----------------------------------------------------------------------------- bad inputs
 
 def _good():

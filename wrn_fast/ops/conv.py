@@ -62,16 +62,24 @@ def _bn_act_conv_op(
         dropout_p=dropout_p, seed=seed, keep_bits=keep_bits, bias=bias, residual=residual,
         compute_stats=compute_stats, allow_tf32=allow_tf32)
     bump("bn_act_conv_fwd")
+    return _with_stats(y, stats, weight.shape[0])
+
+
+def _with_stats(y, stats, cout):
+    """(y, mean_p, m2_p, count_p); empty statistics tensors when none were computed."""
     if stats is None:
-        cout = weight.shape[0]
-        e = x.new_empty((0, cout), dtype=torch.float32)
-        return y, e, e.clone(), x.new_empty((0,), dtype=torch.float32)
+        e = y.new_empty((0, cout), dtype=torch.float32)
+        return y, e, e.clone(), y.new_empty((0,), dtype=torch.float32)
     return y, stats[0], stats[1], stats[2]
 
 
 @_bn_act_conv_op.register_fake
 def _(x, weight, scale, shift, bias, residual, seed, keep_bits, stride, padding, act, negative_slope, dropout_p,
       compute_stats, allow_tf32):
+    return _fake_fwd(x, weight, stride, padding, compute_stats)
+
+
+def _fake_fwd(x, weight, stride, padding, compute_stats):
     n, cout, ho, wo = conv_out_shape(x.shape, weight.shape, stride, padding)
     y = torch.empty((n, cout, ho, wo), dtype=x.dtype, device=x.device, memory_format=output_memory_format(x))
     p = _k().stats_rows(n * ho * wo) if compute_stats else 0
@@ -160,12 +168,90 @@ def _backward(ctx, grad_y, grad_mean, grad_m2, grad_count):
 torch.library.register_autograd("wrn_fast::bn_act_conv", _backward, setup_context=_setup_context)
 
 
+# --------------------------------------------------------------------------- two-pass path (narrow layers)
+
+def _kb():
+    from wrn_fast.kernels import bn_act_dropout as kb
+    return kb
+
+
+@torch.library.custom_op("wrn_fast::bn_act_conv_two_pass", mutates_args=())
+def _two_pass_op(
+    x: Tensor, weight: Tensor, scale: Tensor, shift: Tensor, bias: Optional[Tensor], residual: Optional[Tensor],
+    seed: Optional[Tensor], stride: int, padding: List[int], act: str, negative_slope: float, dropout_p: float,
+    compute_stats: bool, allow_tf32: bool,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """bn_act_conv as two kernels: a = dropout(act(x*scale + shift)) by the elementwise
+    kernel (kernels/bn_act_dropout.py, the same mask: a function of seed and the logical
+    NCHW index), then the implicit GEMM on ``a`` without a prologue. Returns
+    (y, mean_p, m2_p, count_p, a); ``a`` is kept for wgrad."""
+    # every argument checked before the first launch (as the one-kernel launcher does)
+    _k()._check_common(x, weight.shape, scale, shift, stride, padding, act, dropout_p, seed, None, weight=weight)
+    a = _kb().bn_act_dropout_fwd(x, scale, shift, act=act, negative_slope=negative_slope, dropout_p=dropout_p,
+                                 seed=seed)
+    bump("bn_act_dropout_fwd")
+    y, stats = _k().bn_act_conv_fwd(a, weight, None, None, stride=stride, padding=padding, act="identity",
+                                    bias=bias, residual=residual, compute_stats=compute_stats,
+                                    allow_tf32=allow_tf32)
+    bump("bn_act_conv_fwd")
+    return (*_with_stats(y, stats, weight.shape[0]), a)
+
+
+@_two_pass_op.register_fake
+def _(x, weight, scale, shift, bias, residual, seed, stride, padding, act, negative_slope, dropout_p, compute_stats,
+      allow_tf32):
+    a = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=output_memory_format(x))
+    return (*_fake_fwd(x, weight, stride, padding, compute_stats), a)
+
+
+def _two_pass_setup_context(ctx, inputs, output):
+    (x, weight, scale, shift, bias, residual, seed, stride, padding, act, negative_slope, dropout_p,
+     compute_stats, allow_tf32) = inputs
+    ctx.save_for_backward(x, output[4], weight, scale, shift, seed)
+    ctx.mark_non_differentiable(*output[1:])
+    ctx.conf = (stride, list(padding), act, float(negative_slope), float(dropout_p), bool(allow_tf32))
+    ctx.has_bias = bias is not None
+    ctx.has_residual = residual is not None
+
+
+def _two_pass_backward(ctx, grad_y, grad_mean, grad_m2, grad_count, grad_a):
+    """dgrad fused as in the one-kernel path (act' and the mask recomputed from x in its
+    epilogue, with the BN affine gradients); wgrad on the saved activation, no prologue."""
+    x, a, weight, scale, shift, seed = ctx.saved_tensors
+    stride, padding, act, slope, p, tf32 = ctx.conf
+    nig = ctx.needs_input_grad
+    if grad_y is None:
+        return (None,) * 14
+    need_x, need_w = bool(nig[0]), bool(nig[1])
+    need_affine = bool(nig[2] or nig[3])
+    gx = gw = gsc = gsh = None
+    if need_x or need_affine:
+        gx, _, gsc, gsh = _bn_act_conv_backward_op(
+            grad_y, x, weight, scale, shift, seed, None, stride, padding, act, slope, p, tf32,
+            need_x, False, need_affine)
+        gx = gx if need_x else None
+        gsc = gsc if (need_affine and nig[2]) else None
+        gsh = gsh if (need_affine and nig[3]) else None
+    if need_w:
+        _, gw, _, _ = _bn_act_conv_backward_op(
+            grad_y, a, weight, None, None, None, None, stride, padding, "identity", 0.0, 0.0, tf32,
+            False, True, False)
+    gb = grad_y.sum((0, 2, 3)).to(weight.dtype) if (ctx.has_bias and nig[4]) else None
+    gr = grad_y if (ctx.has_residual and nig[5]) else None
+    return (gx, gw, gsc, gsh, gb, gr) + (None,) * 8
+
+
+torch.library.register_autograd("wrn_fast::bn_act_conv_two_pass", _two_pass_backward,
+                                setup_context=_two_pass_setup_context)
+
+
 # --------------------------------------------------------------------------- public function
 
 def bn_act_conv(x: Tensor, weight: Tensor, scale: Optional[Tensor] = None, shift: Optional[Tensor] = None,
                 bias: Optional[Tensor] = None, residual: Optional[Tensor] = None, seed: Optional[Tensor] = None,
                 *, stride: int = 1, padding=(1, 1, 1, 1), act: str = "identity", negative_slope: float = 0.0,
-                dropout_p: float = 0.0, compute_stats: bool = False, allow_tf32: Optional[bool] = None):
+                dropout_p: float = 0.0, compute_stats: bool = False, allow_tf32: Optional[bool] = None,
+                two_pass: Optional[bool] = None):
     """y = conv2d(zero_pad(dropout(act(x*scale + shift))), weight) (+ bias) (+ residual).
 
     padding: int, (ph, pw) or (top, bottom, left, right) (TF-SAME stride 2 is (0, 1, 0, 1)).
@@ -174,11 +260,25 @@ def bn_act_conv(x: Tensor, weight: Tensor, scale: Optional[Tensor] = None, shift
     Returns ``(y, mean_p, m2_p, count_p)``: the partial statistics of y (see
     ``kernels.bn_act_conv.bn_act_conv_fwd``) when ``compute_stats``, else empty tensors.
     Differentiable w.r.t. x, weight, scale, shift, bias and residual.
+    two_pass (only with scale/shift): run BN-act-dropout as its own elementwise kernel
+    writing the activation, then the convolution without a prologue (its wgrad reads the
+    saved activation; dgrad stays fused). None = ``kernels.bn_act_conv.two_pass_layer``
+    decides from dtype and widths (narrow 16-bit layers on the GPU). Same results, same
+    dropout mask.
     """
     check_activation(act, "act")
     pads = list(norm_padding(padding))
     if allow_tf32 is None:
         allow_tf32 = torch.backends.cudnn.allow_tf32
+    if scale is not None and isinstance(x, Tensor) and isinstance(weight, Tensor) and weight.dim() == 4:
+        if two_pass is None:
+            two_pass = _k().two_pass_layer(x.dtype, int(weight.shape[1]), int(weight.shape[0]),
+                                            int(weight.shape[2]) * int(weight.shape[3]), int(stride))
+        if two_pass:
+            y, mean_p, m2_p, count_p, _ = _two_pass_op(
+                x, weight, scale, shift, bias, residual, seed, int(stride), pads, act, float(negative_slope),
+                float(dropout_p), bool(compute_stats), bool(allow_tf32))
+            return y, mean_p, m2_p, count_p
     keep_bits = None
     if dropout_p > 0 and isinstance(seed, Tensor) and isinstance(x, Tensor) and x.dim() == 4:
         keep_bits = _dropout_bits_op(seed, list(x.shape), float(dropout_p))
