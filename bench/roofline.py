@@ -193,8 +193,8 @@ def _conv_kernels(L, dtype, s, ceilings, sms, mask_bits, saved, bn_seen, train):
         return ceilings(v)
 
     c_f, lab = ceil("fwd")
-    ks.append(Kernel("fused", "fwd", name, "bn_act_conv fwd", flops, (e_in + e_out) * s + w * s + bits + res_b + stats_b,
-                     tc_flops=flops, ceiling=c_f, variant=lab))
+    ks.append(Kernel("fused", "fwd", name, "bn_act_conv fwd", flops,
+                     (e_in + e_out) * s + w * s + bits + res_b + stats_b, tc_flops=flops, ceiling=c_f, variant=lab))
     if L.stats and train:
         ks.append(Kernel("fused", "fwd", name, "BN finalize (merge partials)", bytes=stats_b))
     if train:
@@ -343,9 +343,9 @@ def report(models, dtype, devices, static_path, peak_override, bw_override):
     L += [f"- {k}: {v}" for k, v in meta.items()]
     L += ["", "## Assumptions", ""] + [f"{i}. {a}" for i, a in enumerate(ASSUMPTIONS, 1)]
     L += ["", "## Summary", "",
-          "| model | device | eager step (ms) | wrn_fast step (ms) | predicted speedup | wrn_fast if every ceiling were 1 "
-          "(ms, speedup) | speedup if cuDNN reached only 70% of peak | eager saved activations (GiB) | wrn_fast (GiB) "
-          "| memory ratio | kernels eager / fused |",
+          "| model | device | eager step (ms) | wrn_fast step (ms) | predicted speedup | "
+          "wrn_fast if every ceiling were 1 (ms, speedup) | speedup if cuDNN reached only 70% of peak | "
+          "eager saved activations (GiB) | wrn_fast (GiB) | memory ratio | kernels eager / fused |",
           "|---|---|---|---|---|---|---|---|---|---|---|"]
     details = []
     for model in models:

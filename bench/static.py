@@ -24,7 +24,7 @@ import os
 import subprocess
 import sys
 import time
-from typing import List, Optional
+from typing import Optional
 
 from bench import sass
 
@@ -298,7 +298,8 @@ def write_report(rows, meta, out_base):
           "Target: wgmma in the main loop, no spills, within shared memory, issue ceiling >= "
           f"{sass.TARGET_CEILING} (applies to bf16/fp16 at {', '.join(TARGET_MODELS)}; "
           "other rows for information).", "",
-          "| kernel | dtype | model | variants | met | min ceiling (variant) | failing checks |", "|---|---|---|---|---|---|---|"]
+          "| kernel | dtype | model | variants | met | min ceiling (variant) | failing checks |",
+          "|---|---|---|---|---|---|---|"]
     groups = {}
     for r in rows:
         if r["variant"]["kind"] in sass.CONV_KINDS:
@@ -351,7 +352,8 @@ DEFINITIONS = [
     "Compiled for sm_90a (capability 90) with the stand-in driver of tests/_triton_aot.py, through the public "
     "launchers on CPU tensors (channels_last), one tile config forced on the autotuner; DEFAULT = what the "
     "launcher compiles with WRN_FAST_AUTOTUNE=0 (no autotuning).",
-    "regs / spill B: ptxas -v on Triton's PTX (spill B = the larger of its spill-store and spill-load bytes); smem: the kernel's dynamic "
+    "regs / spill B: ptxas -v on Triton's PTX (spill B = the larger of its spill-store and spill-load bytes); "
+    "smem: the kernel's dynamic "
     "shared memory; CTAs/SM (occ): resident CTAs per SM on an H100 from registers (64K, 256-register warp "
     "allocation unit), shared memory (228 KiB per SM, 1 KiB reserved per CTA, 227 KiB per CTA) and warps (64).",
     "engine: wgmma (HGMMA), mma.sync (HMMA) or FFMA in the main loop = the longest backward branch of the SASS "
@@ -407,7 +409,8 @@ def main(argv=None):
         "models": ", ".join(f"{m} (N={MODELS[m][2]}, {MODELS[m][3]}x{MODELS[m][3]}, "
                             f"{'train' if MODELS[m][4] else 'inference'})" for m in models),
         "dtypes": ", ".join(dtypes),
-        "configs": f"every considered config for {', '.join(sweep) or 'no model'}; DEFAULT only for the others", "wall time": f"{secs:.0f} s",
+        "configs": f"every considered config for {', '.join(sweep) or 'no model'}; DEFAULT only for the others",
+        "wall time": f"{secs:.0f} s",
         "definitions": DEFINITIONS,
     }
     base = args.out or os.path.join(RESULTS, f"static_{datetime.date.today():%Y%m%d}_{commit}{dirty}")
