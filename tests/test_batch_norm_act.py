@@ -18,18 +18,16 @@ import torch
 import torch.nn.functional as F
 
 import wrn_fast
-from wrn_fast import _ext
 from wrn_fast.ops import ext
 
-from _checks import rel_err
+from _checks import needs_ext, poison_outputs, rel_err
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() and wrn_fast.build_info()["extension_cuda_kernels"] else [])
 ACTS = ["identity", "relu", "leaky_relu", "silu"]
 OUT_TOL = {torch.float64: 1e-12, torch.float32: 2e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3}
 GRAD_X_TOL = {torch.float64: 1e-12, torch.float32: 2e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}
 PARAM_GRAD_TOL = {torch.float64: 1e-12, torch.float32: 2e-5, torch.float16: 1e-5, torch.bfloat16: 1e-5}
-pytestmark = [pytest.mark.skipif(not _ext.ext_available(), reason=f"wrn_fast._C unavailable: {_ext._C_ERROR}"),
-              pytest.mark.usefixtures("poison_uninitialized_outputs")]  # tests/conftest.py
+pytestmark = [needs_ext, poison_outputs]
 
 
 def reference(x, weight, bias, eps, act, slope, p, seed):

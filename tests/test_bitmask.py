@@ -6,8 +6,10 @@ import wrn_fast
 from wrn_fast import _ext
 from wrn_fast.ops import ext
 
+from _checks import needs_ext
+
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() and wrn_fast.build_info()["extension_cuda_kernels"] else [])
-pytestmark = pytest.mark.skipif(not _ext.ext_available(), reason=f"wrn_fast._C unavailable: {_ext._C_ERROR}")
+pytestmark = needs_ext
 
 OPS = ["channel_stats", "merge_partial_stats", "bn_finalize", "bn_update_running_stats", "bn_backward_apply",
        "bn_act_dropout_fwd", "bn_act_dropout_bwd", "pack_mask", "unpack_mask", "dropout_mask"]

@@ -10,14 +10,13 @@ import torch
 import torch.nn.functional as F
 
 import wrn_fast
-from wrn_fast import _ext
 from wrn_fast.ops import ext
 
-from _checks import rel_err
+from _checks import needs_ext, rel_err
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() and wrn_fast.build_info()["extension_cuda_kernels"] else [])
 TOL = {torch.float64: 1e-12, torch.float32: 1e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3}
-pytestmark = pytest.mark.skipif(not _ext.ext_available(), reason=f"wrn_fast._C unavailable: {_ext._C_ERROR}")
+pytestmark = needs_ext
 
 
 def per_channel(v, like):

@@ -10,13 +10,12 @@ import pytest
 import torch
 
 import wrn_fast
-from wrn_fast import _ext
 from wrn_fast.ops import ext
 
-from _checks import rel_err
+from _checks import needs_ext, rel_err
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() and wrn_fast.build_info()["extension_cuda_kernels"] else [])
-pytestmark = pytest.mark.skipif(not _ext.ext_available(), reason=f"wrn_fast._C unavailable: {_ext._C_ERROR}")
+pytestmark = needs_ext
 
 
 @pytest.mark.parametrize("device", DEVICES)

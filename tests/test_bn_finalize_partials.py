@@ -14,16 +14,14 @@ import pytest
 import torch
 
 import wrn_fast
-from wrn_fast import _ext
 from wrn_fast.ops import ext
 
-from _checks import rel_err
+from _checks import needs_ext, poison_outputs, rel_err
 from _partials import tile_partials
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() and wrn_fast.build_info()["extension_cuda_kernels"] else [])
 GRAD_X_TOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
-pytestmark = [pytest.mark.skipif(not _ext.ext_available(), reason=f"wrn_fast._C unavailable: {_ext._C_ERROR}"),
-              pytest.mark.usefixtures("poison_uninitialized_outputs")]  # tests/conftest.py
+pytestmark = [needs_ext, poison_outputs]
 
 
 def make_case(shape, dtype, device, channels_last=False, seed=0):

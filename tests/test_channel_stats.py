@@ -13,21 +13,15 @@ import pytest
 import torch
 
 import wrn_fast
-from wrn_fast import _ext
 from wrn_fast.ops import ext
 
+from _checks import needs_ext, rel_err
 from _partials import tile_partials
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() and wrn_fast.build_info()["extension_cuda_kernels"] else [])
 TOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 1e-5, torch.bfloat16: 1e-5}
 
-pytestmark = pytest.mark.skipif(not _ext.ext_available(), reason=f"wrn_fast._C unavailable: {_ext._C_ERROR}")
-
-
-def rel_err(out, ref):
-    out, ref = out.double(), ref.double()
-    assert not torch.isnan(out).any(), "NaN in output"
-    return ((out - ref).norm() / ref.norm().clamp_min(1e-300)).item()
+pytestmark = needs_ext
 
 
 def reference_stats(x):

@@ -21,18 +21,14 @@ import wrn_fast
 from wrn_fast import reference
 from wrn_fast.model import WideResNet
 
+from _checks import rel_err
+
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
 ]
 
 TOL = {torch.float32: 1e-3, "tf32": 2e-2, torch.bfloat16: 5e-2, torch.float16: 2e-2}
-
-
-def rel(a, b, floor=1e-30):
-    a, b = a.double(), b.double()
-    assert torch.isfinite(a).all()
-    return ((a - b).norm() / b.norm().clamp_min(floor)).item()
 
 
 @pytest.fixture(autouse=True)
@@ -88,13 +84,13 @@ def test_fast_matches_reference_on_gpu(cfg, dtype, channels_last):
     lf, gf = step(fast, x, y, "auto", dtype)
     lr, gr = step(ref, x, y, "reference", dtype)
     assert wrn_fast.counters().get("bn_act_conv_fwd", 0) > 0, "the fused Triton conv did not run"
-    assert rel(lf, lr) < TOL[dtype]
+    assert rel_err(lf, lr) < TOL[dtype]
     norm = torch.cat([g.flatten() for g in gr.values()]).norm()
     for n in gr:
-        assert rel(gf[n], gr[n], 1e-3 * norm) < 2 * TOL[dtype], n
+        assert rel_err(gf[n], gr[n], floor=1e-3 * norm) < 2 * TOL[dtype], n
     for (n, a), (_, b) in zip(fast.named_buffers(), ref.named_buffers()):
         if a.is_floating_point():
-            assert rel(a, b) < TOL[dtype], n
+            assert rel_err(a, b) < TOL[dtype], n
 
 
 def test_no_cudnn_convolution_in_the_fused_path():
@@ -116,7 +112,7 @@ def test_torch_compile_matches_eager():
     with torch.no_grad():
         fast.eval()
         compiled.eval()
-        assert rel(compiled(x), fast(x)) < 1e-5
+        assert rel_err(compiled(x), fast(x)) < 1e-5
     compiled.train()
     compiled(x).sum().backward()
 
