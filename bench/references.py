@@ -1,7 +1,10 @@
-"""Reference compositions of the fused ops: what the eager PyTorch path runs (the speedup
-baseline, drawing torch's RNG for dropout) and the high-precision reference with a given keep
-mask (the validation oracle; the fused ops' mask is bench.philox's), plus the merge of the
-conv's partial statistics.
+"""Reference compositions of the fused ops, shared by the benchmarks and tests/ (one copy):
+what the eager PyTorch path runs (the speedup baseline, drawing torch's RNG for dropout), the
+high-precision reference with a given keep mask (the validation oracle; the fused ops' mask is
+bench.philox's), the activations by name, the per-channel batch statistics, and the merge of
+the conv's partial statistics.
+
+Depends on torch only (not on wrn_fast): the tests' oracle must not share code with what it checks.
 """
 from __future__ import annotations
 
@@ -48,11 +51,33 @@ def eager_bn_act_dropout(x, scale, shift, *, p, return_mask=False):
     return a, keep, nz
 
 
-def reference_bn_act_conv(x, w, scale, shift, res, keep, *, stride, pad, p, rdt):
+def activation(z, act, slope=0.0):
+    """The activation named ``act`` ("identity", "relu", "leaky_relu" with ``slope``, "silu") of z."""
+    if act == "identity":
+        return z
+    if act == "relu":
+        return F.relu(z)
+    if act == "leaky_relu":
+        return F.leaky_relu(z, slope)
+    if act == "silu":
+        return F.silu(z)
+    raise ValueError(f"act: expected identity, relu, leaky_relu or silu, got {act!r}")
+
+
+def batch_stats(x):
+    """Per-channel (mean, biased variance) of x over every dim but 1, in x's dtype: ([C], [C]).
+
+    Differentiable (the stats ops' backward is checked against its autograd)."""
+    dims = [d for d in range(x.dim()) if d != 1]
+    var, mean = torch.var_mean(x, dim=dims, correction=0)
+    return mean, var
+
+
+def reference_bn_act_conv(x, w, scale, shift, res, keep, *, stride, pad, p, rdt, act="relu", slope=0.0):
     """High-precision reference (explicit math) with a given keep mask."""
     a = x.to(rdt)
     if scale is not None:
-        a = torch.relu(a * scale.to(rdt)[None, :, None, None] + shift.to(rdt)[None, :, None, None])
+        a = activation(a * scale.to(rdt)[None, :, None, None] + shift.to(rdt)[None, :, None, None], act, slope)
     if p > 0:
         a = a * keep.to(rdt) / (1.0 - p)
     y = F.conv2d(a, w.to(rdt), None, stride, pad)
@@ -61,8 +86,12 @@ def reference_bn_act_conv(x, w, scale, shift, res, keep, *, stride, pad, p, rdt)
     return y
 
 
-def reference_bn_act_dropout(x, scale, shift, keep, *, p, rdt):
-    a = torch.relu(x.to(rdt) * scale.to(rdt)[None, :, None, None] + shift.to(rdt)[None, :, None, None])
+def reference_bn_act_dropout(x, scale, shift, keep, *, p, rdt, act="relu", slope=0.0):
+    """act(x * scale + shift) * keep / (1 - p) in ``rdt`` (explicit math, differentiable).
+
+    x: [N, C, ...] any float dtype; scale, shift: [C]; keep: bool of x's shape (unused when p == 0)."""
+    view = [1, -1] + [1] * (x.dim() - 2)
+    a = activation(x.to(rdt) * scale.to(rdt).view(view) + shift.to(rdt).view(view), act, slope)
     if p > 0:
         a = a * keep.to(rdt) / (1.0 - p)
     return a

@@ -2,15 +2,8 @@
 dropout keep mask (keep = rand(seed, logical NCHW index) >= float32(p)).
 
 The one implementation lives in bench/philox.py (NumPy arrays and torch tensors alike), shared
-with the benchmarks' validation; test_bn_act_dropout checks it bitwise against ``tl.rand``.
+with the benchmarks' validation and re-exported by tests/_references.py; test_bn_act_dropout
+checks it bitwise against ``tl.rand``. (Kept as a name for the tests that import it.)
 """
-import os
-import sys
-
-try:
-    import bench.philox  # noqa: F401
-except ImportError:  # pytest run from elsewhere: the repo root holds bench/
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from bench.philox import (PHILOX_KEY_A, PHILOX_KEY_B, PHILOX_ROUND_A, PHILOX_ROUND_B, keep_mask,  # noqa: E402,F401
-                          philox4x32, rand, randint, uint_to_uniform_float)
+from _references import (PHILOX_KEY_A, PHILOX_KEY_B, PHILOX_ROUND_A, PHILOX_ROUND_B, keep_mask,  # noqa: F401
+                         philox4x32, rand, randint, uint_to_uniform_float)

@@ -14,22 +14,17 @@ import textwrap
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import wrn_fast
 from wrn_fast.ops import ext
 
 from _checks import needs_ext, poison_outputs, rel_err
+from _references import reference_bn_act_dropout
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() and wrn_fast.build_info()["extension_cuda_kernels"] else [])
 OUT_TOL = {torch.float64: 1e-12, torch.float32: 1e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3}
 ACTS = ["identity", "relu", "leaky_relu", "silu"]
 pytestmark = [needs_ext, poison_outputs]
-
-
-def reference_act(z, act, slope):
-    return {"identity": lambda t: t, "relu": F.relu, "leaky_relu": lambda t: F.leaky_relu(t, slope),
-            "silu": F.silu}[act](z)
 
 
 def seed_tensor(value, device):
@@ -66,8 +61,7 @@ def test_forward_and_backward_match_composition(device, act, p, dtype, shape, ch
 
     keep = ext.dropout_mask(seed, shape, p).cpu() if p > 0 else torch.ones(shape, dtype=torch.bool)
     xr, sr, hr = (t.detach().double().cpu().requires_grad_() for t in (x, scale, shift))
-    view = [1, -1] + [1] * (len(shape) - 2)
-    y_ref = reference_act(xr * sr.view(view) + hr.view(view), act, slope) * keep.double() / (1.0 - p)
+    y_ref = reference_bn_act_dropout(xr, sr, hr, keep, p=p, rdt=torch.float64, act=act, slope=slope)
     y_ref.backward(grad_y.double().cpu())
 
     assert y.dtype == dtype and y.stride() == x.stride() and xs.grad.stride() == x.stride()

@@ -17,17 +17,12 @@ from wrn_fast.ops import ext
 
 from _checks import needs_ext, rel_err
 from _partials import tile_partials
+from _references import batch_stats
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() and wrn_fast.build_info()["extension_cuda_kernels"] else [])
 TOL = {torch.float64: 1e-12, torch.float32: 1e-5, torch.float16: 1e-5, torch.bfloat16: 1e-5}
 
 pytestmark = needs_ext
-
-
-def reference_stats(x):
-    dims = [d for d in range(x.dim()) if d != 1]
-    xd = x.double()
-    return xd.mean(dims), xd.var(dims, unbiased=False)
 
 
 def make_input(shape, dtype, device, mean=0.0, std=1.0, channels_last=False, seed=0):
@@ -56,7 +51,7 @@ def test_channel_stats_matches_float64_reference(device, dtype, shape, channels_
         pass  # float64 is supported on CUDA too
     x = make_input(shape, dtype, device, channels_last=channels_last)
     mean, var = ext.channel_stats(x)
-    ref_mean, ref_var = reference_stats(x.cpu())
+    ref_mean, ref_var = batch_stats(x.cpu().double())
     assert mean.dtype == var.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
     assert mean.shape == var.shape == (shape[1],)
     assert rel_err(mean.cpu(), ref_mean) < TOL[dtype]
@@ -69,7 +64,7 @@ def test_channel_stats_large_mean_small_variance(device, channels_last):
     # mean 1e4, std 1e-1 in fp32: E[x^2] - E[x]^2 would lose every digit of var.
     x = make_input((8, 6, 16, 16), torch.float32, device, mean=1e4, std=1e-1, channels_last=channels_last)
     mean, var = ext.channel_stats(x)
-    ref_mean, ref_var = reference_stats(x.cpu())
+    ref_mean, ref_var = batch_stats(x.cpu().double())
     assert rel_err(mean.cpu(), ref_mean) < 1e-7  # fp32 rounding of a 1e4 mean
     assert rel_err(var.cpu(), ref_var) < 1e-4  # var of values whose fp32 ulp is 1e-3 of ~0.1 spreads
 
@@ -79,7 +74,7 @@ def test_channel_stats_non_dense_input_is_accepted(device):
     base = make_input((4, 6, 10, 10), torch.float32, device)
     x = base[:, ::2, 1:, ::3]  # strided view: neither NCHW- nor channels-last-contiguous
     mean, var = ext.channel_stats(x)
-    ref_mean, ref_var = reference_stats(x.cpu())
+    ref_mean, ref_var = batch_stats(x.cpu().double())
     assert rel_err(mean.cpu(), ref_mean) < 1e-5 and rel_err(var.cpu(), ref_var) < 1e-5
 
 
@@ -133,8 +128,7 @@ def test_merge_partial_stats_checks_shapes():
 
 def stats_autograd_reference(x, grad_mean, grad_var):
     xd = x.detach().double().requires_grad_()
-    dims = [d for d in range(x.dim()) if d != 1]
-    m, v = xd.mean(dims), xd.var(dims, unbiased=False)
+    m, v = batch_stats(xd)
     torch.autograd.backward([m, v], [grad_mean.double(), grad_var.double()])
     return xd.grad
 
