@@ -78,10 +78,10 @@ _INTERPRET_CONFIGS = {"fwd": _cfg(64, 16, 32, 1, 4), "dgrad": _cfg(64, 16, 32, 1
 # twice the bytes per operand: their own, smaller list, free of spills.
 _CONFIGS_16 = {
     "fwd": [_cfg(128, 256, 64, 3, 8), _cfg(128, 128, 64, 3, 8), _cfg(128, 128, 32, 4, 8), _cfg(128, 256, 32, 4, 8),
-            _cfg(128, 64, 64, 3, 4), _cfg(64, 128, 64, 3, 4), _cfg(64, 64, 64, 4, 4), _cfg(128, 32, 64, 4, 4),
+            _cfg(256, 64, 64, 3, 8), _cfg(256, 32, 64, 3, 8), _cfg(128, 64, 64, 3, 4), _cfg(64, 128, 64, 3, 4), _cfg(64, 64, 64, 4, 4), _cfg(128, 32, 64, 4, 4),
             _cfg(64, 32, 64, 4, 4)],
     "wgrad": [_cfg(256, 128, 64, 3, 8), _cfg(128, 128, 64, 3, 8), _cfg(128, 128, 32, 4, 8), _cfg(64, 128, 64, 3, 4),
-              _cfg(128, 64, 64, 3, 4), _cfg(64, 64, 64, 4, 4), _cfg(64, 32, 64, 4, 4), _cfg(32, 64, 64, 4, 4)],
+              _cfg(128, 64, 64, 3, 4), _cfg(128, 32, 64, 4, 4), _cfg(64, 64, 64, 4, 4), _cfg(64, 32, 64, 4, 4), _cfg(32, 64, 64, 4, 4)],
 }
 _CONFIGS_16["dgrad"] = list(_CONFIGS_16["fwd"])
 _CONFIGS_32 = {
@@ -106,16 +106,23 @@ _WIDE_16 = {
 }
 
 
-def default_config(kind: str, dtype: torch.dtype, cin: int, cout: int, *, dropout: bool = False):
+def default_config(kind: str, dtype: torch.dtype, cin: int, cout: int, *, dropout: bool = False,
+                   prologue: bool = True):
     """The tile config used without autotuning: (BLOCK_M, BLOCK_N, BLOCK_K, num_stages, num_warps).
 
     A heuristic, not timed, read from the sm_90a SASS. 16-bit operands with 128 or more
     channels on the tiled sides: of the tiles in ``_WIDE_16``, the one with the highest
     (issue ceiling x share of the tile that falls inside Cout), e.g. fwd Cout = 320 takes
-    128x256 (1.0 x 62.5%) over 128x128 (0.65 x 83%); 64..127 channels: 64x64x64 on 4
-    warps; fewer: 64x32x64. fp32 (TF32 or exact) / fp64: smaller, spill-free tiles, 64
-    wide when that fills >= 80% of N. ``dropout`` is accepted for the variants' sake; the
-    bitmask costs the same under every tile.
+    128x256 (1.0 x 62.5%) over 128x128 (0.65 x 83%). 32..127 channels: a plain K loop
+    (dgrad's always; the forward's without the BN-act ``prologue``, as in the two-pass
+    path) takes 256 rows on 8 warps, which spreads its per-row address math over more
+    tensor work (bf16, N=128, issue ceiling 64 -> 256 rows: fwd 0.58 -> 0.92 at 64
+    channels, 0.33 -> 0.48 at 32; dgrad 0.62 -> 0.90, 0.34 -> 0.49; no spills); with the
+    prologue (whose cost per element does not shrink with more rows) and for wgrad:
+    64x64x64 on 4 warps from 64 channels, else 64x32x64 (a wgrad without prologue over
+    Cout >= 128: 128x32x64). fp32 (TF32 or exact) / fp64:
+    smaller, spill-free tiles, 64 wide when that fills >= 80% of N. ``dropout`` is
+    accepted for the variants' sake; the bitmask costs the same under every tile.
     """
     if kind not in ("fwd", "dgrad", "wgrad"):
         raise ValueError(f"kind must be 'fwd', 'dgrad' or 'wgrad', got {kind!r}")
@@ -136,6 +143,11 @@ def default_config(kind: str, dtype: torch.dtype, cin: int, cout: int, *, dropou
             (bm, bn, _, _, _), ceiling = item
             return ceiling * (fill(cout, bn) if kind == "fwd" else fill(cout, bm) if kind == "wgrad" else 1.0)
         return max(_WIDE_16[kind], key=score)[0]
+    plain_loop = kind == "dgrad" or (kind == "fwd" and not prologue)
+    if plain_loop and n >= 32:
+        return (256, 64 if n >= 64 else 32, 64, 3, 8)
+    if kind == "wgrad" and not prologue and cout >= 128 and n < 64:
+        return (128, 32, 64, 4, 4)  # Cin = 16 under a wide Cout (two-pass path): 0.34 -> 0.55 (64 rows -> 128)
     if n >= 64:
         return (64, 64, 64, 4, 4)
     return (64, 32, 64, 4, 4)
@@ -146,9 +158,10 @@ def default_config(kind: str, dtype: torch.dtype, cin: int, cout: int, *, dropou
 # tensor work per element scales with the GEMM's other side (Cout for the forward and
 # wgrad), so below this many output channels the fused prologue, not the tensor cores,
 # bounds the K loop. sm_90a SASS, bf16, N=128, WRN-28-2 widths (default tiles), issue
-# ceiling of the forward / wgrad K loop with the prologue -> without it (identity):
-#   width 32 @ 32x32   fwd 0.17 -> 0.33   wgrad 0.25 -> 0.34
-#   width 64 @ 16x16   fwd 0.30 -> 0.58   wgrad 0.37 -> 0.64
+# ceiling of the forward / wgrad K loop with the prologue -> without it (identity; the
+# forward then also takes 256-row tiles, see default_config):
+#   width 32 @ 32x32   fwd 0.17 -> 0.49   wgrad 0.25 -> 0.34
+#   width 64 @ 16x16   fwd 0.30 -> 0.94   wgrad 0.37 -> 0.64
 #   width 128 @ 8x8    fwd 0.65 -> 1.00   wgrad 0.73 -> 1.00
 # dgrad keeps its fused epilogue (its K loop has no prologue). The price: one
 # elementwise pass (read x, write a: 4 bytes per bf16 element, ~0.9 ps at 4.3 TB/s) and
@@ -166,7 +179,7 @@ def two_pass_layer(dtype: torch.dtype, cin: int, cout: int, taps: int = 9, strid
     this module's kernels without a prologue (forward, wgrad on ``a``; dgrad still fused
     on x). ``taps`` = kh*kw. True for fp16/bf16 on the GPU with Cout <= TWO_PASS_MAX_COUT
     or Cin <= 16 (the first block after the 16-channel stem: the pass over 16 channels is
-    cheap and its wgrad, whose prologue runs on the Cin side, goes 0.25 -> 0.34), at least
+    cheap and its wgrad, whose prologue runs on the Cin side, goes 0.25 -> 0.55), at least
     9 taps and stride 1 (see above); False in the interpreter, whose tests pick either
     path explicitly."""
     return (_GPU_TILES and dtype in (torch.float16, torch.bfloat16) and (cout <= TWO_PASS_MAX_COUT or cin <= 16)
@@ -206,7 +219,8 @@ def _launch(kernel, grid, args, consts, kind, dtype, cin, cout, dropout):
     if AUTOTUNE and _GPU_TILES:
         kernel[grid](*args, **consts)
         return
-    bm, bn, bk, stages, warps = default_config(kind, dtype, cin, cout, dropout=dropout)
+    bm, bn, bk, stages, warps = default_config(kind, dtype, cin, cout, dropout=dropout,
+                                               prologue=bool(consts.get("HAS_AFFINE", True)))
     kernel.fn[grid](*args, **consts, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_stages=stages, num_warps=warps)
 
 

@@ -112,7 +112,14 @@ for dtype in (torch.float32, torch.bfloat16, torch.float16):
         (16, 32, 3, 2, (0, 1, 0, 1), "silu", 0.0, False),     # stride 2, TF-SAME
         (16, 32, 1, 2, (0, 0, 0, 0), "leaky_relu", 0.0, False),  # projection shortcut
         (3, 16, 3, 1, (1, 1, 1, 1), None, 0.0, False),        # stem: Cin = 3, no prologue
+        # narrow 16-bit layers (WRN-28-2): the plain K loops' 256-row tiles (two-pass fwd,
+        # dgrad with its epilogue) and the two-pass wgrad under a wide Cout
+        (64, 32, 3, 1, (1, 1, 1, 1), "relu", 0.3, False),     # dgrad 256x64 + dropout epilogue
+        (32, 64, 3, 1, (1, 1, 1, 1), None, 0.0, False),       # fwd 256x64, dgrad 256x32, no prologue
+        (16, 128, 3, 1, (1, 1, 1, 1), None, 0.0, False),      # wgrad 128x32, no prologue
     ):
+        if dtype == torch.float32 and (cin, cout) in ((64, 32), (32, 64), (16, 128)):
+            continue  # the narrow cases exercise 16-bit tiles (fp32's list is covered above)
         x = torch.randn(2, cin, 8, 8).to(dtype).contiguous(memory_format=torch.channels_last)
         w = torch.randn(cout, cin, k, k).to(dtype)
         sc, sh = (torch.rand(cin), torch.randn(cin)) if act else (None, None)

@@ -642,6 +642,12 @@ def test_default_config_heuristic(kind, dtype, monkeypatch):
     assert K.default_config("fwd", torch.bfloat16, 320, 320)[:2] == (128, 256)   # 1.0 x 62.5% > 0.65 x 83%
     assert K.default_config("fwd", torch.bfloat16, 128, 128)[:2] == (128, 128)   # 0.65 x 100% > 1.0 x 50%
     assert K.default_config("wgrad", torch.bfloat16, 640, 640)[:2] == (256, 128)
+    # plain K loops (dgrad; fwd / wgrad without the prologue, the two-pass path): 256 rows
+    assert K.default_config("fwd", torch.bfloat16, 64, 64, prologue=False) == (256, 64, 64, 3, 8)
+    assert K.default_config("fwd", torch.bfloat16, 32, 32, prologue=False) == (256, 32, 64, 3, 8)
+    assert K.default_config("fwd", torch.bfloat16, 32, 32) == (64, 32, 64, 4, 4)
+    assert K.default_config("dgrad", torch.float16, 64, 64) == (256, 64, 64, 3, 8)
+    assert K.default_config("wgrad", torch.bfloat16, 16, 160, prologue=False) == (128, 32, 64, 4, 4)
     with pytest.raises(ValueError, match="kind must be"):
         K.default_config("bwd", torch.bfloat16, 16, 16)
 
