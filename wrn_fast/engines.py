@@ -8,6 +8,9 @@ ask which backend runs. Every engine has the same small interface:
     conv(src, conv, padding, residual=None, stats=False) -> Feature
         conv2d of ``src`` (+ bias) (+ residual). ``src`` is a Tensor, a Feature
         (a conv's output) or an Activation (a BN-act(-dropout) applied on the way in).
+        CPU eval without autograd: oneDNN's inference op on weights packed once, the
+        residual added as a post-op written into ``residual`` (which must be a tensor
+        nothing reads afterwards: a block's input or its shortcut conv's output).
         ``stats``: a BN will normalise the output (the Triton epilogue then emits
         partial statistics when batch statistics are needed).
     bn_affine(feature, bn) -> (scale, shift)
@@ -217,7 +220,8 @@ class CpuEngine(_Engine):
     @classmethod
     def describe(cls, sync_bn: bool) -> Description:
         fold = (f"BN folded into the conv's weights and bias, oneDNN conv + bias + {'/'.join(_ONEDNN_ACTS)} "
-                "(fp32; else conv2d + C++ bn_act_dropout)")
+                "on weights packed once (fp32; else conv2d + C++ bn_act_dropout); every other eval conv also "
+                "oneDNN on packed weights, the residual add as conv2's post-op")
         if sync_bn:  # statistics must exist as tensors to be all-gathered
             return Description("C++ channel_stats -> all_gather -> bn_finalize -> bn_act_dropout + torch conv2d",
                                "C++ bn_act_dropout", fold)
@@ -251,9 +255,20 @@ class CpuEngine(_Engine):
 
     def conv(self, src, conv, padding, residual=None, stats=False):
         a = src.value if isinstance(src, Activation) else (src.tensor if isinstance(src, Feature) else src)
+        top, bottom, left, right = padding
+        if self._onednn_eval(a, conv, padding):
+            weight, bias = self._packed(conv, None, a, [top, left])
+            args = ([top, left], list(conv.stride), [1, 1], 1)
+            if (residual is None or residual.dtype != a.dtype or residual.requires_grad
+                    or _shares_storage(residual, a)):
+                y = torch.ops.mkldnn._convolution_pointwise(a, weight, bias, *args, "none", [], "")
+                return Feature(y if residual is None else y + residual)
+            # eval, no autograd: the residual add as oneDNN's add post-op, written into the
+            # residual (a block's input or shortcut conv output, read by nothing after this)
+            return Feature(torch.ops.mkldnn._convolution_pointwise_.binary(
+                residual, a, weight, bias, *args, "add", None, None, [], None))
         a = self._cast(a)
         weight, bias = self._weights(conv)
-        top, bottom, left, right = padding
         if top == bottom and left == right:
             y = F.conv2d(a, weight, bias, conv.stride, (top, left))
         else:
@@ -262,41 +277,57 @@ class CpuEngine(_Engine):
             y = y + self._cast(residual)
         return Feature(y)
 
+    def _onednn_eval(self, a, conv, padding) -> bool:
+        """Whether this conv may run as oneDNN's inference op (fused post-ops, packed weights):
+        fp32, no gradient wanted (eval under no_grad; an attack's eval-mode input gradient keeps
+        the differentiable ops), symmetric padding, plain conv."""
+        top, bottom, left, right = padding
+        differentiable = torch.is_grad_enabled() and (a.requires_grad or conv.weight.requires_grad)
+        return (not differentiable and self.compute_dtype is None and a.device.type == "cpu"
+                and a.dtype == torch.float32 and conv.weight.dtype == torch.float32 and conv.groups == 1
+                and conv.dilation == (1, 1) and top == bottom and left == right
+                and torch.backends.mkldnn.is_available())
+
     def conv_bn_act(self, src, conv, padding, bn, act="identity", negative_slope=0.0, dropout_p=0.0):
         top, bottom, left, right = padding
         a = src.value if isinstance(src, Activation) else (src.tensor if isinstance(src, Feature) else src)
-        # oneDNN's fused op has no autograd: fold only where no gradient is wanted (eval
-        # under no_grad; an attack's eval-mode input gradient keeps the unfolded ops)
-        differentiable = torch.is_grad_enabled() and (a.requires_grad or conv.weight.requires_grad)
-        foldable = (not differentiable and not self._uses_batch_stats(bn) and act in _ONEDNN_ACTS
-                    and self.compute_dtype is None
-                    and conv.weight.dtype == torch.float32 and conv.groups == 1 and conv.dilation == (1, 1)
-                    and top == bottom and left == right and torch.backends.mkldnn.is_available())
-        if not foldable:
+        if self._uses_batch_stats(bn) or act not in _ONEDNN_ACTS or not self._onednn_eval(a, conv, padding):
             return super().conv_bn_act(src, conv, padding, bn, act, negative_slope, dropout_p)
-        weight, bias = self._folded(conv, bn)
+        weight, bias = self._packed(conv, bn, a, [top, left])
         y = torch.ops.mkldnn._convolution_pointwise(
             a, weight, bias, [top, left], list(conv.stride), [1, 1], 1, _ONEDNN_ACTS[act],
             [negative_slope] if act == "leaky_relu" else [], "")
         return Activation(y, None, None, "identity", 0.0, 0.0, None, y)
 
-    def _folded(self, conv, bn):
-        """eval: act(bn(conv(a))) = act(conv'(a)) with W' = W * scale[o], b' = b * scale + shift.
-        Cached per conv until a parameter or running statistic changes (in place or replaced)."""
-        key = tuple(_version_key(t) for t in (conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean,
-                                               bn.running_var)) + (bn.eps,)
-        cached = _FOLDED.get(conv)
+    def _packed(self, conv, bn, a, padding):
+        """eval: the conv's (weight, bias) for oneDNN's inference op, with ``bn`` (if given)
+        folded in: act(bn(conv(a))) = act(conv'(a)), W' = W * scale[o], b' = b * scale + shift;
+        the weight reordered once into oneDNN's layout for ``a``'s shape (not on every call).
+        Cached per conv until the input shape, a parameter or a running statistic changes
+        (in place or replaced)."""
+        tensors = (conv.weight, conv.bias) + ((bn.weight, bn.bias, bn.running_mean, bn.running_var)
+                                              if bn is not None else ())
+        key = (tuple(a.shape), tuple(padding), bn is not None and bn.eps) + tuple(_version_key(t) for t in tensors)
+        cached = _PACKED.get(conv)
         if cached is not None and cached[0] == key:
             return cached[1], cached[2]
-        scale, shift = self.bn_affine(None, bn)
-        weight = conv.weight * scale.view(-1, 1, 1, 1)
-        bias = shift if conv.bias is None else conv.bias * scale + shift
+        weight, bias = conv.weight.detach(), None if conv.bias is None else conv.bias.detach()
+        if bn is not None:
+            scale, shift = self.bn_affine(None, bn)
+            weight = weight * scale.view(-1, 1, 1, 1)
+            bias = shift if bias is None else bias * scale + shift
+        weight = torch.ops.mkldnn._reorder_convolution_weight(
+            weight, list(padding), list(conv.stride), [1, 1], 1, list(a.shape))
         if None not in key:
-            _FOLDED[conv] = (key, weight, bias)
+            _PACKED[conv] = (key, weight, bias)
         return weight, bias
 
     def tensor(self, activation):
         return activation.value
+
+
+def _shares_storage(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
 
 
 def _version_key(t: Optional[torch.Tensor]):
@@ -310,8 +341,8 @@ def _version_key(t: Optional[torch.Tensor]):
         return None
 
 
-# conv module -> (key, folded weight, folded bias); weak: the cache dies with the model
-_FOLDED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+# conv module -> (key, packed (folded) weight, (folded) bias); weak: the cache dies with the model
+_PACKED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 # wrn_fast activation -> oneDNN post-op name of mkldnn._convolution_pointwise
 _ONEDNN_ACTS = {"relu": "relu", "leaky_relu": "leaky_relu", "silu": "swish"}
