@@ -269,7 +269,15 @@ def test_eval_folds_bn2_into_conv1_with_onednn_and_matches_reference(act):
         out = fast(x)
     names = [e.name for e in prof.events()]
     n_blocks = sum(len(g.layer) for g in (fast.block1, fast.block2, fast.block3))
-    assert names.count("mkldnn::_convolution_pointwise") == n_blocks
+    n_convs = sum(isinstance(m, torch.nn.Conv2d) for m in fast.modules())
+    n_bns = sum(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    # every conv runs as oneDNN's inference op on packed weights: each block's conv2 with the
+    # residual add as post-op (in-place overload), the others plain or with bn2 folded in;
+    # no aten conv, and a BN-act kernel only for the BNs that are not folded
+    assert names.count("mkldnn::_convolution_pointwise_") == n_blocks
+    assert names.count("mkldnn::_convolution_pointwise") == n_convs - n_blocks
+    assert "aten::convolution" not in names
+    assert names.count("wrn_fast::bn_act_dropout_fwd") == n_bns - n_blocks
     with torch.no_grad():
         assert rel_err(out, ref(x)) < 1e-5
     assert "folded" in wrn_fast.explain(fast)
