@@ -101,6 +101,8 @@ def test_no_cudnn_convolution_in_the_fused_path():
         fast(x).sum().backward()
         torch.cuda.synchronize()
     names = [e.name for e in prof.events()]
+    # torch-internal names on purpose: cuDNN kernels are launched from C++, so only the profiler's
+    # CPU+CUDA events see them; monkeypatching F.conv2d / F.batch_norm would see Python callers only
     assert not [n for n in names if "cudnn" in n.lower() or n in ("aten::convolution", "aten::batch_norm")]
     assert any("bn_act_conv" in n for n in names)
 
