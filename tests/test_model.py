@@ -25,17 +25,12 @@ import wrn_fast
 from wrn_fast import reference
 from wrn_fast.model import WideResNet, WideResNetBottleneck, create_model, explain
 
+from _checks import needs_ext, rel_err
+
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 
 TOL_OUT = 1e-4
 TOL_GRAD = 2e-4
-
-
-def rel_err(a, b, floor=1e-30):
-    """||a - b|| / max(||b||, floor); NaN in ``a`` fails."""
-    a, b = a.double(), b.double()
-    assert torch.isfinite(a).all(), "non-finite values in the fast model's output"
-    return ((a - b).norm() / b.norm().clamp_min(floor)).item()
 
 
 def make_pair(seed=0, **cfg):
@@ -121,14 +116,9 @@ CPU_CONFIGS = [
 ]
 
 
-def _needs_ext():
-    if not wrn_fast.build_info()["extension_loaded"]:
-        pytest.skip("wrn_fast._C not built")
-
-
 @pytest.mark.parametrize("cfg", CPU_CONFIGS, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
+@needs_ext
 def test_fast_matches_reference_cpu_backend(cfg):
-    _needs_ext()
     fast, ref = make_pair(**cfg)
     compare_training(fast, ref, "cpu", num_classes=cfg.get("num_classes", 10))
 
@@ -142,8 +132,8 @@ TRITON_CONFIGS = [
 
 
 @pytest.mark.parametrize("cfg", TRITON_CONFIGS, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
+@needs_ext
 def test_fast_matches_reference_triton_backend(cfg):
-    _needs_ext()
     pytest.importorskip("triton")
     if os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("CPU tensors on the Triton backend need the interpreter (GPU: tests/test_model_gpu.py)")
@@ -157,51 +147,70 @@ def test_fast_matches_reference_triton_backend(cfg):
     assert c.get("bn_act_conv_wgrad", 0) >= 2 * n_convs
 
 
+def _autograd_node_names(t):
+    """name() of every node of the backward graph behind ``t``, each node once."""
+    seen, stack, names = set(), [t.grad_fn], []
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        names.append(fn.name())
+        stack.extend(f for f, _ in fn.next_functions)
+    return names
+
+
 def _profiled_step(backend, batch):
-    """Op event names of one forward+backward of a WRN-10-1 on ``backend``, and its BN count."""
+    """Op event names of one forward+backward of a WRN-10-1 on ``backend``, the autograd node
+    names of its backward graph, and its BN count."""
     fast, _ = make_pair(depth=10, widen_factor=1)
     x = torch.randn(batch, 3, 8, 8)
     with wrn_fast.use_backend(backend), torch.profiler.profile() as prof:
-        fast(x).sum().backward()
-    return [e.name for e in prof.events()], sum(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+        loss = fast(x).sum()
+        loss.backward()
+    n_bns = sum(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    return [e.name for e in prof.events()], _autograd_node_names(loss), n_bns
 
 
+@needs_ext
 def test_cpu_backend_runs_extension_ops_not_aten_batch_norm():
-    _needs_ext()
-    names, n_bns = _profiled_step("cpu", batch=4)
+    names, nodes, n_bns = _profiled_step("cpu", batch=4)
     # each BN: one batch_norm_act (stats + BN-act in one C++ autograd node) and its C++
     # backward, on the CPU one routine of two passes (csrc/batch_norm_act_cpu.cpp): no
     # composite kernels, no [C]-vector tensor algebra
     assert names.count("wrn_fast::batch_norm_act") == n_bns, sorted(set(names))
     assert names.count("wrn_fast::bn_act_dropout_fwd") == n_bns
     assert names.count("wrn_fast::channel_stats") == n_bns
-    assert sum("BatchNormActFunction" in n and "evaluate_function" not in n for n in names) == n_bns
+    assert sum("BatchNormActFunction" in n for n in nodes) == n_bns
     assert names.count("wrn_fast::bn_act_dropout_bwd") == names.count("wrn_fast::bn_backward_apply") == 0
+    # The one torch-internal name left: the profiler is the only view that also sees an ATen
+    # batch_norm called from C++ (csrc/); monkeypatching F.batch_norm would see Python callers only.
     assert not any(n.startswith("aten::") and "batch_norm" in n for n in names), \
         [n for n in names if "batch_norm" in n]
 
 
+@needs_ext
 def test_triton_backend_finalizes_each_bn_in_one_cpp_node():
     """Triton backend: the conv epilogue's partials -> bn_finalize_partials (one C++
     autograd node per BN), not merge_partial_stats + bn_finalize (two Python ones)."""
-    _needs_ext()
     pytest.importorskip("triton")
     if os.environ.get("TRITON_INTERPRET") != "1":
         pytest.skip("CPU tensors on the Triton backend need the interpreter")
-    names, n_bns = _profiled_step("triton", batch=2)
+    names, nodes, n_bns = _profiled_step("triton", batch=2)
     assert names.count("wrn_fast::bn_finalize_partials") == n_bns, sorted(set(names))
-    # merge + finalize run inside it (nested events), with no autograd node of their own
+    # merge + finalize run inside it (nested events), with no autograd node of their own:
+    # the backward graph holds one BnFinalizePartialsFunction per BN and no node of either op
     assert names.count("wrn_fast::merge_partial_stats") == names.count("wrn_fast::bn_finalize") == n_bns
-    assert not any("GeneratedBackwardFor_wrn_fast_bn_finalize" in n or "merge_partial_stats_default" in n
-                   for n in names), sorted(set(names))
-    assert sum("BnFinalizePartialsFunction" in n and "evaluate_function" not in n for n in names) == n_bns
+    assert sum("BnFinalizePartialsFunction" in n for n in nodes) == n_bns, sorted(set(nodes))
+    assert not any("bn_finalize" in n or "merge_partial_stats" in n for n in nodes), sorted(set(nodes))
     assert "wrn_fast::channel_stats" not in names
+    # torch-internal names kept: only the profiler also sees ATen ops called from C++ (see above)
     assert not any(n.startswith("aten::") and ("batch_norm" in n or "convolution" in n) for n in names)
 
 
+@needs_ext
 def test_cpu_backend_materialises_each_bn_act_once():
     """conv1 and the 'preact' projection shortcut share one act(bn1(x)) (no second pass)."""
-    _needs_ext()
     fast, _ = make_pair(depth=10, widen_factor=2)  # 3 blocks, all with a projection shortcut
     with wrn_fast.use_backend("cpu"), torch.profiler.profile() as prof:
         fast(torch.randn(4, 3, 8, 8))
@@ -221,8 +230,8 @@ def test_state_dict_identical_and_loads_both_ways():
         fast2.load_state_dict(ref.state_dict(), strict=True)
 
 
+@needs_ext
 def test_dropout_train_is_stochastic_reproducible_and_eval_is_deterministic():
-    _needs_ext()
     fast, ref = make_pair(depth=10, widen_factor=2, dropout_rate=0.3)
     x = torch.randn(4, 3, 16, 16)
     with wrn_fast.use_backend("cpu"):
@@ -240,13 +249,13 @@ def test_dropout_train_is_stochastic_reproducible_and_eval_is_deterministic():
             assert rel_err(fast(x), ref(x)) < TOL_OUT
 
 
+@needs_ext
 def test_dropout_gradients_match_reference_with_the_same_mask():
     """Dropout p>0 in training: the fast model equals the reference given the same masks.
 
     The reference's F.dropout is replaced by the mask our ops draw (recorded from
     the seeds the fast forward drew, regenerated with ext.dropout_mask).
     """
-    _needs_ext()
     from wrn_fast.ops import ext
 
     fast, ref = make_pair(depth=10, widen_factor=1, dropout_rate=0.4)
@@ -293,8 +302,8 @@ def test_dropout_gradients_match_reference_with_the_same_mask():
         assert rel_err(pf.grad, pr.grad) < TOL_GRAD, n
 
 
+@needs_ext
 def test_bad_input_errors_and_running_stats_untouched():
-    _needs_ext()
     fast, _ = make_pair(depth=10, widen_factor=1)
     fast.train()
     before = copy.deepcopy(fast.state_dict())
@@ -314,8 +323,8 @@ def test_bad_input_errors_and_running_stats_untouched():
         assert torch.equal(before[k], after[k]), f"{k} changed by a failed step"
 
 
+@needs_ext
 def test_nan_input_propagates_like_reference():
-    _needs_ext()
     fast, ref = make_pair(depth=10, widen_factor=1)
     fast.eval()
     ref.eval()
@@ -328,8 +337,8 @@ def test_nan_input_propagates_like_reference():
     assert torch.equal(torch.isnan(of), torch.isnan(orr))
 
 
+@needs_ext
 def test_channels_last_and_nchw_give_the_same_result():
-    _needs_ext()
     fast, _ = make_pair(depth=10, widen_factor=2)
     x = torch.randn(4, 3, 16, 16)
     with wrn_fast.use_backend("cpu"):
@@ -338,8 +347,8 @@ def test_channels_last_and_nchw_give_the_same_result():
     assert rel_err(b, a) < TOL_OUT
 
 
+@needs_ext
 def test_autocast_bf16_cpu_close_to_fp32():
-    _needs_ext()
     fast, ref = make_pair(depth=10, widen_factor=2)
     fast.eval()
     x = torch.randn(4, 3, 16, 16)
@@ -352,10 +361,10 @@ def test_autocast_bf16_cpu_close_to_fp32():
 
 
 @pytest.mark.parametrize("batches", [(4,), (4, 6, 5)], ids=["one-shape", "new-batch-sizes"])
+@needs_ext
 def test_torch_compile_no_graph_breaks_and_same_result(batches):
     """fullgraph compile matches the reference. New batch sizes make dynamo recompile with
     a symbolic batch: the C++ autograd node of batch_norm_act is traced with symbolic sizes."""
-    _needs_ext()
     fast, ref = make_pair(depth=10, widen_factor=1)
     torch._dynamo.reset()
     with wrn_fast.use_backend("cpu"):
@@ -375,8 +384,8 @@ def test_torch_compile_no_graph_breaks_and_same_result(batches):
         assert rel_err(getattr(fast.block1.layer[0].bn1, buf), getattr(ref.block1.layer[0].bn1, buf)) < TOL_GRAD
 
 
+@needs_ext
 def test_gradient_checkpointing_matches():
-    _needs_ext()
     from torch.utils.checkpoint import checkpoint
 
     fast, ref = make_pair(depth=10, widen_factor=1)
@@ -392,8 +401,8 @@ def test_gradient_checkpointing_matches():
     assert rel_err(gx, x.grad) < TOL_GRAD
 
 
+@needs_ext
 def test_save_load_deepcopy_and_to_float64():
-    _needs_ext()
     fast, ref = make_pair(depth=10, widen_factor=1)
     fast.eval()
     x = torch.randn(2, 3, 8, 8)
@@ -409,9 +418,9 @@ def test_save_load_deepcopy_and_to_float64():
         assert rel_err(f64(x.double()), y) < TOL_OUT
 
 
+@needs_ext
 def test_short_training_run_loss_curves_agree():
     """50 SGD steps on one fixed synthetic batch: the loss curves of fast and reference agree."""
-    _needs_ext()
     fast, ref = make_pair(depth=10, widen_factor=1, num_classes=4)
     torch.manual_seed(5)
     x = torch.randn(16, 3, 8, 8)
@@ -433,12 +442,12 @@ def test_short_training_run_loss_curves_agree():
     assert rel_err(curves[0], curves[1]) < 1e-3
 
 
+@needs_ext
 def test_bottleneck_matches_reference_cpu_backend():
     """Training in float64: the post-activation bottleneck has ReLUs right before BN over few
     values (layer4: 2x2x2 per channel here), where fp32 rounding can flip a ReLU whose
     input is ~1e-6 and move one channel's gradient by 1% (seen with seed 0). float64
     checks the formulas exactly; fp32 is checked on the forward only."""
-    _needs_ext()
     torch.manual_seed(0)
     cfg = dict(layers=(1, 1, 1, 1), num_classes=5)
     ref = reference.WideResNetBottleneck(**cfg)
@@ -462,8 +471,8 @@ def test_create_model_and_factories():
         create_model("resnet18")
 
 
+@needs_ext
 def test_explain_lists_fused_layers():
-    _needs_ext()
     fast, _ = make_pair(depth=10, widen_factor=1)
     with wrn_fast.use_backend("cpu"):
         text = explain(fast)
