@@ -4,12 +4,15 @@ high-precision reference with a given keep mask (the validation oracle; the fuse
 bench.philox's), the activations by name, the per-channel batch statistics, and the merge of
 the conv's partial statistics.
 
-Depends on torch only (not on wrn_fast): the tests' oracle must not share code with what it checks.
+Depends on torch and the specification (wrn_fast/reference.py) only, never on the fused ops it
+checks nor on tests/.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from wrn_fast.reference import apply_activation
 
 
 def eager_bn_act_conv(x, w, scale, shift, res, *, stride, pad, p, stats, return_mask=False):
@@ -52,16 +55,9 @@ def eager_bn_act_dropout(x, scale, shift, *, p, return_mask=False):
 
 
 def activation(z, act, slope=0.0):
-    """The activation named ``act`` ("identity", "relu", "leaky_relu" with ``slope``, "silu") of z."""
-    if act == "identity":
-        return z
-    if act == "relu":
-        return F.relu(z)
-    if act == "leaky_relu":
-        return F.leaky_relu(z, slope)
-    if act == "silu":
-        return F.silu(z)
-    raise ValueError(f"act: expected identity, relu, leaky_relu or silu, got {act!r}")
+    """The activation named ``act`` of z: the specification's (wrn_fast/reference.py: "relu",
+    "leaky_relu" with ``slope``, "silu"), plus "identity" (the ops' BN without activation)."""
+    return z if act == "identity" else apply_activation(z, act, slope)
 
 
 def batch_stats(x):
