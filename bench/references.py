@@ -15,31 +15,11 @@ import torch.nn.functional as F
 from wrn_fast.reference import apply_activation
 
 
-def eager_bn_act_conv(x, w, scale, shift, res, *, stride, pad, p, stats, return_mask=False):
-    """The eager composition the fused conv replaces: separate PyTorch ops."""
-    a = x
-    if scale is not None:
-        c = x.shape[1]
-        rm = torch.zeros(c, device=x.device, dtype=torch.float32)
-        rv = torch.ones(c, device=x.device, dtype=torch.float32)
-        a = F.relu(F.batch_norm(x, rm, rv, scale, shift, training=False, eps=0.0))
-    keep = nz = None
-    if p > 0:
-        if return_mask:
-            nz = a != 0
-        a = F.dropout(a, p, training=True)
-        if return_mask:
-            keep = a != 0  # where the pre-dropout value is 0 the mask does not matter
-    y = F.conv2d(a, w, None, stride, pad)
-    if res is not None:
-        y = y + res
-    mean = var = None
-    if stats:
-        var, mean = torch.var_mean(y, dim=(0, 2, 3), correction=0)
-    return y, mean, var, keep, nz
-
-
 def eager_bn_act_dropout(x, scale, shift, *, p, return_mask=False):
+    """relu(batch_norm(x)) with the affine (scale, shift) as eager runs it, then F.dropout.
+
+    With ``return_mask``: keep (where the output is nonzero) and nz (where the pre-dropout
+    value is nonzero: elsewhere the mask does not matter)."""
     c = x.shape[1]
     rm = torch.zeros(c, device=x.device, dtype=torch.float32)
     rv = torch.ones(c, device=x.device, dtype=torch.float32)
@@ -52,6 +32,21 @@ def eager_bn_act_dropout(x, scale, shift, *, p, return_mask=False):
         if return_mask:
             keep = a != 0
     return a, keep, nz
+
+
+def eager_bn_act_conv(x, w, scale, shift, res, *, stride, pad, p, stats, return_mask=False):
+    """The eager composition the fused conv replaces: separate PyTorch ops."""
+    if scale is None and p > 0:
+        raise ValueError("p: dropout needs the BN prologue (scale/shift), as in the fused op")
+    a, keep, nz = (x, None, None) if scale is None else eager_bn_act_dropout(x, scale, shift, p=p,
+                                                                             return_mask=return_mask)
+    y = F.conv2d(a, w, None, stride, pad)
+    if res is not None:
+        y = y + res
+    mean = var = None
+    if stats:
+        var, mean = torch.var_mean(y, dim=(0, 2, 3), correction=0)
+    return y, mean, var, keep, nz
 
 
 def activation(z, act, slope=0.0):
