@@ -78,7 +78,8 @@ _INTERPRET_CONFIGS = {"fwd": _cfg(64, 16, 32, 1, 4), "dgrad": _cfg(64, 16, 32, 1
 # twice the bytes per operand: their own, smaller list, free of spills.
 _CONFIGS_16 = {
     "fwd": [_cfg(128, 256, 64, 3, 8), _cfg(128, 128, 64, 3, 8), _cfg(128, 128, 32, 4, 8), _cfg(128, 256, 32, 4, 8),
-            _cfg(256, 64, 64, 3, 8), _cfg(256, 32, 64, 3, 8), _cfg(128, 64, 64, 3, 4), _cfg(64, 128, 64, 3, 4), _cfg(64, 64, 64, 4, 4), _cfg(128, 32, 64, 4, 4),
+            _cfg(256, 64, 64, 3, 8), _cfg(256, 32, 64, 3, 8), _cfg(256, 64, 32, 4, 8), _cfg(256, 32, 32, 4, 8),
+            _cfg(128, 64, 64, 3, 4), _cfg(64, 128, 64, 3, 4), _cfg(64, 64, 64, 4, 4), _cfg(128, 32, 64, 4, 4),
             _cfg(64, 32, 64, 4, 4)],
     "wgrad": [_cfg(256, 128, 64, 3, 8), _cfg(128, 128, 64, 3, 8), _cfg(128, 128, 32, 4, 8), _cfg(64, 128, 64, 3, 4),
               _cfg(128, 64, 64, 3, 4), _cfg(128, 32, 64, 4, 4), _cfg(64, 64, 64, 4, 4), _cfg(64, 32, 64, 4, 4), _cfg(32, 64, 64, 4, 4)],
@@ -117,7 +118,9 @@ def default_config(kind: str, dtype: torch.dtype, cin: int, cout: int, *, dropou
     (dgrad's always; the forward's without the BN-act ``prologue``, as in the two-pass
     path) takes 256 rows on 8 warps, which spreads its per-row address math over more
     tensor work (bf16, N=128, issue ceiling 64 -> 256 rows: fwd 0.58 -> 0.92 at 64
-    channels, 0.33 -> 0.48 at 32; dgrad 0.62 -> 0.90, 0.34 -> 0.49; no spills); with the
+    channels, 0.33 -> 0.48 at 32; dgrad 0.62 -> 0.90, 0.34 -> 0.49; no spills), with
+    BLOCK_K = 32 when the K side (Cin for fwd, Cout for dgrad) has <= 32 channels per tap
+    (a 64-deep K step would be half masked: useful ceiling 0.245 -> 0.36); with the
     prologue (whose cost per element does not shrink with more rows) and for wgrad:
     64x64x64 on 4 warps from 64 channels, else 64x32x64 (a wgrad without prologue over
     Cout >= 128: 128x32x64). fp32 (TF32 or exact) / fp64:
@@ -145,6 +148,9 @@ def default_config(kind: str, dtype: torch.dtype, cin: int, cout: int, *, dropou
         return max(_WIDE_16[kind], key=score)[0]
     plain_loop = kind == "dgrad" or (kind == "fwd" and not prologue)
     if plain_loop and n >= 32:
+        k_side = cin if kind == "fwd" else cout  # channels per tap along K
+        if k_side <= 32:  # BLOCK_K = 64 would leave half of each K step masked
+            return (256, 64 if n >= 64 else 32, 32, 4, 8)
         return (256, 64 if n >= 64 else 32, 64, 3, 8)
     if kind == "wgrad" and not prologue and cout >= 128 and n < 64:
         return (128, 32, 64, 4, 4)  # Cin = 16 under a wide Cout (two-pass path): 0.34 -> 0.55 (64 rows -> 128)
