@@ -154,6 +154,7 @@ def main(argv=None):
     with open(os.path.join(args.out, name + ".md"), "w") as f:
         f.write(md)
     print("wrote", os.path.join(args.out, name + ".md"))
+    return {"json": os.path.join(args.out, name + ".json"), "md": os.path.join(args.out, name + ".md")}
 
 
 if __name__ == "__main__":

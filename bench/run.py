@@ -1,6 +1,9 @@
 """One entry point for every wrn_fast benchmark.
 
-    python -m bench.run [--quick] [--device cpu|cuda] [--only kernels|models] [--dtype bf16,fp16,fp32] ...
+    python -m bench.run [--quick] [--device cpu|cuda] [--only kernels|models|cpu_job] [--dtype bf16,fp16,fp32] ...
+
+``--only cpu_job`` runs bench/cpu_job.py instead (the default training job and small shapes on
+the CPU, 1 thread: reference vs torch.compile vs wrn_fast; ``--quick``: the job row, 3 rounds).
 
 Writes <out>/<date>_<device>_<commit>.json (+ .md, + PNGs) and appends one row per figure to
 <out>/results.jsonl; every row is also appended to <out>/<run>.rows.jsonl the moment it is
@@ -33,7 +36,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true",
                    help="tiny shapes and models (WRN-10-2, batch 8, 16x16), 1-3 repetitions: seconds in total")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available")
-    p.add_argument("--only", choices=("kernels", "models"), default=None)
+    p.add_argument("--only", choices=("kernels", "models", "cpu_job"), default=None)
     p.add_argument("--dtype", type=_csv, default=None,
                    help="kernel dtypes, comma list of bf16,fp16,fp32 (default GPU: bf16,fp16,fp32; CPU: fp32)")
     p.add_argument("--model-dtype", default=None, choices=tuple(common.DTYPES),
@@ -115,6 +118,13 @@ def main(argv: Optional[List[str]] = None) -> dict:
     """Run the benchmarks; returns the paths written (json, markdown, table, pngs)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     a = parse_args(argv)
+    if a.only == "cpu_job":
+        if a.device == "cuda":
+            raise SystemExit("--only cpu_job: a CPU benchmark (drop --device cuda)")
+        from . import cpu_job
+
+        quick = ["--rows", "job", "--rounds", "3", "--max-s", "10"] if a.quick else []
+        return cpu_job.main(["--threads", "1", "--out", a.out] + quick)
     if a.device is None:
         a.device = "cuda" if torch.cuda.is_available() else "cpu"
     if a.device == "cuda" and not torch.cuda.is_available():
