@@ -553,7 +553,8 @@ def test_two_pass_fake_and_opcheck(monkeypatch):
         assert r.shape == f.shape and r.dtype == f.dtype and r.stride() == f.stride()
     args = (x, w, sc, sh, None, None, seed, 2, [0, 1, 0, 1], "silu", 0.0, 0.3, True, False)
     torch.library.opcheck(torch.ops.wrn_fast.bn_act_conv_two_pass.default, args,
-                          test_utils=["test_schema", "test_autograd_registration", "test_faketensor"])
+                          test_utils=["test_schema", "test_autograd_registration", "test_faketensor",
+                                      "test_aot_dispatch_dynamic"])
 
 
 def test_two_pass_bad_input_before_any_launch(monkeypatch):
