@@ -274,7 +274,7 @@ class CpuEngine(_Engine):
         else:
             y = F.conv2d(F.pad(a, (left, right, top, bottom)), weight, bias, conv.stride)
         if residual is not None:
-            y = y + self._cast(residual)
+            y = y.add_(self._cast(residual))  # in place: conv backward keeps its input, not its output
         return Feature(y)
 
     def _onednn_eval(self, a, conv, padding) -> bool:
