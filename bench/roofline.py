@@ -63,6 +63,12 @@ ASSUMPTIONS = [
     "WRN-50-2: the bottleneck's bn3 / downsample BN + residual add + ReLU run as PyTorch elementwise ops in "
     "both; wrn_fast gets their statistics from the conv epilogue (one pass: scale-shift) where eager's BN needs "
     "two.",
+    "Two-pass layers (route 'two-pass': the convs kernels.bn_act_conv.two_pass_layer at the static report's "
+    "kernels commit routes to wrn_fast::bn_act_conv_two_pass; fp16/bf16, 3x3 stride 1, Cout <= 128 or Cin <= 16): "
+    "bn_act_dropout_fwd reads x and writes the activation a (its dropout mask from Philox, no bits), the forward "
+    "GEMM reads a without prologue (its issue ceiling is that of the prologue-free variant), wgrad reads the saved a "
+    "without prologue, dgrad stays fused on x (its launcher writes the 1-bit mask itself in backward, then reads "
+    "it); a is kept for backward in addition to x (counted in wrn_fast's activation memory), no bits are kept.",
     "Activation memory kept for backward: the distinct tensors autograd saves. Eager: each BN's input, the ReLU "
     "output, the dropout mask (1 B/element) and the dropout output (= the conv input); wrn_fast: each fused "
     "conv's input x (the previous output, already counted once), the 1-bit dropout mask, statistics partials. "
@@ -96,21 +102,27 @@ def _split_k(cout, cin, k, m_rows, sms):
     return -(-m_rows // chunk)
 
 
-def _uses_bits(commit):
-    """Whether the kernels at ``commit`` (the static report's) take a dropout bitmask."""
-    root = sass.ROOT
+def _kernels_root(commit):
+    """Where the kernels at ``commit`` (the static report's) are: a source tree of that commit,
+    or this checkout (dirty or unknown commit, no git)."""
     if commit and "dirty" not in commit and commit != "unknown":
         try:
-            root = sass.source_tree(commit)
+            return sass.source_tree(commit)
         except Exception:  # noqa: BLE001 - no git here: the working tree
             pass
+    return sass.ROOT
+
+
+def _uses_bits(root):
+    """Whether the kernels under ``root`` take a dropout bitmask."""
     with open(os.path.join(root, "kernels", "bn_act_conv.py")) as f:
         return "keep_bits" in f.read()
 
 
-def build(model, dtype, ceilings, sms, mask_bits):
-    """All kernels of one step of ``model`` for both implementations, and the saved bytes."""
-    layers = static.model_layers(model)
+def build(model, dtype, ceilings, sms, mask_bits, src_root=None):
+    """All kernels of one step of ``model`` for both implementations, and the saved bytes;
+    convs routed (one kernel or two-pass) as the kernels under ``src_root`` decide."""
+    layers = static.model_layers(model, dtype, src_root)
     train = static.MODELS[model][4]
     s = ACT_BYTES[dtype]
     ks = []
@@ -165,7 +177,7 @@ def _conv_kernels(L, dtype, s, ceilings, sms, mask_bits, saved, bn_seen, train):
                 ks.append(Kernel("eager", "bwd", name, "dropout backward", bytes=e_in * (2 * s + 1)))
                 saved["eager"][L.prologue_bn + ".mask"] = e_in
                 saved["eager"][L.prologue_bn + ".dropout_out"] = e_in * s
-                if mask_bits:
+                if mask_bits and not L.two_pass:
                     ks.append(Kernel("fused", "fwd", name, "dropout keep bits (1 bit / element)", bytes=e_in / 8))
                     saved["fused"][L.prologue_bn + ".bits"] = e_in / 8
             if train:
@@ -185,6 +197,16 @@ def _conv_kernels(L, dtype, s, ceilings, sms, mask_bits, saved, bn_seen, train):
         ks.append(Kernel("eager", "bwd", name, "cuDNN wgrad", flops, (e_in + e_out) * s + w * 4, tc_flops=flops))
     # ---------------- fused
     bits = e_in / 8 if (drop and mask_bits) else 0.0
+    a_b = 0.0  # the two-pass path's activation a, read by the forward GEMM and wgrad instead of x
+    if L.two_pass:
+        ks.append(Kernel("fused", "fwd", name, "two-pass: bn_act_dropout fwd (read x, write a; Philox mask)",
+                         bytes=2 * e_in * s, variant=L.pass_variant(dtype).label()))
+        if train:
+            saved["fused"][name + ".a"] = e_in * s
+            if bits:  # dgrad's launcher makes the bits itself (no keep_bits passed): written in backward
+                ks.append(Kernel("fused", "bwd", name, "two-pass: dropout keep bits for dgrad (1 bit / element)",
+                                 bytes=bits))
+        a_b = e_in * s
     stats_b = (-(-m_rows // STATS_M)) * (L.cout * 8 + 4) if (L.stats and train) else 0.0
     res_b = e_out * s if L.residual else 0.0
 
@@ -193,8 +215,9 @@ def _conv_kernels(L, dtype, s, ceilings, sms, mask_bits, saved, bn_seen, train):
         return ceilings(v)
 
     c_f, lab = ceil("fwd")
-    ks.append(Kernel("fused", "fwd", name, "bn_act_conv fwd", flops,
-                     (e_in + e_out) * s + w * s + bits + res_b + stats_b, tc_flops=flops, ceiling=c_f, variant=lab))
+    fwd_in = a_b if L.two_pass else e_in * s + bits  # a (no prologue) or x + the mask bits
+    ks.append(Kernel("fused", "fwd", name, "bn_act_conv fwd" + (" (two-pass: on a, no prologue)" if L.two_pass else ""),
+                     flops, fwd_in + e_out * s + w * s + res_b + stats_b, tc_flops=flops, ceiling=c_f, variant=lab))
     if L.stats and train:
         ks.append(Kernel("fused", "fwd", name, "BN finalize (merge partials)", bytes=stats_b))
     if train:
@@ -206,8 +229,10 @@ def _conv_kernels(L, dtype, s, ceilings, sms, mask_bits, saved, bn_seen, train):
         c_w, lab = ceil("wgrad")
         split = _split_k(L.cout, L.cin, L.k, m_rows, sms)
         part = split * w * 4
-        ks.append(Kernel("fused", "bwd", name, f"bn_act_conv wgrad (split-K {split})", flops,
-                         (e_in + e_out) * s + bits + part, tc_flops=flops, ceiling=c_w, variant=lab))
+        w_in = a_b if L.two_pass else e_in * s + bits
+        ks.append(Kernel("fused", "bwd", name, f"bn_act_conv wgrad (split-K {split})"
+                         + (" (two-pass: on a, no prologue)" if L.two_pass else ""), flops,
+                         w_in + e_out * s + part, tc_flops=flops, ceiling=c_w, variant=lab))
         if split > 1:
             ks.append(Kernel("fused", "bwd", name, "wgrad split-K sum", bytes=part + w * 4))
     return ks
@@ -327,7 +352,8 @@ def _ms(t):
 
 
 def report(models, dtype, devices, static_path, peak_override, bw_override):
-    mask_bits = _uses_bits(_static_commit(static_path))
+    src_root = _kernels_root(_static_commit(static_path))
+    mask_bits = _uses_bits(src_root)
     results = {"meta": {}, "models": {}}
     L = ["# Roofline (predicted, no GPU): eager PyTorch vs wrn_fast fused path", "",
          "**Predicted, not measured.** Lower bounds from FLOPs and minimum bytes; wrn_fast's convolutions scaled by "
@@ -354,7 +380,7 @@ def report(models, dtype, devices, static_path, peak_override, bw_override):
             d = DEVICES[dev]
             peak = (peak_override or d["tflops"]) * 1e12 * TC_RATE[dtype]
             bw = (bw_override or d["tbps"]) * 1e12
-            ks, saved, params = build(model, dtype, ceilings, d["sms"], mask_bits)
+            ks, saved, params = build(model, dtype, ceilings, d["sms"], mask_bits, src_root)
             summ = summarise(ks, saved, peak, bw)
             results["models"].setdefault(model, {})[dev] = {
                 "peak_flops": peak, "bandwidth": bw, "summary": summ, "params": params,
@@ -392,8 +418,8 @@ def _layer_table(model, dev, ks, peak, bw, summ, missing):
          f"{summ['eager']['flops'] / 1e12:.2f} TFLOP per step.", ""]
     if missing:
         L += [f"Not in the static report (ceiling 1 assumed): {', '.join(sorted({v.label() for v in missing}))}", ""]
-    L += ["| layer | GFLOP (fwd) | eager fwd ms | eager bwd ms | fused fwd ms | fused bwd ms | fused conv ceilings "
-          "fwd / dgrad / wgrad |", "|---|---|---|---|---|---|---|"]
+    L += ["| layer | route | GFLOP (fwd) | eager fwd ms | eager bwd ms | fused fwd ms | fused bwd ms | fused conv ceilings "
+          "fwd / dgrad / wgrad |", "|---|---|---|---|---|---|---|---|"]
     order = []
     for k in ks:
         if k.layer not in order:
@@ -405,7 +431,9 @@ def _layer_table(model, dev, ks, peak, bw, summ, missing):
             return sum(k.time(peak, bw)[0] for k in mine if k.impl in (impl, "both") and k.phase == phase)
         gf = sum(k.flops for k in mine if k.impl == "eager" and k.phase == "fwd") / 1e9
         ceils = " / ".join(f"{k.ceiling:.2f}" for k in mine if k.impl == "fused" and k.tc_flops)
-        L.append(f"| {layer} | {gf:.1f} | {_ms(t('eager', 'fwd'))} | {_ms(t('eager', 'bwd') + t('eager', 'step'))} | "
+        route = "two-pass" if any(k.what.startswith("two-pass") for k in mine) else \
+            "fused" if any(k.impl == "fused" and k.tc_flops for k in mine) else "-"
+        L.append(f"| {layer} | {route} | {gf:.1f} | {_ms(t('eager', 'fwd'))} | {_ms(t('eager', 'bwd') + t('eager', 'step'))} | "
                  f"{_ms(t('fused', 'fwd'))} | {_ms(t('fused', 'bwd') + t('fused', 'step'))} | {ceils or '-'} |")
     return L
 

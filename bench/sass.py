@@ -220,6 +220,35 @@ def analyze_many(jobs, *, processes=2, python=None, progress=None, src_root=None
     return results
 
 
+def two_pass_routes(shapes, *, python=None, src_root=None):
+    """[(dtype, cin, cout, taps, stride)] -> [bool]: whether the launcher runs each
+    BN-act(-dropout) -> conv as two kernels (``kernels.bn_act_conv.two_pass_layer``, asked in
+    a subprocess that imports the kernels of ``src_root`` as a GPU run would: no
+    TRITON_INTERPRET). All False for kernels that predate the two-pass path."""
+    shapes = [list(s) for s in shapes]
+    if not shapes:
+        return []
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["WRN_FAST_SASS_SRC"] = src_root or ROOT
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run([python or sys.executable, "-m", "bench.sass", "--route", json.dumps(shapes)], env=env,
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("ROUTEJSON ")]
+    if proc.returncode or not lines:
+        raise RuntimeError(f"two_pass_layer query failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
+    return json.loads(lines[-1][len("ROUTEJSON "):])
+
+
+def _route_worker(shapes):
+    assert os.environ.get("TRITON_INTERPRET", "0") != "1", "routing is asked as a GPU run decides it"
+    import torch
+    conv, _ = _import_kernels()
+    decide = getattr(conv, "two_pass_layer", None)
+    out = [bool(decide(getattr(torch, _TORCH_DTYPE[dt]), cin, cout, taps, stride)) if decide else False
+           for dt, cin, cout, taps, stride in shapes]
+    print("ROUTEJSON " + json.dumps(out), flush=True)
+
+
 def _job(variant, config):
     if config not in (None, "list"):
         config = list(config_tuple(config))
@@ -744,6 +773,7 @@ def format_result(res):
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m bench.sass", description=__doc__.split("\n\n")[0])
     ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--route", help=argparse.SUPPRESS)
     ap.add_argument("--kind", choices=KINDS, default="fwd")
     ap.add_argument("--dtype", choices=DTYPES + ("fp32",), default="bf16", help="fp32 = fp32-tf32")
     ap.add_argument("--n", type=int, default=128)
@@ -763,6 +793,9 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.worker:
         _worker(args.worker)
+        return 0
+    if args.route:
+        _route_worker(json.loads(args.route))
         return 0
     v = Variant(kind=args.kind, dtype="fp32-tf32" if args.dtype == "fp32" else args.dtype, n=args.n, cin=args.cin,
                 cout=args.cout, hw=args.hw, stride=args.stride, ksize=args.ksize, act=args.act,

@@ -48,7 +48,10 @@ TARGET_DTYPES = ("bf16", "fp16")
 class ConvLayer:
     """One convolution as wrn_fast runs it: y = conv(dropout(act(bn(x)))) (+ residual),
     x [n, cin, hw, hw]; ``prologue_bn`` names the BN folded into the prologue (None: the
-    conv reads x itself); ``stats``: the epilogue emits the statistics of y for the next BN."""
+    conv reads x itself); ``stats``: the epilogue emits the statistics of y for the next BN.
+    ``two_pass``: the launcher splits it (wrn_fast::bn_act_conv_two_pass): the elementwise
+    bn_act_dropout_fwd writes a = dropout(act(bn(x))), the forward GEMM reads a without
+    prologue, dgrad stays fused on x, wgrad reads the saved a without prologue."""
     name: str
     n: int
     cin: int
@@ -63,6 +66,7 @@ class ConvLayer:
     stats: bool
     needs_dgrad: bool
     train: bool
+    two_pass: bool = False  # routed as kernels.bn_act_conv.two_pass_layer decides (see route_layers)
 
     @property
     def hw_out(self):
@@ -73,12 +77,25 @@ class ConvLayer:
             return ("fwd",)
         return ("fwd", "dgrad", "wgrad") if self.needs_dgrad else ("fwd", "wgrad")
 
+    @property
+    def route(self):
+        return "two-pass" if self.two_pass else "fused"
+
     def variant(self, kind, dtype):
-        act = self.act if self.prologue_bn else "identity"
+        prologue = self.prologue_bn and not (self.two_pass and kind in ("fwd", "wgrad"))
+        act = self.act if prologue else "identity"
         fwd = kind == "fwd"
         return sass.Variant(kind=kind, dtype=dtype, n=self.n, cin=self.cin, cout=self.cout, hw=self.hw,
-                            stride=self.stride, ksize=self.k, act=act, dropout=self.dropout if self.train else 0.0,
+                            stride=self.stride, ksize=self.k, act=act,
+                            dropout=self.dropout if (self.train and prologue) else 0.0,
                             residual=self.residual and fwd, stats=self.stats and fwd and self.train)
+
+    def pass_variant(self, dtype):
+        """The two-pass path's elementwise kernel (bn_act_dropout_fwd over x), or None."""
+        if not self.two_pass:
+            return None
+        return sass.Variant(kind="bnad_fwd", dtype=dtype, n=self.n, cin=self.cin, cout=self.cin, hw=self.hw,
+                            act=self.act, dropout=self.dropout if self.train else 0.0)
 
 
 @dataclasses.dataclass
@@ -100,8 +117,27 @@ class EltwiseLayer:
         return sass.Variant(kind=kind, dtype=dtype, n=self.n, cin=self.c, cout=self.c, hw=self.hw, act=self.act)
 
 
-def model_layers(model):
-    """[ConvLayer | EltwiseLayer] of one MODELS entry, in forward order."""
+_ROUTES = {}  # (src_root, shape) -> two_pass_layer's answer (one subprocess per batch of new shapes)
+
+
+def route_layers(layers, dtype, src_root=None):
+    """Set ``two_pass`` on the ConvLayers with a BN-act prologue that the launcher (the
+    kernels at ``src_root``, default this checkout) would split, as
+    ``kernels.bn_act_conv.two_pass_layer`` decides on the GPU (bench.sass.two_pass_routes)."""
+    convs = [L for L in layers if isinstance(L, ConvLayer) and L.prologue_bn]
+    key = os.path.realpath(src_root or sass.ROOT)
+    shapes = [(dtype, L.cin, L.cout, L.k * L.k, L.stride) for L in convs]
+    new = sorted({s for s in shapes if (key, s) not in _ROUTES})
+    for s, r in zip(new, sass.two_pass_routes(new, src_root=src_root)):
+        _ROUTES[(key, s)] = r
+    for L, s in zip(convs, shapes):
+        L.two_pass = _ROUTES[(key, s)]
+    return layers
+
+
+def model_layers(model, dtype=None, src_root=None):
+    """[ConvLayer | EltwiseLayer] of one MODELS entry, in forward order; with ``dtype``,
+    routed (``route_layers``) as the kernels at ``src_root`` would run them."""
     import torch
 
     from wrn_fast import reference
@@ -151,13 +187,23 @@ def model_layers(model):
                 layers.append(EltwiseLayer(f"{name}.bn3+add+relu", n, blk.conv3.out_channels, h, "relu", "torch",
                                            residual_add=True, train=train))
                 hw = h
-    return layers
+    return route_layers(layers, dtype, src_root) if dtype else layers
 
 
-def distinct_variants(model, dtype):
-    """{Variant: [layer names]} of one model and dtype, forward order."""
+def distinct_variants(model, dtype, src_root=None):
+    """{Variant: [layer names]} of one model and dtype, forward order (a two-pass layer's
+    names carry "[two-pass]"; its elementwise pass is a bnad_fwd variant)."""
     out = {}
-    for layer in model_layers(model):
+    for layer in model_layers(model, dtype, src_root):
+        if isinstance(layer, ConvLayer) and layer.two_pass:
+            name = layer.name + "[two-pass]"
+            out.setdefault(layer.pass_variant(dtype), []).append(name)
+            for kind in layer.kinds():
+                v = layer.variant(kind, dtype)
+                out.setdefault(v, []).append(name)
+                if v.dropout:  # dgrad, fused on x
+                    out.setdefault(dataclasses.replace(v, dropout=0.0), []).append(name + "[p=0]")
+            continue
         if isinstance(layer, ConvLayer):
             kinds = layer.kinds()
         elif layer.kernel == "bnad":
@@ -187,7 +233,7 @@ def _git(*args):
 
 def run(models, dtypes, all_config_models, processes, rev=None, log=print):
     src_root = sass.source_tree(rev) if rev else None
-    per_model = {(m, d): distinct_variants(m, d) for m in models for d in dtypes}
+    per_model = {(m, d): distinct_variants(m, d, src_root) for m in models for d in dtypes}
     variants = sorted({v for vs in per_model.values() for v in vs}, key=lambda v: v.label())
     t0 = time.time()
 
@@ -215,7 +261,9 @@ def run(models, dtypes, all_config_models, processes, rev=None, log=print):
         for v, layer_names in vs.items():
             d = default_of[v]
             dcfg = tuple(d["config"]) if d.get("config") else None
+            routed = ["[two-pass]" in name for name in layer_names]
             entry = {"model": model, "dtype": dtype, "variant": dataclasses.asdict(v), "label": v.label(),
+                     "route": "two-pass" if all(routed) else "mixed" if any(routed) else "fused",
                      "layers": layer_names, "default_config": list(dcfg) if dcfg else None,
                      "default": _slim(d), "configs": []}
             if v.kind in sass.CONV_KINDS:
@@ -313,22 +361,23 @@ def write_report(rows, meta, out_base):
             loop = r["default"].get("main_loop") or {}
             c = loop.get("issue_ceiling", 0.0)
             if worst is None or c < worst[0]:
-                worst = (c, r["label"].split(" ", 1)[1])
+                worst = (c, r["label"].split(" ", 1)[1] + (" [two-pass]" if r.get("route") == "two-pass" else ""))
         applies = dtype in TARGET_DTYPES and model in TARGET_MODELS
         met = "yes" if not fails else "**no**"
         L.append(f"| {kind} | {dtype} | {model} | {len(rs)} | {met if applies else met + ' (n/a)'} | "
                  f"{worst[0]:.2f} ({worst[1]}) | {', '.join(f'{k} x{n}' for k, n in fails.items()) or '-'} |")
-    head = ("| model | variant | layers | default config | regs | spill B | smem KiB | CTAs/SM (occ) | engine | loads "
+    head = ("| model | variant | route | layers | default config | regs | spill B | smem KiB | CTAs/SM (occ) | engine | loads "
             "| instr/thr/iter | warp-instr/iter | TC clk/iter | ceiling | loop mix (top 5 classes) |")
     for kind in sass.KINDS:
         krows = [r for r in rows if r["variant"]["kind"] == kind]
         if not krows:
             continue
-        L += ["", f"## {kind}: DEFAULT config per distinct variant", "", head, "|" + "---|" * 15]
+        L += ["", f"## {kind}: DEFAULT config per distinct variant", "", head, "|" + "---|" * 16]
         for r in krows:
             names = r["layers"]
             lay = names[0] + (f" (+{len(names) - 1})" if len(names) > 1 else "")
-            L.append("| " + " | ".join([r["model"], r["label"].split(" ", 1)[1], lay, _cfg(r["default_config"])]
+            L.append("| " + " | ".join([r["model"], r["label"].split(" ", 1)[1], r.get("route", "fused"), lay,
+                                        _cfg(r["default_config"])]
                                        + _row_cells(r["default"], kind not in sass.CONV_KINDS)) + " |")
         if kind in sass.CONV_KINDS and any(r["configs"] for r in krows):
             L += ["", f"### {kind}: every config the launcher considers (after pruning); * = DEFAULT", "",
@@ -373,6 +422,12 @@ DEFINITIONS = [
     "Batch sizes enter the kernels only as runtime integers (all here are multiples of 16, which Triton "
     "specialises alike), so forced-config compiles use N=128 for every model; the DEFAULT config and the "
     "autotuner's config list are taken at each model's own batch.",
+    "route: 'fused' = one kernel with the BN-act(-dropout) prologue; 'two-pass' = the layer runs as "
+    "wrn_fast::bn_act_conv_two_pass, as kernels.bn_act_conv.two_pass_layer decides at the kernels' commit "
+    "(fp16/bf16, 3x3 stride 1, Cout <= 128 or Cin <= 16): bn_act_dropout_fwd writes the activation a (bnad_fwd "
+    "row, with the layer's dropout), the forward GEMM and wgrad read a without prologue (act identity, no "
+    "dropout: their variant label shows 'identity'), dgrad stays fused on x; layer names carry '[two-pass]'; "
+    "'mixed': one variant shared by layers of both routes.",
     f"Models: WRN dropout {DROPOUT} (bench/run.py's --model-dropout default) before every conv2; WRN-50-2 has no "
     "dropout; inference = eval mode (no dropout, no statistics, no backward).",
 ]

@@ -125,3 +125,35 @@ def test_sass_parser_counts_a_known_loop():
     sync = sass.analyze_sass(_sass(["HMMA.16816.F32.BF16 R4, R8, R12, R4", "IADD3 R1, R1, 0x1, RZ"]), warps=4,
                              dtype="bf16")
     assert sync["main_loop"]["engine"] == "mma.sync" and sync["main_loop"]["fma_per_iter"] == 16 * 8 * 16 * 4
+
+
+def test_two_pass_layers_compile_and_count_the_split_kernels():
+    """A layer that the launcher splits (kernels.bn_act_conv.two_pass_layer) is modelled as it
+    runs: forward GEMM and wgrad without prologue (identity, no dropout), dgrad fused on x
+    with the dropout, an elementwise bn_act_dropout_fwd pass, and the activation a kept for
+    backward (no keep bits in the forward)."""
+    from bench import roofline, static
+    layer = static.ConvLayer("g1.b0.conv2", 128, 32, 32, 32, 3, 1, "g1.b0.bn2", "relu", 0.3, True, True, True, True)
+    fused = {kind: layer.variant(kind, "bf16") for kind in layer.kinds()}
+    assert layer.pass_variant("bf16") is None and fused["fwd"].act == "relu" and fused["fwd"].dropout == 0.3
+    layer.two_pass = True
+    split = {kind: layer.variant(kind, "bf16") for kind in layer.kinds()}
+    assert (split["fwd"].act, split["fwd"].dropout, split["fwd"].residual, split["fwd"].stats) == (
+        "identity", 0.0, True, True)
+    assert (split["wgrad"].act, split["wgrad"].dropout) == ("identity", 0.0)
+    assert split["dgrad"] == fused["dgrad"]  # still fused on x
+    eltwise = layer.pass_variant("bf16")
+    assert (eltwise.kind, eltwise.cin, eltwise.act, eltwise.dropout) == ("bnad_fwd", 32, "relu", 0.3)
+
+    def kernels(two_pass):
+        layer.two_pass = two_pass
+        saved = {"eager": {}, "fused": {}}
+        ks = roofline._conv_kernels(layer, "bf16", 2, lambda v: (1.0, v.label()), 132, True, saved, {}, True)
+        return ks, saved["fused"]
+    e_in = 128 * 32 * 32 * 32
+    ks1, saved1 = kernels(False)
+    ks2, saved2 = kernels(True)
+    assert sum(k.what.startswith("two-pass: bn_act_dropout fwd") for k in ks2) == 1
+    assert sum(k.bytes for k in ks2 if k.what.startswith("two-pass: bn_act_dropout fwd")) == 2 * e_in * 2
+    assert saved2["g1.b0.conv2.a"] == e_in * 2 and "g1.b0.bn2.bits" not in saved2 and "g1.b0.bn2.bits" in saved1
+    assert not any(k.what.startswith("two-pass") for k in ks1)
