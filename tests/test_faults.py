@@ -476,6 +476,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
         return loss
 
     monkeypatch.setattr(F, "cross_entropy", ce_nan_at_step_15)
+    sigterm_before = signal.getsignal(signal.SIGTERM)
     result = train(_config(tmp_path))
     monkeypatch.undo()
     assert result["status"] == "diverged" and result["test_loss"] is None
@@ -484,7 +485,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
     assert (ckpt["epoch"], ckpt["step"]) == (1, STEPS_PER_EPOCH)
     assert [r["epoch"] for r in _read_log(result["log"])] == [1]
     assert _debris(tmp_path) == []
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the run's handlers are gone
+    assert signal.getsignal(signal.SIGTERM) is sigterm_before  # the run's handlers are gone
 
 
 def test_diverging_run_exits_non_zero_with_valid_json(tmp_path, capsys):

@@ -84,12 +84,13 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_is_exact(straight_run, tmp_path, m
         return out
 
     monkeypatch.setattr(torch.optim.SGD, "step", step_then_ctrl_c)
+    sigint_before = signal.getsignal(signal.SIGINT)  # SIG_IGN when pytest runs in a background job
     first = train(_config(tmp_path))
     monkeypatch.setattr(torch.optim.SGD, "step", real_step)
     assert first["status"] == "interrupted"
     ckpt = load_checkpoint(first["checkpoint"])
     assert (ckpt["epoch"], ckpt["batch_in_epoch"], ckpt["step"]) == (0, 6, 6)  # the running step finished
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert signal.getsignal(signal.SIGINT) is sigint_before  # handler restored
     resumed = train(_config(tmp_path), resume=first["checkpoint"])
     _assert_same_state(load_checkpoint(resumed["checkpoint"]), ref_ckpt)
     assert _without_timing(_read_log(resumed["log"])) == _without_timing(_read_log(ref_result["log"]))
