@@ -9,6 +9,7 @@ launchers run for real on CPU tensors (their checks, grids and specialisations),
 with the device check relaxed. Prints one line per compiled kernel and a summary;
 exits non-zero on the first compile error.
 """
+import importlib.util
 import os
 import sys
 import time
@@ -18,31 +19,19 @@ import torch
 assert os.environ.get("TRITON_INTERPRET", "0") != "1", "run without TRITON_INTERPRET"
 
 import triton.runtime.autotuner as autotuner  # noqa: E402
-from triton.backends.compiler import GPUTarget  # noqa: E402
-from triton.runtime import driver  # noqa: E402
 from triton.runtime.jit import JITFunction  # noqa: E402
 
 CAP = int(sys.argv[1])
 ALL_CONFIGS = "--all-configs" in sys.argv
 
-
-class _StandInDriver:
-    """Just enough of a driver for Triton's JIT to pick a target and compile."""
-
-    def get_current_device(self):
-        return 0
-
-    def get_current_stream(self, device=None):
-        return 0
-
-    def get_current_target(self):
-        return GPUTarget("cuda", CAP, 32)
-
-    def get_active_torch_device(self):
-        return torch.device("cpu")
-
-
-driver.set_active(_StandInDriver())
+# The stand-in driver is bench/sass.py's (one copy). Loaded from its file: putting the repo
+# root on sys.path would shadow the wrn_fast this script must import (an installed one, or
+# the extension-free source tree the Triton 3.6 check builds).
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_spec = importlib.util.spec_from_file_location("_wrn_fast_bench_sass", os.path.join(_ROOT, "bench", "sass.py"))
+_sass = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_sass)
+_sass.install_stand_in_driver(CAP)
 compiled = []
 _run = JITFunction.run
 
