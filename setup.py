@@ -15,7 +15,7 @@ import glob
 import os
 import shutil
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 import torch
 
@@ -79,10 +79,12 @@ setup(
     version="0.1.0",
     description="Wide Residual Networks with fused Triton / C++ / CUDA kernels",
     python_requires=">=3.9",
-    packages=["wrn_fast", "wrn_fast.ops", "wrn_fast.kernels"],
+    # Every package under wrn_fast/ (ops, training, compat, ...), found rather than
+    # listed so that a new subpackage cannot be left out of a non-editable install.
+    packages=["wrn_fast"] + ["wrn_fast." + p for p in find_packages("wrn_fast")] + ["wrn_fast.kernels"],
     # kernels/ is installed as wrn_fast.kernels: the top-level name `kernels`
     # belongs to another project on PyPI.
-    package_dir={"wrn_fast": "wrn_fast", "wrn_fast.ops": "wrn_fast/ops", "wrn_fast.kernels": "kernels"},
+    package_dir={"wrn_fast": "wrn_fast", "wrn_fast.kernels": "kernels"},
     ext_modules=[_extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     install_requires=["torch>=2.4", "numpy"],
