@@ -29,20 +29,7 @@ from .engines import Feature, engine_class, stats_dtype
 
 ext_available()  # prime the cached answer outside any torch.compile trace
 
-__all__ = [
-    "WideResNet",
-    "WideResNetBottleneck",
-    "create_model",
-    "explain",
-    "wrn_28_10",
-    "wrn_16_8",
-    "wrn_40_4",
-    "wrn_28_2",
-    "wrn_34_10",
-    "wrn_70_16",
-    "wide_resnet50_2",
-    "wide_resnet101_2",
-]
+__all__ = ["WideResNet", "WideResNetBottleneck", "create_model", "explain", *reference.NAMED_ARCHITECTURES]
 
 
 # --------------------------------------------------------------------------- checks
@@ -262,31 +249,9 @@ def explain(model: nn.Module, device=None) -> str:
 
 
 # --------------------------------------------------------------------------- factories
-def _wrn(depth: int, widen_factor: int):
-    def make(**kwargs) -> WideResNet:
-        return WideResNet(depth=depth, widen_factor=widen_factor, **kwargs)
-
-    make.__name__ = f"wrn_{depth}_{widen_factor}"
-    make.__doc__ = f"Fast WRN-{depth}-{widen_factor} (keyword overrides go to WideResNet)."
-    return make
-
-
-wrn_28_10 = _wrn(28, 10)
-wrn_16_8 = _wrn(16, 8)
-wrn_40_4 = _wrn(40, 4)
-wrn_28_2 = _wrn(28, 2)
-wrn_34_10 = _wrn(34, 10)
-wrn_70_16 = _wrn(70, 16)
-
-
-def wide_resnet50_2(**kwargs) -> WideResNetBottleneck:
-    """Fast WRN-50-2 (ImageNet bottleneck, torchvision names)."""
-    return WideResNetBottleneck(layers=(3, 4, 6, 3), **kwargs)
-
-
-def wide_resnet101_2(**kwargs) -> WideResNetBottleneck:
-    """Fast WRN-101-2 (ImageNet bottleneck, torchvision names)."""
-    return WideResNetBottleneck(layers=(3, 4, 23, 3), **kwargs)
+# wrn_28_10, wrn_16_8, wrn_40_4, wrn_28_2, wrn_34_10, wrn_70_16, wide_resnet50_2, wide_resnet101_2: the
+# reference's table of named networks, building the fast classes.
+globals().update(reference.named_constructors(WideResNet, WideResNetBottleneck))
 
 
 _BOTTLENECK_LAYERS = {"wide-resnet50-2": (3, 4, 6, 3), "wrn-50-2": (3, 4, 6, 3),  # ImageNet bottleneck WRNs,

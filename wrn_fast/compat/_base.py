@@ -15,6 +15,7 @@ import torch.nn as nn
 
 from ..model import WideResNet as FastWideResNet
 from ..reference import apply_activation
+from ..reference.initialization import init_conv_and_bn_
 
 
 class CompatWideResNet(FastWideResNet):
@@ -90,12 +91,8 @@ def init_like_ssl(model: nn.Module) -> None:
     nonlinearity='leaky_relu' with a=0 has ReLU's gain), conv biases PyTorch's default, BN 1 / 0,
     Linear Xavier-normal with a zero bias."""
     for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="leaky_relu")
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
+        init_conv_and_bn_(m, nonlinearity="leaky_relu")
+        if isinstance(m, nn.Linear):
             nn.init.xavier_normal_(m.weight)
             nn.init.zeros_(m.bias)
 

@@ -1,170 +1,15 @@
-"""Pure-PyTorch Wide Residual Networks: the specification every fused kernel is tested against.
-
-Wide Residual Networks, Zagoruyko & Komodakis 2016 (arXiv 1605.07146).
-
-CIFAR-style WRN-depth-k (pre-activation, widths 16k / 32k / 64k)::
-
-    x ─ [(x - mean) / std] ─ conv1 3x3 (16) ─ block1 (16k, s1) ─ block2 (32k, s2) ─ block3 (64k, s2)
-      ─ bn1 ─ act ─ global average pool ─ fc
-
-Depth convention (the paper's Table 1 names): every group holds ``n = (depth - 4) / 6`` BasicBlocks,
-whatever the block type B(M): WRN-40-2-B(1,3,1) has 6 blocks of three convolutions per group (1.43M
-parameters, the paper's 1.4M), WRN-22-2-B(3,1,3) has 3 (1.15M, the paper's 1.1M). For the two-convolution
-blocks depth is the number of weighted layers, as usual. ``blocks_per_group=`` sets n explicitly (the
-paper's Table 2 keeps 36 convolutions at depth 40: B(3,3,3) with blocks_per_group=4).
-Module and parameter names are those of xternalz/WideResNet-pytorch, RobustBench and TRADES
-(``conv1``, ``block1.layer.0.bn1``, ``...convShortcut``, ``bn1``, ``fc``), so their checkpoints
-load strict. The fast model (``wrn_fast.WideResNet``) subclasses :class:`WideResNet` and reads
-the submodules and attributes documented here; treat them as a contract.
-
-ImageNet-style WRN-50-2 / WRN-101-2 (post-activation bottlenecks, torchvision names):
-:class:`WideResNetBottleneck`.
-
-No fast paths live here: plain ``nn.Module``s and ``torch.nn.functional``.
-"""
+"""CIFAR-style WRN-depth-k: the pre-activation wide block B(M), its groups and the network."""
 from __future__ import annotations
 
-import math
-import re
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = [
-    "ACTIVATIONS",
-    "BLOCK_STRUCTURES",
-    "apply_activation",
-    "normalize_activation",
-    "parse_block",
-    "init_like_xternalz_",
-    "conv_paddings_for",
-    "BasicBlock",
-    "NetworkBlock",
-    "WideResNet",
-    "Bottleneck",
-    "WideResNetBottleneck",
-    "wrn_28_10",
-    "wrn_16_8",
-    "wrn_40_4",
-    "wrn_28_2",
-    "wrn_34_10",
-    "wrn_70_16",
-    "wide_resnet50_2",
-    "wide_resnet101_2",
-]
-
-ACTIVATIONS = ("relu", "leaky_relu", "silu")
-_ACTIVATION_ALIASES = {"swish": "silu"}
-
-# Block structures B(M) studied in the paper (Tables 1 and 2): M lists the kernel sizes of
-# the block's convolutions; l = len(M) is the deepening factor.
-BLOCK_STRUCTURES = (
-    (3, 3),
-    (3, 1, 3),
-    (1, 3, 1),
-    (1, 3),
-    (3, 1),
-    (3, 1, 1),
-    (3,),
-    (3, 3, 3),
-    (3, 3, 3, 3),
-)
-
-SHORTCUTS = ("preact", "raw")
-PADDINGS = ("symmetric", "tf_same")
-
-Pads = Tuple[int, int, int, int]  # (top, bottom, left, right) zero padding
-
-
-# ----------------------------------------------------------------------------- helpers
-
-
-def normalize_activation(activation: str) -> str:
-    """Canonical activation name: 'relu', 'leaky_relu' or 'silu' ('swish' is an alias of 'silu')."""
-    if not isinstance(activation, str):
-        raise ValueError(f"activation: expected one of {ACTIVATIONS} (or 'swish'), got {activation!r}")
-    name = _ACTIVATION_ALIASES.get(activation.lower(), activation.lower())
-    if name not in ACTIVATIONS:
-        raise ValueError(f"activation: expected one of {ACTIVATIONS} (or 'swish'), got {activation!r}")
-    return name
-
-
-def apply_activation(x: torch.Tensor, activation: str, negative_slope: float = 0.1) -> torch.Tensor:
-    """The one activation used everywhere in the reference. ``activation`` must be canonical."""
-    if activation == "relu":
-        return F.relu(x)
-    if activation == "leaky_relu":
-        return F.leaky_relu(x, negative_slope)
-    if activation == "silu":
-        return F.silu(x)
-    raise ValueError(f"activation: expected one of {ACTIVATIONS}, got {activation!r}")
-
-
-def parse_block(block: Union[str, Sequence[int]]) -> Tuple[int, ...]:
-    """Kernel sizes of a block structure: ``'B(3,1,3)'`` or ``(3, 1, 3)`` -> ``(3, 1, 3)``."""
-    expected = "a block structure such as 'B(3,3)' or (3, 3), one of " + ", ".join(
-        "B(" + ",".join(map(str, b)) + ")" for b in BLOCK_STRUCTURES
-    )
-    if isinstance(block, str):
-        match = re.fullmatch(r"\s*B?\s*\(\s*(\d+(?:\s*,\s*\d+)*)\s*,?\s*\)\s*", block)
-        if match is None:
-            raise ValueError(f"block: expected {expected}; got {block!r}")
-        sizes = tuple(int(s) for s in match.group(1).split(","))
-    else:
-        try:
-            sizes = tuple(int(s) for s in block)
-        except (TypeError, ValueError):
-            raise ValueError(f"block: expected {expected}; got {block!r}") from None
-        if any(isinstance(s, bool) or int(s) != s for s in block):
-            raise ValueError(f"block: expected {expected}; got {block!r}")
-    if sizes not in BLOCK_STRUCTURES:
-        raise ValueError(f"block: expected {expected}; got {block!r}")
-    return sizes
-
-
-def conv_paddings_for(kernel_size: int, stride: int, padding: str) -> Pads:
-    """Zero padding (top, bottom, left, right) of a k x k convolution.
-
-    'symmetric': k // 2 on every side.
-    'tf_same':   DeepMind/RobustBench DMWideResNet: stride-1 convs symmetric; stride-s convs pad
-                 k - s in total, the extra pixel at the bottom/right (TensorFlow 'SAME' for even
-                 input sizes): a 3x3 stride-2 conv pads (0, 1, 0, 1), a 1x1 stride-2 conv nothing.
-    """
-    if padding == "symmetric" or stride == 1:
-        p = kernel_size // 2
-        return (p, p, p, p)
-    if padding == "tf_same":
-        total = max(kernel_size - stride, 0)
-        before, after = total // 2, total - total // 2
-        return (before, after, before, after)
-    raise ValueError(f"padding: expected one of {PADDINGS}, got {padding!r}")
-
-
-def _is_real(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _check_bn(bn_momentum, bn_eps, eps_name: str = "bn_eps") -> None:
-    if bn_momentum is not None and not (_is_real(bn_momentum) and 0.0 <= bn_momentum <= 1.0):
-        raise ValueError(f"bn_momentum: expected a float in [0, 1] or None, got {bn_momentum!r}")
-    if not (_is_real(bn_eps) and 0 < bn_eps < math.inf):
-        raise ValueError(f"{eps_name}: expected a finite float > 0, got {bn_eps!r}")
-
-
-def _check_negative_slope(negative_slope) -> None:
-    # NaN or inf would turn every negative activation into NaN (or inf) without any error.
-    if not (_is_real(negative_slope) and math.isfinite(negative_slope)):
-        raise ValueError(f"negative_slope: expected a finite float (leaky_relu's slope for x < 0), got {negative_slope!r}")
-
-
-def _check_positive_int(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}: expected an int >= 1, got {value!r}")
-
-
-# ----------------------------------------------------------------------------- CIFAR-style WRN
+from .initialization import init_like_xternalz_
+from .options import (PADDINGS, SHORTCUTS, Pads, _check_bn, _check_choice, _check_negative_slope, _check_positive_int,
+                      _is_real, apply_activation, conv_paddings_for, normalize_activation, parse_block)
 
 
 class BasicBlock(nn.Module):
@@ -204,10 +49,8 @@ class BasicBlock(nn.Module):
         _check_positive_int("in_planes", in_planes)
         _check_positive_int("out_planes", out_planes)
         _check_positive_int("stride", stride)
-        if shortcut not in SHORTCUTS:
-            raise ValueError(f"shortcut: expected one of {SHORTCUTS}, got {shortcut!r}")
-        if padding not in PADDINGS:
-            raise ValueError(f"padding: expected one of {PADDINGS}, got {padding!r}")
+        _check_choice("shortcut", shortcut, SHORTCUTS)
+        _check_choice("padding", padding, PADDINGS)
         if not (_is_real(dropout_rate) and 0.0 <= dropout_rate < 1.0):
             raise ValueError(f"dropout_rate: expected a float in [0, 1), got {dropout_rate!r}")
         _check_negative_slope(negative_slope)
@@ -300,6 +143,9 @@ class NetworkBlock(nn.Module):
         return self.layer(x)
 
 
+# ----------------------------------------------------------------------------- WideResNet's argument checks
+
+
 def _normalize_activate_before_residual(value) -> Optional[Tuple[bool, bool, bool]]:
     if value is None:
         return None
@@ -329,22 +175,6 @@ def _channel_buffer(name: str, value, channels: int, positive: bool = False) -> 
     if not bool(torch.isfinite(t).all()) or (positive and not bool((t > 0).all())):
         raise ValueError(f"{name}: expected every value finite{' and > 0' if positive else ''}, got {t.tolist()}")
     return t.view(1, channels, 1, 1)
-
-
-def init_like_xternalz_(modules) -> None:
-    """xternalz / RobustBench / TRADES init: convs Kaiming-normal fan_out (ReLU gain: their
-    N(0, sqrt(2 / (k*k*out)))), conv and Linear biases 0, BN 1 / 0; the Linear weight keeps
-    PyTorch's default."""
-    for m in modules:
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear) and m.bias is not None:
-            nn.init.zeros_(m.bias)
 
 
 def _depth_and_blocks_per_group(depth, blocks_per_group, kernel_sizes) -> Tuple[int, int]:
@@ -485,10 +315,8 @@ class WideResNet(nn.Module):
         _check_positive_int("first_stride", first_stride)
         activation = normalize_activation(activation)
         _check_negative_slope(negative_slope)
-        if shortcut not in SHORTCUTS:
-            raise ValueError(f"shortcut: expected one of {SHORTCUTS}, got {shortcut!r}")
-        if padding not in PADDINGS:
-            raise ValueError(f"padding: expected one of {PADDINGS}, got {padding!r}")
+        _check_choice("shortcut", shortcut, SHORTCUTS)
+        _check_choice("padding", padding, PADDINGS)
         _check_bn(bn_momentum, bn_eps)
         final_bn_eps = bn_eps if final_bn_eps is None else final_bn_eps
         _check_bn(bn_momentum, final_bn_eps, "final_bn_eps")
@@ -570,155 +398,3 @@ class WideResNet(nn.Module):
         out = apply_activation(self.bn1(out), self.activation, self.negative_slope)
         out = F.adaptive_avg_pool2d(out, 1).flatten(1)
         return self.fc(out)
-
-
-# ----------------------------------------------------------------------------- ImageNet-style WRN-50-2
-
-
-class Bottleneck(nn.Module):
-    """torchvision's post-activation bottleneck (stride on the 3x3 conv, "ResNet v1.5").
-
-    ``[N, inplanes, H, W] -> [N, planes * 4, H / stride, W / stride]``:
-    relu(bn3(conv3(relu(bn2(conv2(relu(bn1(conv1(x))))))) + downsample(x))
-
-    Attributes: conv1 bn1 conv2 bn2 conv3 bn3 relu downsample (Sequential(conv 1x1, BN) or None),
-    stride, inplanes, planes, width (the 3x3 conv's channels).
-    """
-
-    expansion = 4
-
-    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: Optional[nn.Module] = None,
-                 width_per_group: int = 64, bn_momentum: Optional[float] = 0.1, bn_eps: float = 1e-5):
-        super().__init__()
-        width = int(planes * (width_per_group / 64.0))
-        self.inplanes, self.planes, self.width, self.stride = inplanes, planes, width, stride
-        self.conv1 = nn.Conv2d(inplanes, width, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(width, eps=bn_eps, momentum=bn_momentum)
-        self.conv2 = nn.Conv2d(width, width, 3, stride=stride, padding=1, bias=False)
-        self.bn2 = nn.BatchNorm2d(width, eps=bn_eps, momentum=bn_momentum)
-        self.conv3 = nn.Conv2d(width, planes * self.expansion, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(planes * self.expansion, eps=bn_eps, momentum=bn_momentum)
-        self.relu = nn.ReLU()
-        self.downsample = downsample
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = F.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        identity = x if self.downsample is None else self.downsample(x)
-        return F.relu(out + identity)
-
-
-class WideResNetBottleneck(nn.Module):
-    """ImageNet WRN (e.g. WRN-50-2) with torchvision's module names, so its state_dicts load strict.
-
-    ``[N, in_channels, H, W] -> [N, num_classes]``; stem conv 7x7 s2 + max-pool 3x3 s2, four stages
-    of ``layers[i]`` Bottlenecks (planes 64, 128, 256, 512; stride 1, 2, 2, 2), global average pool, fc.
-    ``width_per_group=128`` doubles the bottleneck width (64 would be the plain ResNet).
-    """
-
-    def __init__(
-        self,
-        layers: Sequence[int] = (3, 4, 6, 3),
-        width_per_group: int = 128,
-        num_classes: int = 1000,
-        *,
-        in_channels: int = 3,
-        bn_momentum: Optional[float] = 0.1,
-        bn_eps: float = 1e-5,
-        zero_init_residual: bool = False,
-    ):
-        super().__init__()
-        layers = tuple(layers)
-        if len(layers) != 4 or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in layers):
-            raise ValueError(f"layers: expected 4 ints >= 1 (blocks per stage), got {layers!r}")
-        _check_positive_int("width_per_group", width_per_group)
-        _check_positive_int("num_classes", num_classes)
-        _check_positive_int("in_channels", in_channels)
-        _check_bn(bn_momentum, bn_eps)
-        self.layers = layers
-        self.width_per_group = width_per_group
-        self.num_classes = num_classes
-        self.in_channels = in_channels
-        self.bn_momentum, self.bn_eps = bn_momentum, bn_eps
-
-        self.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64, eps=bn_eps, momentum=bn_momentum)
-        self.relu = nn.ReLU()
-        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
-        inplanes = 64
-        for stage, (planes, blocks, stride) in enumerate(zip((64, 128, 256, 512), layers, (1, 2, 2, 2)), start=1):
-            stage_blocks = []
-            for i in range(blocks):
-                s = stride if i == 0 else 1
-                downsample = None
-                if s != 1 or inplanes != planes * Bottleneck.expansion:
-                    downsample = nn.Sequential(
-                        nn.Conv2d(inplanes, planes * Bottleneck.expansion, 1, stride=s, bias=False),
-                        nn.BatchNorm2d(planes * Bottleneck.expansion, eps=bn_eps, momentum=bn_momentum),
-                    )
-                stage_blocks.append(Bottleneck(inplanes, planes, s, downsample, width_per_group, bn_momentum, bn_eps))
-                inplanes = planes * Bottleneck.expansion
-            self.add_module(f"layer{stage}", nn.Sequential(*stage_blocks))
-        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-        self.fc = nn.Linear(512 * Bottleneck.expansion, num_classes)
-
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-        if zero_init_residual:
-            for m in self.modules():
-                if isinstance(m, Bottleneck):
-                    nn.init.zeros_(m.bn3.weight)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``[N, in_channels, H, W] -> [N, num_classes]``."""
-        x = self.maxpool(F.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.fc(torch.flatten(self.avgpool(x), 1))
-
-
-# ----------------------------------------------------------------------------- factories
-
-
-def wrn_28_10(**kwargs) -> WideResNet:
-    """WRN-28-10 (36.5M parameters with 10 classes)."""
-    return WideResNet(**{"depth": 28, "widen_factor": 10, **kwargs})
-
-
-def wrn_16_8(**kwargs) -> WideResNet:
-    """WRN-16-8 (11.0M parameters)."""
-    return WideResNet(**{"depth": 16, "widen_factor": 8, **kwargs})
-
-
-def wrn_40_4(**kwargs) -> WideResNet:
-    """WRN-40-4 (8.9M parameters)."""
-    return WideResNet(**{"depth": 40, "widen_factor": 4, **kwargs})
-
-
-def wrn_28_2(**kwargs) -> WideResNet:
-    """WRN-28-2 (1.5M parameters; the semi-supervised learning baseline)."""
-    return WideResNet(**{"depth": 28, "widen_factor": 2, **kwargs})
-
-
-def wrn_34_10(**kwargs) -> WideResNet:
-    """WRN-34-10 (46.2M parameters; the adversarial-training baseline)."""
-    return WideResNet(**{"depth": 34, "widen_factor": 10, **kwargs})
-
-
-def wrn_70_16(**kwargs) -> WideResNet:
-    """WRN-70-16 (266.8M parameters; RobustBench's largest WRNs)."""
-    return WideResNet(**{"depth": 70, "widen_factor": 16, **kwargs})
-
-
-def wide_resnet50_2(**kwargs) -> WideResNetBottleneck:
-    """WRN-50-2 for ImageNet (68.9M parameters), torchvision-compatible state_dict."""
-    return WideResNetBottleneck(**{"layers": (3, 4, 6, 3), "width_per_group": 128, **kwargs})
-
-
-def wide_resnet101_2(**kwargs) -> WideResNetBottleneck:
-    """WRN-101-2 for ImageNet (126.9M parameters), torchvision-compatible state_dict."""
-    return WideResNetBottleneck(**{"layers": (3, 4, 23, 3), "width_per_group": 128, **kwargs})
