@@ -31,7 +31,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def build_reference_models(monkeypatch):
     """load_pretrained builds the reference classes here: these tests check the conversion, and
     the fast model's agreement with the reference is tests/test_model.py's business."""
-    monkeypatch.setattr(convert, "_model_classes", lambda: (R.WideResNet, R.WideResNetBottleneck))
+    monkeypatch.setattr(convert.load, "_model_classes", lambda: (R.WideResNet, R.WideResNetBottleneck))
 
 
 def assert_rel_close(ours, theirs, what="output"):
