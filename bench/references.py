@@ -65,12 +65,15 @@ def batch_stats(x):
 
 
 def reference_bn_act_conv(x, w, scale, shift, res, keep, *, stride, pad, p, rdt, act="relu", slope=0.0):
-    """High-precision reference (explicit math) with a given keep mask."""
+    """High-precision reference (explicit math) with a given keep mask. ``pad``: F.conv2d's
+    padding, or (top, bottom, left, right) zero padding of the activation."""
     a = x.to(rdt)
     if scale is not None:
         a = activation(a * scale.to(rdt)[None, :, None, None] + shift.to(rdt)[None, :, None, None], act, slope)
     if p > 0:
         a = a * keep.to(rdt) / (1.0 - p)
+    if isinstance(pad, (tuple, list)) and len(pad) == 4:
+        a, pad = F.pad(a, (pad[2], pad[3], pad[0], pad[1])), 0
     y = F.conv2d(a, w.to(rdt), None, stride, pad)
     if res is not None:
         y = y + res.to(rdt)

@@ -31,24 +31,30 @@ it reaches less).
 Results are cached on disk (key: sources of kernels/*.py and wrn_fast/ops, Triton
 version, this file's ANALYSIS_VERSION, the variant), so reruns cost nothing.
 
+Files: this module (variants, cache, the API, the CLI), ``sass_worker`` (the compiling
+subprocess), ``sass_analysis`` (SASS / ptxas text -> numbers), ``compile_harness`` (the stand-in
+driver).
+
 CLI:
     python -m bench.sass --kind fwd --dtype bf16 --cin 160 --cout 160 --hw 32 --n 128 \\
         --act relu --dropout 0.3 --residual --stats --config 128,128,32,3,8
 (no --config: the launcher's default config; --configs: every config it would consider).
 """
 import argparse
-import contextlib
 import dataclasses
 import hashlib
-import io
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
+
+# re-exported: bench.static, bench.roofline and the tests read these from bench.sass
+from .sass_analysis import (FMA_PER_CLK, H100, TARGET_CEILING, analyze_sass, find_main_loop,  # noqa: F401
+                            occupancy, parse_sass, verdict)
+from .compile_harness import install_stand_in_driver  # noqa: F401
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ANALYSIS_VERSION = 7  # bump when the analysis below changes what it reports
@@ -57,12 +63,6 @@ CACHE_DIR = os.environ.get("WRN_FAST_SASS_CACHE",
 KINDS = ("fwd", "dgrad", "wgrad", "bnad_fwd", "bnad_bwd")
 CONV_KINDS = ("fwd", "dgrad", "wgrad")
 DTYPES = ("bf16", "fp16", "fp32-tf32", "fp32-ieee")
-
-# H100 / H200 SXM (sm_90), per SM
-H100 = dict(regs=65536, reg_alloc_unit=256, max_regs_thread=255, max_warps=64, max_blocks=32,
-            smem_sm=233472, smem_block=232448, smem_reserved_block=1024, issue_per_clk=4)
-FMA_PER_CLK = {"bf16": 2048, "fp16": 2048, "fp32-tf32": 1024, "fp32-ieee": 128}
-TARGET_CEILING = 0.9
 SHARD_JOBS = 16  # jobs per worker process
 
 
@@ -239,16 +239,6 @@ def two_pass_routes(shapes, *, python=None, src_root=None):
     return json.loads(lines[-1][len("ROUTEJSON "):])
 
 
-def _route_worker(shapes):
-    assert os.environ.get("TRITON_INTERPRET", "0") != "1", "routing is asked as a GPU run decides it"
-    import torch
-    conv, _ = _import_kernels()
-    decide = getattr(conv, "two_pass_layer", None)
-    out = [bool(decide(getattr(torch, _TORCH_DTYPE[dt]), cin, cout, taps, stride)) if decide else False
-           for dt, cin, cout, taps, stride in shapes]
-    print("ROUTEJSON " + json.dumps(out), flush=True)
-
-
 def _job(variant, config):
     if config not in (None, "list"):
         config = list(config_tuple(config))
@@ -285,456 +275,6 @@ def _run_worker(python, items, default_mode, store, src_root):
         os.unlink(jobs_file)
     for item in items[got:]:
         store(item, {"error": f"worker exited {proc.returncode} before this job: {tail}"})
-
-
-# --------------------------------------------------------------------------- SASS analysis
-
-_LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;")
-
-# instruction class by opcode (the part before the first '.')
-_CLASSES = [
-    ("mma", {"HGMMA", "HMMA", "IMMA", "DMMA", "BMMA"}),
-    ("tma", {"UTMALDG", "UTMASTG", "UTMAPF", "UBLKCP", "UTMACCTL", "UTMACMDFLUSH"}),
-    ("global_mem", {"LDG", "STG", "LDGSTS", "LDGDEPBAR", "DEPBAR", "RED", "REDG", "ATOM", "ATOMG", "LD", "ST",
-                    "CCTL", "REDUX"}),
-    ("shared_mem", {"LDS", "STS", "LDSM", "STSM", "ATOMS", "LDSMT"}),
-    ("local_mem", {"LDL", "STL"}),
-    ("fp32", {"FFMA", "FADD", "FMUL", "FMNMX", "FSEL", "FSETP", "FSET", "FCHK", "FSWZADD", "FMNMX3"}),
-    ("fp16x2", {"HFMA2", "HADD2", "HMUL2", "HMNMX2", "HSETP2", "HSET2"}),
-    ("fp64", {"DFMA", "DADD", "DMUL", "DSETP"}),
-    ("convert", {"F2F", "F2FP", "I2F", "F2I", "I2FP", "F2IP", "FRND"}),
-    ("mufu", {"MUFU"}),
-    ("int", {"IMAD", "IADD3", "IADD", "LOP3", "LOP", "SHF", "SHL", "SHR", "ISETP", "LEA", "IABS", "SEL", "IMNMX",
-             "VIMNMX", "VIADD", "PRMT", "SGXT", "BMSK", "POPC", "FLO", "IDP", "IMUL", "ISCADD", "BREV", "IMAD3",
-             "VIADDMNMX", "IADD32I", "IMUL32I", "LOP32I"}),
-    ("move_pred", {"MOV", "MOV32I", "CS2R", "S2R", "PLOP3", "P2R", "R2P", "SHFL", "VOTE", "VOTEU", "S2UR",
-                   "R2UR", "MATCH", "LDC"}),
-    ("sync", {"BAR", "SYNCS", "MEMBAR", "ERRBAR", "WARPSYNC", "BSSY", "BSYNC", "ELECT", "FENCE", "ARRIVES",
-              "WARPGROUP", "ACQBULK", "CGAERRBAR", "USETMAXREG"}),
-    ("control", {"BRA", "BRX", "EXIT", "CALL", "RET", "JMP", "NOP", "YIELD", "BPT", "KILL", "NANOSLEEP"}),
-]
-_OP_CLASS = {op: cls for cls, ops in _CLASSES for op in ops}
-
-
-def _op_class(op):
-    base = op.split(".")[0]
-    if base in _OP_CLASS:
-        return _OP_CLASS[base]
-    if base.startswith("U"):
-        return "uniform"
-    return "other"
-
-
-def parse_sass(text):
-    """cuobjdump -sass text -> [(address, predicate, opcode-with-modifiers, operands)]."""
-    instrs = []
-    for m in _LINE.finditer(text):
-        addr, body = int(m.group(1), 16), m.group(2).strip()
-        pred = ""
-        if body.startswith("@"):
-            pred, body = body.split(None, 1)
-        parts = body.split(None, 1)
-        instrs.append((addr, pred, parts[0], parts[1] if len(parts) > 1 else ""))
-    return instrs
-
-
-def _mma_fmas(op, warps):
-    """FMAs per CTA for one execution of an MMA instruction (HGMMA mMxNxK per warpgroup,
-    HMMA.MNK per warp: .16816 = m16 n8 k16, .1688 = m16 n8 k8)."""
-    m = re.search(r"\.(\d+)x(\d+)x(\d+)", op)
-    if op.startswith("HGMMA") and m:
-        return int(m.group(1)) * int(m.group(2)) * int(m.group(3)) * max(1, warps // 4)
-    if op.startswith("HMMA"):
-        shape = op.split(".")[1]
-        for mm, nn in (("16", "8"), ("8", "8")):
-            if shape.startswith(mm + nn) and shape[len(mm) + len(nn):].isdigit():
-                return int(mm) * int(nn) * int(shape[len(mm) + len(nn):]) * warps
-    return 0
-
-
-def find_main_loop(instrs):
-    """The main loop: (start, end) indices of the longest backward branch whose body holds
-    an MMA; without one, the backward branch whose body holds the most FFMA; else None."""
-    index = {addr: i for i, (addr, *_rest) in enumerate(instrs)}
-    loops = []
-    for i, (addr, pred, op, operands) in enumerate(instrs):
-        if op.startswith("BRA"):
-            t = re.search(r"0x([0-9a-f]+)", operands)
-            if t and int(t.group(1), 16) < addr and int(t.group(1), 16) in index:
-                loops.append((index[int(t.group(1), 16)], i))
-    if not loops:
-        return None
-
-    def count(lo, hi, prefix):
-        return sum(1 for k in range(lo, hi + 1) if instrs[k][2].startswith(prefix))
-
-    with_mma = [lp for lp in loops if count(*lp, "HGMMA") or count(*lp, "HMMA")]
-    if with_mma:
-        return max(with_mma, key=lambda lp: lp[1] - lp[0])
-    ffma = max(loops, key=lambda lp: (count(*lp, "FFMA"), lp[1] - lp[0]))
-    return ffma if count(*ffma, "FFMA") else max(loops, key=lambda lp: lp[1] - lp[0])
-
-
-def analyze_sass(text, *, warps, dtype, tile=None):
-    """Main-loop statistics of one kernel's SASS (see the module docstring)."""
-    instrs = parse_sass(text)
-    ops = [op for _, _, op, _ in instrs]
-    res = {
-        "sass_instructions": len(instrs),
-        "uses_wgmma": any(o.startswith("HGMMA") for o in ops),
-        "uses_mma_sync": any(o.startswith("HMMA") for o in ops),
-        "uses_tma": any(o.startswith("UTMALDG") for o in ops),
-        "uses_cp_async": any(o.startswith("LDGSTS") for o in ops),
-        "local_mem_instructions": sum(1 for o in ops if o.startswith(("LDL", "STL"))),
-    }
-    loop = find_main_loop(instrs)
-    if loop is None:
-        res["main_loop"] = None
-        return res
-    lo, hi = loop
-    body = instrs[lo:hi + 1]
-    mix = {}
-    for _, _, op, _ in body:
-        cls = _op_class(op)
-        mix[cls] = mix.get(cls, 0) + 1
-    top_ops = {}
-    for _, _, op, _ in body:
-        base = op.split(".")[0]
-        top_ops[base] = top_ops.get(base, 0) + 1
-    n_body = len(body)
-    mma_ops = [op for _, _, op, _ in body if op.startswith(("HGMMA", "HMMA"))]
-    if any(o.startswith("HGMMA") for o in mma_ops):
-        engine = "wgmma"
-    elif mma_ops:
-        engine = "mma.sync"
-    else:
-        engine = "FFMA"
-    fmas = sum(_mma_fmas(o, warps) for o in mma_ops)
-    if not fmas and tile is not None:
-        fmas = tile[0] * tile[1] * tile[2]  # the FFMA dot: the tile's FMAs
-    clocks = fmas / FMA_PER_CLK[dtype] if fmas else 0.0
-    warp_instr = n_body * warps
-    res["main_loop"] = {
-        "start": f"0x{body[0][0]:x}", "end": f"0x{body[-1][0]:x}",
-        "engine": engine,
-        "mma_instructions": len(mma_ops),
-        "mma_shape": sorted(set(o for o in mma_ops)),
-        "instr_per_thread_per_iter": n_body,
-        "mix": dict(sorted(mix.items(), key=lambda kv: -kv[1])),
-        "top_opcodes": dict(sorted(top_ops.items(), key=lambda kv: -kv[1])[:12]),
-        "fma_per_iter": fmas,
-        "tile_fma_per_iter": tile[0] * tile[1] * tile[2] if tile else None,
-        "tc_clocks_per_iter": clocks,
-        "warp_instr_per_iter": warp_instr,
-        "issue_ceiling": min(1.0, H100["issue_per_clk"] * clocks / warp_instr) if warp_instr else 0.0,
-        "has_ldgsts": any(o.startswith("LDGSTS") for _, _, o, _ in body),
-        "has_utmaldg": any(o.startswith("UTMALDG") for _, _, o, _ in body),
-        "has_ldg": any(o.startswith("LDG") and not o.startswith("LDGSTS") and not o.startswith("LDGDEPBAR")
-                       for _, _, o, _ in body),
-        "local_mem_in_loop": mix.get("local_mem", 0),
-    }
-    return res
-
-
-def occupancy(regs, smem, warps):
-    """Resident CTAs and warps per SM on an H100, and what limits them."""
-    per_warp = -(-max(regs, 1) * 32 // H100["reg_alloc_unit"]) * H100["reg_alloc_unit"]
-    by_regs = (H100["regs"] // per_warp) // warps
-    by_smem = H100["smem_sm"] // (smem + H100["smem_reserved_block"]) if smem <= H100["smem_block"] else 0
-    by_warps = H100["max_warps"] // warps
-    blocks = min(by_regs, by_smem, by_warps, H100["max_blocks"])
-    limiter = min((("registers", by_regs), ("shared memory", by_smem), ("warps", by_warps),
-                   ("blocks", H100["max_blocks"])), key=lambda kv: kv[1])[0]
-    return {"ctas_per_sm": blocks, "warps_per_sm": blocks * warps, "occupancy": blocks * warps / H100["max_warps"],
-            "limited_by": limiter}
-
-
-def verdict(res):
-    """The issue-13 target checks of one analysed conv variant: {check: bool}."""
-    loop = res.get("main_loop") or {}
-    return {
-        "no_spills": res.get("spill_bytes", 1) == 0,
-        "smem_fits": res.get("shared", 1 << 30) <= H100["smem_block"],
-        "wgmma": loop.get("engine") == "wgmma",
-        "ceiling": loop.get("issue_ceiling", 0.0) >= TARGET_CEILING,
-    }
-
-
-# --------------------------------------------------------------------------- worker (compiles)
-
-def install_stand_in_driver(capability=90):
-    """Point Triton's JIT at a driver that reports ``cuda:capability`` without a GPU, so
-    launches can compile (the technique of tests/_triton_aot.py)."""
-    import torch
-    from triton.backends.compiler import GPUTarget
-    from triton.runtime import driver
-
-    class _StandInDriver:
-        """Just enough of a driver for Triton's JIT to pick a target and compile."""
-
-        def get_current_device(self):
-            return 0
-
-        def get_current_stream(self, device=None):
-            return 0
-
-        def get_current_target(self):
-            return GPUTarget("cuda", capability, 32)
-
-        def get_active_torch_device(self):
-            return torch.device("cpu")
-
-    driver.set_active(_StandInDriver())
-
-
-def _worker(jobs_file):
-    assert os.environ.get("TRITON_INTERPRET", "0") != "1", "the worker must run without TRITON_INTERPRET"
-    if sys.platform.startswith("linux"):  # die with the parent (an interrupted report leaves no workers)
-        import ctypes
-        import signal
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    import torch
-    import triton.runtime.autotuner as autotuner
-    from triton.runtime.jit import JITFunction
-
-    install_stand_in_driver(90)
-    state = {"compiled": [], "forced": None, "listed": None, "list_only": False}
-    jit_run = JITFunction.run
-
-    def compile_only(self, *args, grid, warmup, **kwargs):
-        if state["list_only"]:
-            return None
-        log = io.StringIO()
-        with contextlib.redirect_stdout(log):  # TRITON_DUMP_PTXAS_LOG: ptxas -v of a fresh compile
-            kernel = jit_run(self, *args, grid=grid, warmup=True, **kwargs)
-        state.setdefault("ptxas_logs", {})[id(kernel)] = log.getvalue()
-        consts = {k: v for k, v in kwargs.items() if isinstance(v, (int, float, str, bool))}
-        # the main GEMM: launched through the tile autotuner, or with explicit tile sizes
-        # (the launchers' WRN_FAST_AUTOTUNE=0 path calls the jit function directly)
-        main_gemm = state.pop("via_forced", False) or {"BLOCK_M", "BLOCK_N", "BLOCK_K"} <= set(consts)
-        state["compiled"].append((self.fn.__name__, kernel, consts, main_gemm))
-        return kernel
-
-    def autotuned(self, *args, **kwargs):
-        self.nargs = dict(zip(self.arg_names, args))
-        pruned = self.prune_configs(kwargs)
-        forced = state["forced"]
-        names = set(pruned[0].kwargs)
-        if state["list_only"] and {"BLOCK_M", "BLOCK_N", "BLOCK_K"} <= names:
-            state["listed"] = [[c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_stages,
-                                c.num_warps] for c in pruned]
-            state["listed_all"] = len(self.configs)
-        cfg = pruned[0]
-        if forced is not None and {"BLOCK_M", "BLOCK_N", "BLOCK_K"} <= names:
-            bm, bn, bk, stages, warps = forced
-            match = [c for c in self.configs if (c.kwargs.get("BLOCK_M"), c.kwargs.get("BLOCK_N"),
-                                                 c.kwargs.get("BLOCK_K"), c.num_stages, c.num_warps) == forced]
-            if match:
-                cfg = match[0]
-            else:
-                kw = dict(pruned[0].kwargs, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk)
-                cfg = triton.Config(kw, num_stages=stages, num_warps=warps)
-            state["via_forced"] = True
-        elif {"BLOCK_M", "BLOCK_N", "BLOCK_K"} <= names:
-            state["via_forced"] = True  # the launcher's own choice for the main GEMM
-        self.nargs = None
-        if state["list_only"]:
-            return None
-        return self.fn.run(*args, **kwargs, **cfg.all_kwargs())
-
-    import triton
-    JITFunction.run = compile_only
-    autotuner.Autotuner.run = autotuned
-    conv, bad = _import_kernels()
-    _relax_device_checks(conv, bad)
-
-    from triton.backends.nvidia.compiler import get_ptxas
-    ptxas = get_ptxas(90).path
-    tools = os.path.dirname(ptxas)
-    for job in json.load(open(jobs_file)):
-        v = Variant(**job["variant"])
-        cfg = job["config"]
-        state.update(compiled=[], listed=None, list_only=cfg == "list",
-                     forced=tuple(cfg) if isinstance(cfg, list) else None)
-        try:
-            _launch(conv, bad, v, torch)
-            if cfg == "list":
-                res = {"configs": state["listed"], "n_configs_declared": state.get("listed_all")}
-            else:
-                res = _summarise(v, state["compiled"], ptxas, tools, state.get("ptxas_logs", {}))
-        except Exception as e:  # noqa: BLE001 - reported per job, the others go on
-            msg = f"{type(e).__name__}: {e}"
-            if "out of resource" in msg.lower() or "OutOfResources" in msg:
-                res = {"error": msg, "out_of_resources": True}
-            else:
-                res = {"error": msg[:2000]}
-        print("SASSJSON " + json.dumps(res), flush=True)
-
-
-def _import_kernels():
-    """wrn_fast.kernels from WRN_FAST_SASS_SRC: the installed package when that is this
-    checkout and it imports, else a symlink tree in a scratch directory (kernels/ is
-    installed as wrn_fast.kernels; no compiled extension is needed to compile kernels)."""
-    src = os.path.realpath(os.environ.get("WRN_FAST_SASS_SRC", ROOT))
-    if src == os.path.realpath(ROOT):
-        try:
-            from wrn_fast.kernels import bn_act_conv as conv
-            from wrn_fast.kernels import bn_act_dropout as bad
-            if os.path.realpath(conv.__file__).startswith(src + os.sep):
-                return conv, bad
-        except ImportError:
-            pass
-    tree = tempfile.mkdtemp(prefix="wrn_fast_src_")
-    pkg = os.path.join(tree, "wrn_fast")
-    os.mkdir(pkg)
-    for name in os.listdir(os.path.join(src, "wrn_fast")):
-        if not name.startswith("_C") and name != "__pycache__":
-            os.symlink(os.path.join(src, "wrn_fast", name), os.path.join(pkg, name))
-    os.symlink(os.path.join(src, "kernels"), os.path.join(pkg, "kernels"))
-    sys.path.insert(0, tree)
-    for mod in [m for m in sys.modules if m == "wrn_fast" or m.startswith("wrn_fast.")]:
-        del sys.modules[mod]
-    import warnings
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "extension not built": irrelevant to compiling kernels
-        from wrn_fast.kernels import bn_act_conv as conv
-        from wrn_fast.kernels import bn_act_dropout as bad
-    assert os.path.realpath(conv.__file__).startswith(src + os.sep), conv.__file__
-    return conv, bad
-
-
-def _relax_device_checks(conv, bad):
-    """The launchers refuse CPU tensors unless they believe they run in the interpreter;
-    let them believe it, but make the decisions a GPU launch would make (dot precision,
-    elementwise tile sizes) with the flag off."""
-    flags = [(m, n) for m in (conv, bad) for n in ("INTERPRET", "_INTERPRET") if hasattr(m, n)]
-
-    def gpu_decision(fn):
-        def wrapped(*a, **k):
-            saved = [(m, n, getattr(m, n)) for m, n in flags]
-            for m, n, _ in saved:
-                setattr(m, n, False)
-            try:
-                return fn(*a, **k)
-            finally:
-                for m, n, val in saved:
-                    setattr(m, n, val)
-        return wrapped
-
-    for mod, name in ((conv, "_dot_modes"), (bad, "_config")):
-        if hasattr(mod, name):
-            setattr(mod, name, gpu_decision(getattr(mod, name)))
-    for m, n in flags:
-        setattr(m, n, True)
-
-
-_TORCH_DTYPE = {"bf16": "bfloat16", "fp16": "float16", "fp32-tf32": "float32", "fp32-ieee": "float32"}
-
-
-def _launch(conv, bad, v, torch):
-    dt = getattr(torch, _TORCH_DTYPE[v.dtype])
-    tf32 = v.dtype == "fp32-tf32"
-    cl = torch.channels_last
-    x = torch.empty(v.n, v.cin, v.hw, v.hw, dtype=dt).contiguous(memory_format=cl)
-    affine = v.act != "identity"
-    sc = torch.rand(v.cin) if affine else None
-    sh = torch.rand(v.cin) if affine else None
-    seed = torch.tensor([7], dtype=torch.int64) if v.dropout else None
-    if v.kind in ("bnad_fwd", "bnad_bwd"):
-        kw = dict(act=v.act, dropout_p=v.dropout, seed=seed)
-        if v.kind == "bnad_fwd":
-            bad.bn_act_dropout_fwd(x, sc, sh, **kw)
-        else:
-            bad.bn_act_dropout_bwd(torch.empty_like(x), x, sc, sh, **kw)
-        return
-    pad = v.ksize // 2
-    w = torch.empty(v.cout, v.cin, v.ksize, v.ksize, dtype=dt)
-    ho = (v.hw + 2 * pad - v.ksize) // v.stride + 1
-    kw = dict(stride=v.stride, padding=(pad,) * 4, act=v.act, dropout_p=v.dropout, seed=seed, allow_tf32=tf32)
-    if v.kind == "fwd":
-        res = torch.empty(v.n, v.cout, ho, ho, dtype=dt).contiguous(memory_format=cl) if v.residual else None
-        conv.bn_act_conv_fwd(x, w, sc, sh, residual=res, compute_stats=v.stats, **kw)
-        return
-    gy = torch.empty(v.n, v.cout, ho, ho, dtype=dt).contiguous(memory_format=cl)
-    if v.kind == "dgrad":
-        conv.bn_act_conv_dgrad(gy, w, x, sc, sh, **kw)
-    else:
-        conv.bn_act_conv_wgrad(gy, x, sc, sh, weight_shape=tuple(w.shape), **kw)
-
-
-def _ptxas_report(ptxas, ptx):
-    """ptxas -v facts (``_parse_ptxas``) of Triton's PTX, by running ptxas again with
-    Triton's options (used when Triton's cache had the kernel, so no log was printed);
-    cached by the PTX's hash."""
-    path = os.path.join(CACHE_DIR, "ptxas-v2", hashlib.sha256(ptx.encode()).hexdigest()[:24] + ".json")
-    if os.path.exists(path):
-        with open(path) as f:
-            return json.load(f)
-    with tempfile.TemporaryDirectory() as d:
-        src = os.path.join(d, "k.ptx")
-        with open(src, "w") as f:
-            f.write(ptx)
-        proc = subprocess.run([ptxas, "-lineinfo", "-v", "--regAllocOptLevel=2", "--gpu-name=sm_90a", src, "-o",
-                               os.path.join(d, "k.o")], capture_output=True, text=True)
-    rep = _parse_ptxas(proc.stdout + proc.stderr)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + f".{os.getpid()}", "w") as f:
-        json.dump(rep, f)
-    os.replace(path + f".{os.getpid()}", path)
-    return rep
-
-
-def _parse_ptxas(log):
-    """{registers, spill_store_bytes, spill_load_bytes, stack_bytes, perf_warnings} from a
-    ptxas -v log (None where the log lacks it). perf_warnings: ptxas's "Potential Performance
-    Loss" notes, e.g. C7515 "wgmma.mma_async instructions are serialized" (no overlap of
-    consecutive wgmmas)."""
-    def num(pattern):
-        m = re.search(pattern, log)
-        return int(m.group(1)) if m else None
-    found = re.findall(r"\((C\d+)\) Potential Performance Loss: (.*?)(?: in the function '[^']*')?\s*$", log,
-                       flags=re.M)
-    return {"registers": num(r"Used (\d+) registers"), "spill_store_bytes": num(r"(\d+) bytes spill stores"),
-            "spill_load_bytes": num(r"(\d+) bytes spill loads"), "stack_bytes": num(r"(\d+) bytes stack frame"),
-            "perf_warnings": sorted({f"{code}: {text}" for code, text in found})}
-
-
-def _summarise(v, compiled, ptxas, tools, ptxas_logs):
-    if not compiled:
-        raise RuntimeError("the launcher compiled no kernel")
-    kernels = []
-    for name, kernel, consts, via_forced in compiled:
-        with tempfile.TemporaryDirectory() as d:
-            cubin = os.path.join(d, "k.cubin")
-            with open(cubin, "wb") as f:
-                f.write(kernel.asm["cubin"])
-            sass = subprocess.run([os.path.join(tools, "cuobjdump"), "-sass", cubin], capture_output=True,
-                                  text=True).stdout
-        md = kernel.metadata
-        warps = md.num_warps
-        rep = _parse_ptxas(ptxas_logs.get(id(kernel), ""))
-        if rep["registers"] is None or rep["spill_store_bytes"] is None:  # Triton's cache had it: no log
-            rep = _ptxas_report(ptxas, kernel.asm["ptx"])
-        regs, spill_st, spill_ld, stack = (rep["registers"], rep["spill_store_bytes"], rep["spill_load_bytes"],
-                                           rep["stack_bytes"])
-        tile = (consts.get("BLOCK_M"), consts.get("BLOCK_N"), consts.get("BLOCK_K"))
-        tile = tile if all(isinstance(t, int) for t in tile) else None
-        k = {"name": name, "main_gemm": via_forced, "warps": warps, "stages": md.num_stages,
-             "constexprs": {c: consts[c] for c in sorted(consts) if c.isupper()},
-             "config": [tile[0], tile[1], tile[2], md.num_stages, warps] if tile else None,
-             "registers": regs, "spill_bytes": max(spill_st or 0, spill_ld or 0), "spill_store_bytes": spill_st,
-             "spill_load_bytes": spill_ld, "stack_bytes": stack, "shared": md.shared,
-             "ptxas_perf_warnings": rep["perf_warnings"],
-             "wgmma_serialized": any("serialized" in w for w in rep["perf_warnings"])}
-        k.update(occupancy(regs or 255, md.shared, warps))
-        k.update(analyze_sass(sass, warps=warps, dtype=v.dtype, tile=tile))
-        kernels.append(k)
-    main = [k for k in kernels if k["main_gemm"]] or [k for k in kernels if (k.get("main_loop") or {}).get(
-        "engine") in ("wgmma", "mma.sync")] or kernels
-    res = dict(main[-1])
-    res["kernels"] = [{key: k[key] for key in ("name", "registers", "spill_bytes", "shared", "config")}
-                      for k in kernels]
-    return res
 
 
 # --------------------------------------------------------------------------- CLI
@@ -791,11 +331,12 @@ def main(argv=None):
     ap.add_argument("--json", action="store_true", help="print the full result as JSON")
     ap.add_argument("--rev", help="analyse kernels/ as committed at this git revision (default: the working tree)")
     args = ap.parse_args(argv)
-    if args.worker:
-        _worker(args.worker)
-        return 0
-    if args.route:
-        _route_worker(json.loads(args.route))
+    if args.worker or args.route:
+        from . import sass_worker  # the compiling side (imports torch / triton)
+        if args.worker:
+            sass_worker.worker(args.worker)
+        else:
+            sass_worker.route_worker(json.loads(args.route))
         return 0
     v = Variant(kind=args.kind, dtype="fp32-tf32" if args.dtype == "fp32" else args.dtype, n=args.n, cin=args.cin,
                 cout=args.cout, hw=args.hw, stride=args.stride, ksize=args.ksize, act=args.act,

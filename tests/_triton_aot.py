@@ -24,14 +24,16 @@ from triton.runtime.jit import JITFunction  # noqa: E402
 CAP = int(sys.argv[1])
 ALL_CONFIGS = "--all-configs" in sys.argv
 
-# The stand-in driver is bench/sass.py's (one copy). Loaded from its file: putting the repo
-# root on sys.path would shadow the wrn_fast this script must import (an installed one, or
-# the extension-free source tree the Triton 3.6 check builds).
+# The stand-in driver and the relaxed device checks are bench/compile_harness.py's (one
+# copy). Loaded from its file: putting the repo root on sys.path would shadow the wrn_fast
+# this script must import (an installed one, or the extension-free source tree the
+# Triton 3.6 check builds).
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_spec = importlib.util.spec_from_file_location("_wrn_fast_bench_sass", os.path.join(_ROOT, "bench", "sass.py"))
-_sass = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_sass)
-_sass.install_stand_in_driver(CAP)
+_spec = importlib.util.spec_from_file_location("_wrn_fast_compile_harness",
+                                               os.path.join(_ROOT, "bench", "compile_harness.py"))
+_harness = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_harness)
+_harness.install_stand_in_driver(CAP)
 compiled = []
 _run = JITFunction.run
 
@@ -61,37 +63,14 @@ autotuner.Autotuner.run = _compile_configs
 
 from wrn_fast.kernels import bn_act_conv as conv  # noqa: E402
 from wrn_fast.kernels import bn_act_dropout as bad  # noqa: E402
+from wrn_fast.kernels import conv_config  # noqa: E402 - the launchers' flags live here
 
 # Relax the launchers' CUDA-tensor check (GPU tile configs were chosen at import);
-# keep the GPU's dot modes (no interpreter bf16 upcast). --all-configs: through the
-# autotuners (every config); else each launch's default config (default_config).
-conv.INTERPRET = True
-conv.AUTOTUNE = ALL_CONFIGS
-bad._INTERPRET = True
-_dot_modes = conv._dot_modes
-
-
-def _gpu_dot_modes(dtype, allow_tf32):
-    conv.INTERPRET = False
-    try:
-        return _dot_modes(dtype, allow_tf32)
-    finally:
-        conv.INTERPRET = True
-
-
-conv._dot_modes = _gpu_dot_modes
-_bad_config = bad._config
-
-
-def _gpu_bad_config(*args, **kwargs):  # the GPU tile sizes of the elementwise kernels
-    bad._INTERPRET = False
-    try:
-        return _bad_config(*args, **kwargs)
-    finally:
-        bad._INTERPRET = True
-
-
-bad._config = _gpu_bad_config
+# keep the GPU's dot modes (no interpreter bf16 upcast) and elementwise tile sizes.
+# --all-configs: through the autotuners (every config); else each launch's default
+# config (default_config).
+_harness.relax_device_checks(conv, bad)
+conv_config.AUTOTUNE = ALL_CONFIGS
 
 t0 = time.time()
 seed = torch.tensor([7])

@@ -27,8 +27,11 @@ import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
 import wrn_fast  # noqa: E402
+from _checks import poison_outputs, rel_err  # noqa: E402
+from _references import combine_partials, keep_mask as philox_keep_mask, reference_bn_act_conv  # noqa: E402
 from wrn_fast.kernels import bn_act_conv as K  # noqa: E402
-from wrn_fast.kernels._common import dropout_keep, keep_from_bits  # noqa: E402
+from wrn_fast.kernels import conv_common, conv_config, conv_dgrad, conv_fwd, conv_wgrad  # noqa: E402
+from wrn_fast.kernels._common import keep_from_bits  # noqa: E402
 from wrn_fast.ops.conv import bn_act_conv  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
@@ -46,31 +49,11 @@ def f32(v: float) -> float:
     return float(np.float32(v))
 
 
-def rel(out, ref):
-    out = out.double()
-    ref = ref.double()
-    assert torch.isfinite(out).all(), "non-finite values (unwritten / poisoned output?)"
-    return ((out - ref).norm() / ref.norm().clamp_min(1e-300)).item()
-
-
-# ----------------------------------------------------------------------------- helpers
-
-@triton.jit
-def _keep_mask_kernel(seed_ptr, out_ptr, numel, p, BLOCK: tl.constexpr):
-    idx = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    seed = tl.load(seed_ptr)
-    keep = dropout_keep(seed, idx, p)
-    tl.store(out_ptr + idx, keep.to(tl.int8), mask=idx < numel)
-
-
 def keep_mask(seed, shape, p):
-    """The dropout keep mask for a logical NCHW tensor of ``shape``: the kernels'
-    pure function of (seed, ((n*C + c)*H + h)*W + w)."""
-    numel = int(np.prod(shape))
-    out = torch.full((numel,), -1, dtype=torch.int8, device=seed.device)
-    _keep_mask_kernel[(triton.cdiv(numel, 1024),)](seed, out, numel, p, BLOCK=1024)
-    assert (out >= 0).all()
-    return out.view(shape).bool()
+    """The dropout keep mask of a logical NCHW tensor of ``shape`` (bench.philox: an
+    independent Philox, index ((n*C + c)*H + h)*W + w), on the seed tensor's device."""
+    idx = torch.arange(int(np.prod(shape)), device=seed.device, dtype=torch.int64)
+    return philox_keep_mask(int(seed.item()), idx, p).view(*shape)
 
 
 def make(shape, dtype, layout, *, scale=1.0):
@@ -94,53 +77,18 @@ def make(shape, dtype, layout, *, scale=1.0):
 
 
 def reference(x, w, scale, shift, bias, residual, *, stride, pads, act, slope, p, keep):
-    """The specification, composed from PyTorch ops (pads = (top, bottom, left, right))."""
-    if scale is not None:
-        z = x * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)
-        if act == "relu":
-            a = F.relu(z)
-        elif act == "leaky_relu":
-            a = F.leaky_relu(z, slope)
-        elif act == "silu":
-            a = F.silu(z)
-        else:
-            a = z
-        if p > 0:
-            a = a * keep.to(a.dtype) * f32(1.0 / (1.0 - f32(p)))
-    else:
-        a = x
-    pt, pb, pl, pr = pads
-    y = F.conv2d(F.pad(a, (pl, pr, pt, pb)), w, bias, stride=stride)
-    if residual is not None:
-        y = y + residual
-    return y
+    """The specification (bench.references, pads = (top, bottom, left, right)) plus bias;
+    kept values scaled by fp32(1/(1-fp32(p))) as the kernels do (p given to the reference
+    so that its 1/(1-p) is that value)."""
+    p_ref = 1.0 - 1.0 / f32(1.0 / (1.0 - f32(p))) if p > 0 else 0.0
+    y = reference_bn_act_conv(x, w, scale, shift, residual, keep, stride=stride, pad=pads, p=p_ref,
+                              rdt=x.dtype, act=act, slope=slope)
+    return y if bias is None else y + bias.view(1, -1, 1, 1)
 
 
 def merged_stats(mean_p, m2_p, cnt):
-    """Exact merge of the per-chunk (count, mean, M2) partials (Chan et al.), float64."""
-    mean_p, m2_p, cnt = mean_p.double(), m2_p.double(), cnt.double()
-    n = cnt.sum()
-    mean = (mean_p * cnt[:, None]).sum(0) / n
-    m2 = m2_p.sum(0) + (cnt[:, None] * (mean_p - mean) ** 2).sum(0)
-    return mean, m2 / n, n
-
-
-@pytest.fixture
-def poison(monkeypatch):
-    """torch.empty returns NaN-filled tensors (ints: -1), so any output element a
-    kernel fails to write is non-finite and fails the comparisons."""
-    real_empty = torch.empty
-
-    def poisoned(*args, **kwargs):
-        t = real_empty(*args, **kwargs)
-        if t.is_floating_point():
-            t.fill_(float("nan"))
-        elif t.dtype != torch.bool:
-            t.fill_(-1)
-        return t
-
-    monkeypatch.setattr(torch, "empty", poisoned)
-    yield
+    """(mean, biased var, count) of the conv's partial statistics (Chan merge, float64)."""
+    return combine_partials(mean_p, m2_p, cnt, mean_p.shape[1])
 
 
 # ----------------------------------------------------------------------------- the grid
@@ -207,16 +155,17 @@ def check_case(out, dtype):
     assert y.dtype == x.dtype and y.shape == ref.shape
     cl = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
     assert y.is_contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
-    assert rel(y, ref) < tol, f"forward rel err {rel(y, ref):.3g}"
+    assert rel_err(y, ref) < tol, f"forward rel err {rel_err(y, ref):.3g}"
     for name, (g, r) in out.get("grads", {}).items():
         assert g is not None, f"no gradient for {name}"
         assert g.shape == r.shape
-        e = rel(g, r)
+        e = rel_err(g, r)
         assert e < tol, f"grad {name}: rel err {e:.3g} (tol {tol})"
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_grid_fp32(name, poison):
+@poison_outputs
+def test_grid_fp32(name):
     out = run_case(CASES[name], torch.float32)
     check_case(out, torch.float32)
     # partial statistics of the stored output, merged here, vs torch.var_mean in float64
@@ -226,18 +175,19 @@ def test_grid_fp32(name, poison):
     assert mean_p.dtype == m2_p.dtype == cnt.dtype == torch.float32
     assert mean_p.shape == m2_p.shape == (K.stats_rows(y.shape[0] * y.shape[2] * y.shape[3]), y.shape[1])
     mean, var, count = merged_stats(mean_p, m2_p, cnt)
-    assert count.item() == y.shape[0] * y.shape[2] * y.shape[3]
+    assert (count == y.shape[0] * y.shape[2] * y.shape[3]).all()
     assert (cnt > 0).all() and (cnt <= K.STATS_M).all()
     # mean error relative to the spread (the mean itself can be ~0): fp32 sums of <= 64 values
     assert ((mean - mean_ref).norm() / var_ref.sqrt().norm()).item() < 1e-5
-    assert rel(var, var_ref) < 1e-5
+    assert rel_err(var, var_ref) < 1e-5
 
 
 @pytest.mark.skipif(DEV != "cuda", reason="the interpreter has one config; GPU configs are compiled by "
                     "test_triton_gpu_compile.py --all-configs")
 @pytest.mark.parametrize("kernel", ["fwd", "dgrad", "wgrad"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_every_gpu_tile_config(kernel, dtype, poison):
+@poison_outputs
+def test_every_gpu_tile_config(kernel, dtype):
     """Each autotune config of each kernel, forced alone, gives the right answer
     (the suite otherwise runs one config: WRN_FAST_AUTOTUNE=0 in conftest)."""
     tuner = {"fwd": K._fwd_kernel, "dgrad": K._dgrad_kernel, "wgrad": K._wgrad_kernel}[kernel]
@@ -258,20 +208,23 @@ def test_every_gpu_tile_config(kernel, dtype, poison):
 
 
 @pytest.mark.parametrize("name", FP64_CASES)
-def test_grid_fp64(name, poison):
+@poison_outputs
+def test_grid_fp64(name):
     check_case(run_case(CASES[name], torch.float64, compute_stats=False), torch.float64)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("name", ["relu3x3-s1-res-cl", "leaky3x3-s2-tfsame-drop-n1-cl"])
-def test_half_precision(name, dtype, poison):
+@poison_outputs
+def test_half_precision(name, dtype):
     # forward and backward; the bf16 dot runs upcast in the interpreter (its bf16 dot is broken)
     check_case(run_case(CASES[name], dtype, compute_stats=False), dtype)
 
 
-def test_stats_chunks_smaller_than_block(monkeypatch, poison):
+@poison_outputs
+def test_stats_chunks_smaller_than_block(monkeypatch):
     """BLOCK_M spanning several stats chunks (the GPU configs with BLOCK_M = 128)."""
-    monkeypatch.setattr(K, "STATS_M", 16)
+    monkeypatch.setattr(conv_config, "STATS_M", 16)
     x = make((2, 12, 9, 7), torch.float32, "cl")
     w = torch.randn(20, 12, 3, 3)
     sc, sh = torch.rand(12) + 0.5, torch.randn(12)
@@ -279,9 +232,9 @@ def test_stats_chunks_smaller_than_block(monkeypatch, poison):
     assert mean_p.shape[0] == triton.cdiv(2 * 9 * 7, 16)
     mean, var, count = merged_stats(mean_p, m2_p, cnt)
     var_ref, mean_ref = torch.var_mean(y.double(), dim=(0, 2, 3), unbiased=False)
-    assert count.item() == 2 * 9 * 7
+    assert (count == 2 * 9 * 7).all()
     assert ((mean - mean_ref).norm() / var_ref.sqrt().norm()).item() < 1e-5
-    assert rel(var, var_ref) < 1e-5
+    assert rel_err(var, var_ref) < 1e-5
 
 
 # ----------------------------------------------------------------------------- dropout mask
@@ -475,7 +428,8 @@ def _force_two_pass(monkeypatch, on=True):
 
 
 @pytest.mark.parametrize("name", BN_CASES)
-def test_two_pass_grid_fp32(name, monkeypatch, poison):
+@poison_outputs
+def test_two_pass_grid_fp32(name, monkeypatch):
     """BN-act-dropout as its own kernel, then the conv without a prologue (wgrad on the
     saved activation, dgrad fused on x): forward, every gradient and the statistics vs
     the float64 reference (same mask: the reference uses the kernels' mask function);
@@ -491,13 +445,14 @@ def test_two_pass_grid_fp32(name, monkeypatch, poison):
     y = out["y"].detach().double()
     var_ref, mean_ref = torch.var_mean(y, dim=(0, 2, 3), unbiased=False)
     mean, var, count = merged_stats(out["mean_p"], out["m2_p"], out["cnt_p"])
-    assert count.item() == y.shape[0] * y.shape[2] * y.shape[3]
+    assert (count == y.shape[0] * y.shape[2] * y.shape[3]).all()
     assert ((mean - mean_ref).norm() / var_ref.sqrt().norm()).item() < 1e-5
-    assert rel(var, var_ref) < 1e-5
+    assert rel_err(var, var_ref) < 1e-5
 
 
 @pytest.mark.parametrize("name", ["leaky3x3-s2-tfsame-drop-n1-cl", "all-silu3x3-drop-bias-res-cl"])
-def test_two_pass_fp64_and_bf16(name, monkeypatch, poison):
+@poison_outputs
+def test_two_pass_fp64_and_bf16(name, monkeypatch):
     _force_two_pass(monkeypatch)
     check_case(run_case(CASES[name], torch.float64, compute_stats=False), torch.float64)
     check_case(run_case(CASES[name], torch.bfloat16, compute_stats=False), torch.bfloat16)
@@ -519,13 +474,13 @@ def test_two_pass_equals_one_kernel_path(monkeypatch):
         y.backward(gy)
         results.append([y.detach()] + [t.grad for t in leaves])
     for one, two in zip(*results):
-        assert rel(two, one) < 1e-12
+        assert rel_err(two, one) < 1e-12
     assert (results[0][0] != 0).any()
 
 
 def test_two_pass_layer_decision(monkeypatch):
     assert not K.two_pass_layer(torch.bfloat16, 32, 32)  # interpreter: tests choose explicitly
-    monkeypatch.setattr(K, "_GPU_TILES", True)
+    monkeypatch.setattr(conv_config, "_GPU_TILES", True)
     for w in (32, 64, 128):
         assert K.two_pass_layer(torch.bfloat16, w, w) and K.two_pass_layer(torch.float16, w, w)
     assert not K.two_pass_layer(torch.bfloat16, 160, 160)
@@ -622,7 +577,7 @@ def test_default_config_heuristic(kind, dtype, monkeypatch):
     """The per-shape default (WRN_FAST_AUTOTUNE=0) is one of the GPU configs (so the GPU
     test of every config covers it); 16-bit operands take BLOCK_K = 64 and, from 128
     channels on, one of the wide 8-warp tiles; fp32 tiles use at least 80% of the GEMM's N side."""
-    monkeypatch.setattr(K, "_GPU_TILES", True)
+    monkeypatch.setattr(conv_config, "_GPU_TILES", True)
     gpu = {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_stages, c.num_warps)
            for c in K.ALL_CONFIGS[kind]}
     for cin in WRN_WIDTHS:
@@ -666,7 +621,8 @@ def test_launches_enter_the_tensors_device(monkeypatch):
         entered.append(t.device)
         return real(t)
 
-    monkeypatch.setattr(K, "launch_device", recording)
+    for module in (conv_common, conv_fwd, conv_dgrad, conv_wgrad):  # the bitmask launch and the 3 kernels'
+        monkeypatch.setattr(module, "launch_device", recording)
     x = make((1, 5, 6, 6), torch.float32, "cl")
     w = torch.randn(4, 5, 3, 3)
     sc, sh, seed = torch.rand(5) + 0.5, torch.randn(5), torch.tensor([1])
@@ -707,7 +663,8 @@ def test_allow_tf32_follows_cudnn_flag(monkeypatch):
     assert K._dot_modes(torch.float32, True)[0] == "tf32" and K._dot_modes(torch.float32, False)[0] == "ieee"
 
 
-def test_wide_tiles_in_interpreter(monkeypatch, poison):
+@poison_outputs
+def test_wide_tiles_in_interpreter(monkeypatch):
     """The GPU's tile shapes where the dropout bits span several words per tile (fwd
     BLOCK_K = 64, dgrad epilogue BLOCK_N = 64, wgrad BLOCK_N = 64), run for their
     semantics: Cin = 40 puts two bitmask words in one tile."""
@@ -717,7 +674,8 @@ def test_wide_tiles_in_interpreter(monkeypatch, poison):
     check_case(run_case(CASES["relu3x3-cin40-drop-res-cl"], torch.float32, compute_stats=False), torch.float32)
 
 
-def test_split_accumulators_in_interpreter(monkeypatch, poison):
+@poison_outputs
+def test_split_accumulators_in_interpreter(monkeypatch):
     """BLOCK_N = 256 with statistics and no dropout runs as two 128-column accumulators
     (the GPU default at Cout >= 160): Cout = 136 puts columns in both halves."""
     monkeypatch.setitem(K._INTERPRET_CONFIGS, "fwd", K._cfg(64, 256, 32, 1, 4))
@@ -727,16 +685,18 @@ def test_split_accumulators_in_interpreter(monkeypatch, poison):
     y = out["y"].detach().double()
     var_ref, mean_ref = torch.var_mean(y, dim=(0, 2, 3), unbiased=False)
     mean, var, count = merged_stats(out["mean_p"], out["m2_p"], out["cnt_p"])
-    assert count.item() == 25
+    assert (count == 25).all()
     assert ((mean - mean_ref).norm() / var_ref.sqrt().norm()).item() < 1e-5
-    assert rel(var, var_ref) < 1e-5
+    assert rel_err(var, var_ref) < 1e-5
 
 
 @pytest.mark.parametrize("offs_64", [False, True])
-def test_int64_offsets_path(offs_64, monkeypatch, poison):
+@poison_outputs
+def test_int64_offsets_path(offs_64, monkeypatch):
     """Element offsets are int32 unless a tensor spans 2**31 elements (too big to test
     here): force the int64 path on a small case and compare both with the reference."""
-    monkeypatch.setattr(K, "_needs_int64", lambda *tensors: offs_64)
+    for module in (conv_fwd, conv_dgrad, conv_wgrad):
+        monkeypatch.setattr(module, "_needs_int64", lambda *tensors: offs_64)
     check_case(run_case(CASES["relu3x3-cin40-drop-res-cl"], torch.float32, compute_stats=False), torch.float32)
 
 

@@ -1,0 +1,226 @@
+"""Tile configs and routing of the BN-act-dropout -> conv kernels (``kernels.bn_act_conv``).
+
+What the launchers of ``conv_fwd`` / ``conv_dgrad`` / ``conv_wgrad`` decide before a
+launch, read from the sm_90a SASS (``python -m bench.sass``), not timed:
+
+  default_config   the per-shape tile (BLOCK_M, BLOCK_N, BLOCK_K, stages, warps) used
+                   without autotuning (WRN_FAST_AUTOTUNE=0, the interpreter)
+  ALL_CONFIGS      every config an autotuner may try, per kind; ``AUTOTUNE_KEY`` /
+                   ``prune_by`` are its key and pruning
+  two_pass_layer   which narrow layers run as an elementwise pass + a plain GEMM
+  launch           autotuned launch or the default config's
+  _dot_modes       tl.dot precision per dtype (TF32 / ieee; the interpreter's bf16 upcast)
+
+The module-level flags are read at call time through this module (``conv_config.X``),
+so a harness that flips one (tests/_triton_aot.py, bench/sass.py, tests) flips it for
+every launcher.
+"""
+import os
+
+import torch
+import triton
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+# Tile decisions are fixed at import: compile-only harnesses (tests/_triton_aot.py,
+# bench/sass.py) flip INTERPRET afterwards to accept CPU tensors, and must still get
+# the GPU's configs.
+_GPU_TILES = not INTERPRET
+
+# Rows of the forward GEMM (output pixels) per partial-stats record. Fixed (not
+# tied to the autotuned BLOCK_M) so the number of partials is a function of the
+# shape alone, which the fake kernel needs; every BLOCK_M is a multiple of it.
+STATS_M = 64
+
+
+# --------------------------------------------------------------------------- configs
+
+def _cfg(bm, bn, bk, stages, warps):
+    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_stages=stages, num_warps=warps)
+
+
+# WRN_FAST_AUTOTUNE=0: no autotuning, one config per launch from ``default_config``
+# (fast first calls; the GPU test suite and protocol set it). Default: autotune;
+# timings are cached on disk by Triton (cache_results), so a restarted run does not
+# re-time its shapes.
+AUTOTUNE = os.environ.get("WRN_FAST_AUTOTUNE", "1") != "0"
+
+# The interpreter's one config: BLOCK_N = 16 so the small test channel counts (12, 20)
+# span several, partially masked tiles; BLOCK_K = 32 (one dropout-bitmask word).
+_INTERPRET_CONFIGS = {"fwd": _cfg(64, 16, 32, 1, 4), "dgrad": _cfg(64, 16, 32, 1, 4),
+                      "wgrad": _cfg(16, 32, 32, 1, 4)}
+
+# GPU lists (Hopper / Ampere). 16-bit operands: wgmma tiles; BLOCK_K = 64 halves the
+# per-iteration overhead of the K loop against 32. fp32 (TF32 or exact) and fp64 hold
+# twice the bytes per operand: their own, smaller list, free of spills.
+_CONFIGS_16 = {
+    "fwd": [_cfg(128, 256, 64, 3, 8), _cfg(128, 128, 64, 3, 8), _cfg(128, 128, 32, 4, 8), _cfg(128, 256, 32, 4, 8),
+            _cfg(256, 64, 64, 3, 8), _cfg(256, 32, 64, 3, 8), _cfg(256, 64, 32, 4, 8), _cfg(256, 32, 32, 4, 8),
+            _cfg(128, 64, 64, 3, 4), _cfg(64, 128, 64, 3, 4), _cfg(64, 64, 64, 4, 4), _cfg(128, 32, 64, 4, 4),
+            _cfg(64, 32, 64, 4, 4)],
+    "wgrad": [_cfg(256, 128, 64, 3, 8), _cfg(128, 128, 64, 3, 8), _cfg(128, 128, 32, 4, 8), _cfg(64, 128, 64, 3, 4),
+              _cfg(128, 64, 64, 3, 4), _cfg(128, 32, 64, 4, 4), _cfg(64, 64, 64, 4, 4), _cfg(64, 32, 64, 4, 4), _cfg(32, 64, 64, 4, 4)],
+}
+_CONFIGS_16["dgrad"] = list(_CONFIGS_16["fwd"])
+_CONFIGS_32 = {
+    "fwd": [_cfg(128, 64, 32, 3, 8), _cfg(64, 128, 32, 3, 8), _cfg(64, 64, 32, 3, 4), _cfg(128, 32, 32, 3, 4),
+            _cfg(64, 32, 32, 4, 4)],
+    "wgrad": [_cfg(128, 64, 32, 3, 8), _cfg(64, 128, 32, 3, 8), _cfg(64, 64, 32, 3, 4), _cfg(64, 32, 32, 4, 4),
+              _cfg(32, 64, 32, 4, 4)],
+}
+_CONFIGS_32["dgrad"] = list(_CONFIGS_32["fwd"])
+# Every config a GPU may use (the GPU tests run each once, whatever AUTOTUNE says).
+ALL_CONFIGS = {k: _CONFIGS_16[k] + _CONFIGS_32[k] for k in ("fwd", "dgrad", "wgrad")}
+
+
+# 16-bit tiles the default chooses between, with the issue ceiling their K loop reaches
+# in the sm_90a SASS (WRN-28-10 shapes, ReLU prologue, no dropout): the prologue costs
+# instructions per element of the x operand, so the ceiling grows with the other side of
+# the tile (BLOCK_N = Cout for fwd, BLOCK_M = Cout for wgrad).
+_WIDE_16 = {
+    "fwd": [((128, 256, 64, 3, 8), 1.0), ((128, 128, 64, 3, 8), 0.65)],
+    "wgrad": [((256, 128, 64, 3, 8), 1.0), ((128, 128, 64, 3, 8), 0.73)],
+    "dgrad": [((128, 128, 64, 3, 8), 1.0)],
+}
+
+
+def default_config(kind: str, dtype: torch.dtype, cin: int, cout: int, *, dropout: bool = False,
+                   prologue: bool = True):
+    """The tile config used without autotuning: (BLOCK_M, BLOCK_N, BLOCK_K, num_stages, num_warps).
+
+    A heuristic, not timed, read from the sm_90a SASS. 16-bit operands with 128 or more
+    channels on the tiled sides: of the tiles in ``_WIDE_16``, the one with the highest
+    (issue ceiling x share of the tile that falls inside Cout), e.g. fwd Cout = 320 takes
+    128x256 (1.0 x 62.5%) over 128x128 (0.65 x 83%). 32..127 channels: a plain K loop
+    (dgrad's always; the forward's without the BN-act ``prologue``, as in the two-pass
+    path) takes 256 rows on 8 warps, which spreads its per-row address math over more
+    tensor work (bf16, N=128, issue ceiling 64 -> 256 rows: fwd 0.58 -> 0.92 at 64
+    channels, 0.33 -> 0.48 at 32; dgrad 0.62 -> 0.90, 0.34 -> 0.49; no spills), with
+    BLOCK_K = 32 when the K side (Cin for fwd, Cout for dgrad) has <= 32 channels per tap
+    (a 64-deep K step would be half masked: useful ceiling 0.245 -> 0.36); with the
+    prologue (whose cost per element does not shrink with more rows) and for wgrad:
+    64x64x64 on 4 warps from 64 channels, else 64x32x64 (a wgrad without prologue over
+    Cout >= 128: 128x32x64). fp32 (TF32 or exact) / fp64:
+    smaller, spill-free tiles, 64 wide when that fills >= 80% of N. ``dropout`` is
+    accepted for the variants' sake; the bitmask costs the same under every tile.
+    """
+    if kind not in ("fwd", "dgrad", "wgrad"):
+        raise ValueError(f"kind must be 'fwd', 'dgrad' or 'wgrad', got {kind!r}")
+    if not _GPU_TILES:
+        c = _INTERPRET_CONFIGS[kind]
+        return (c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.kwargs["BLOCK_K"], c.num_stages, c.num_warps)
+    n = cout if kind == "fwd" else cin  # the GEMM's N side
+
+    def fill(size, block):  # useful fraction of the tiles along one side
+        return size / (triton.cdiv(size, block) * block)
+
+    if dtype not in (torch.float16, torch.bfloat16):
+        if dtype == torch.float64:
+            return (64, 32, 16, 3, 4)
+        return (128, 64, 32, 3, 8) if n >= 64 and fill(n, 64) >= 0.8 else (64, 32, 32, 4, 4)
+    if n >= 128 and (kind != "wgrad" or cout >= 128):
+        def score(item):  # fwd: Cout along BLOCK_N; wgrad: Cout along BLOCK_M; dgrad: one tile
+            (bm, bn, _, _, _), ceiling = item
+            return ceiling * (fill(cout, bn) if kind == "fwd" else fill(cout, bm) if kind == "wgrad" else 1.0)
+        return max(_WIDE_16[kind], key=score)[0]
+    plain_loop = kind == "dgrad" or (kind == "fwd" and not prologue)
+    if plain_loop and n >= 32:
+        k_side = cin if kind == "fwd" else cout  # channels per tap along K
+        if k_side <= 32:  # BLOCK_K = 64 would leave half of each K step masked
+            return (256, 64 if n >= 64 else 32, 32, 4, 8)
+        return (256, 64 if n >= 64 else 32, 64, 3, 8)
+    if kind == "wgrad" and not prologue and cout >= 128 and n < 64:
+        return (128, 32, 64, 4, 4)  # Cin = 16 under a wide Cout (two-pass path): 0.34 -> 0.55 (64 rows -> 128)
+    if n >= 64:
+        return (64, 64, 64, 4, 4)
+    return (64, 32, 64, 4, 4)
+
+
+# Narrow 16-bit layers run as two kernels (``two_pass_layer``): the BN-act-dropout
+# prologue costs a fixed number of instructions per element of the activation while the
+# tensor work per element scales with the GEMM's other side (Cout for the forward and
+# wgrad), so below this many output channels the fused prologue, not the tensor cores,
+# bounds the K loop. sm_90a SASS, bf16, N=128, WRN-28-2 widths (default tiles), issue
+# ceiling of the forward / wgrad K loop with the prologue -> without it (identity; the
+# forward then also takes 256-row tiles, see default_config):
+#   width 32 @ 32x32   fwd 0.17 -> 0.49   wgrad 0.25 -> 0.34
+#   width 64 @ 16x16   fwd 0.30 -> 0.94   wgrad 0.37 -> 0.64
+#   width 128 @ 8x8    fwd 0.65 -> 1.00   wgrad 0.73 -> 1.00
+# dgrad keeps its fused epilogue (its K loop has no prologue). The price: one
+# elementwise pass (read x, write a: 4 bytes per bf16 element, ~0.9 ps at 4.3 TB/s) and
+# the activation a kept for wgrad. It pays where the tensor work per element of x is
+# large: a 3x3 stride-1 conv does 18*Cout FLOPs per element (Cout = 32: 0.73 ps at
+# 790 TFLOP/s, 4.3 ps at ceiling 0.17, 1.5-2.2 ps without the prologue); a 1x1 conv
+# (2*Cout) or a stride-2 conv (a quarter of that per element) loses more to the pass
+# than the prologue costs it.
+TWO_PASS_MAX_COUT = 128
+
+
+def two_pass_layer(dtype: torch.dtype, cin: int, cout: int, taps: int = 9, stride: int = 1) -> bool:
+    """Whether a BN-act(-dropout) -> conv of this shape should run as a standalone
+    elementwise pass writing the activation ``a`` (``kernels.bn_act_dropout``) followed by
+    this module's kernels without a prologue (forward, wgrad on ``a``; dgrad still fused
+    on x). ``taps`` = kh*kw. True for fp16/bf16 on the GPU with Cout <= TWO_PASS_MAX_COUT
+    or Cin <= 16 (the first block after the 16-channel stem: the pass over 16 channels is
+    cheap and its wgrad, whose prologue runs on the Cin side, goes 0.25 -> 0.55), at least
+    9 taps and stride 1 (see above); False in the interpreter, whose tests pick either
+    path explicitly."""
+    return (_GPU_TILES and dtype in (torch.float16, torch.bfloat16) and (cout <= TWO_PASS_MAX_COUT or cin <= 16)
+            and taps >= 9 and stride == 1)
+
+
+def _configs_for(kind):
+    return _CONFIGS_16[kind] + _CONFIGS_32[kind]
+
+
+def prune_by(key_n):
+    """Keep the configs of the operand width (16-bit vs 32/64-bit lists) whose BLOCK_N
+    is not far wider than the GEMM's N (stem, thin layers)."""
+    def prune(configs, named_args, **kwargs):
+        def arg(name):
+            return named_args[name] if name in named_args else kwargs[name]
+        n = int(arg(key_n))
+        wide = arg("w_ptr" if "w_ptr" in named_args else "gy_ptr").dtype in (torch.float16, torch.bfloat16)
+        kind_cfgs = [c for c in configs if (c in _CONFIGS_16_ALL) == wide]
+        cap = max(32, triton.next_power_of_2(n))
+        kept = [c for c in kind_cfgs if c.kwargs["BLOCK_N"] <= cap]
+        return kept or kind_cfgs or configs
+    return {"early_config_prune": prune}
+
+
+_CONFIGS_16_ALL = [c for k in _CONFIGS_16 for c in _CONFIGS_16[k]]
+
+# The autotune key: the shape and every compile-time variant (tensor dtypes are added
+# by Triton itself).
+AUTOTUNE_KEY = ["Cin", "Cout", "H", "W", "Ho", "Wo", "KH", "KW", "STRIDE", "PT", "PL", "ACT", "HAS_AFFINE",
+                "HAS_DROPOUT", "IS_FP64", "IN_PREC"]  # (wgrad's POW2_OUT is a function of Ho, Wo)
+
+
+def launch(kernel, grid, args, consts, kind, dtype, cin, cout, dropout):
+    """Launch ``kernel`` (an autotuner) with autotuning, or its jit function with the
+    default config (WRN_FAST_AUTOTUNE=0, interpreter)."""
+    if AUTOTUNE and _GPU_TILES:
+        kernel[grid](*args, **consts)
+        return
+    bm, bn, bk, stages, warps = default_config(kind, dtype, cin, cout, dropout=dropout,
+                                               prologue=bool(consts.get("HAS_AFFINE", True)))
+    kernel.fn[grid](*args, **consts, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_stages=stages, num_warps=warps)
+
+
+def min_block_m(kind, dtype, cin, cout, dropout):
+    """The smallest BLOCK_M a launch of ``kind`` may use (sizes per-M-tile partials)."""
+    if AUTOTUNE and _GPU_TILES:
+        return min(c.kwargs["BLOCK_M"] for c in _configs_for(kind))
+    return default_config(kind, dtype, cin, cout, dropout=dropout)[0]
+
+
+def _dot_modes(dtype, allow_tf32):
+    """(input_precision, upcast) of the kernels' tl.dot for operands of ``dtype``."""
+    if dtype == torch.float32:
+        in_prec = "tf32" if allow_tf32 else "ieee"
+    elif dtype == torch.float64:
+        in_prec = "ieee"
+    else:
+        in_prec = "tf32"  # ignored for 16-bit operands (native MMA)
+    upcast = INTERPRET and dtype == torch.bfloat16
+    return in_prec, upcast
+

@@ -1,0 +1,170 @@
+"""Gradient w.r.t. x of BN-act-dropout -> conv2d, through the prologue.
+
+  g_a[n,c,ih,iw] = sum_{co,kh,kw} gy[n,co,oh,ow] * w[co,c,kh,kw], oh = (ih + pt - kh) / s
+                   when divisible and in range (gather form);
+  GEMM M = N*H*W, N = Cin, K = kh*kw*Cout. Epilogue with BN: g_z = g_a * keep/(1-p) *
+  act'(z), z = x*scale+shift recomputed, grad_x = g_z*scale, per-(M tile, channel)
+  partial sums of g_z and g_z*x (grad_shift, grad_scale).
+"""
+import torch
+import triton
+import triton.language as tl
+
+from . import conv_config
+from ._common import act_grad, keep_from_bits, launch_device
+from .contract import output_memory_format
+from .conv_common import _check_common, _check_grad_y, _mma, _needs_int64, _pixel_of_row, _prologue_args
+
+
+@triton.autotune(configs=conv_config.ALL_CONFIGS["dgrad"], key=conv_config.AUTOTUNE_KEY,
+                 prune_configs_by=conv_config.prune_by("Cin"), reset_to_zero=["psc_ptr", "psh_ptr"],
+                 cache_results=not conv_config.INTERPRET)
+@triton.jit
+def _dgrad_kernel(
+    gy_ptr,         # [N, Cout, Ho, Wo] any strides (sgn, sgc, sgh, sgw)
+    w_ptr,          # [KH*KW*Cout, Cin] contiguous, row = (kh*KW + kw)*Cout + co
+    x_ptr,          # [N, Cin, H, W] saved pre-BN input, any strides (HAS_AFFINE)
+    scale_ptr,      # [Cin] (HAS_AFFINE)
+    shift_ptr,      # [Cin] (HAS_AFFINE)
+    bits_ptr,       # int32 [N*H*W, CW] dropout keep bits (HAS_DROPOUT)
+    gx_ptr,         # [N, Cin, H, W] strides (sdn, sdc, sdh, sdw)
+    psc_ptr,        # [PM, Cin] partial sum(g_z * x) per M-tile (HAS_AFFINE), zero-initialised
+    psh_ptr,        # [PM, Cin] partial sum(g_z) per M-tile (HAS_AFFINE), zero-initialised
+    Nb, Cin, H, W, Cout, Ho, Wo, M, CW,
+    sgn, sgc, sgh, sgw,
+    sxn, sxc, sxh, sxw,
+    sdn, sdc, sdh, sdw,
+    slope, inv_keep,
+    KH: tl.constexpr, KW: tl.constexpr, STRIDE: tl.constexpr, PT: tl.constexpr, PL: tl.constexpr,
+    ACT: tl.constexpr, HAS_AFFINE: tl.constexpr, HAS_DROPOUT: tl.constexpr, OFFS_64: tl.constexpr,
+    GX_LIKE_X: tl.constexpr, IS_FP64: tl.constexpr, IN_PREC: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)   # input pixels (n, ih, iw)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)   # input channels c
+    rk = tl.arange(0, BLOCK_K)                     # output channels co (within a tap)
+    m_ok = rm < M
+    n_ok = rn < Cin
+    rmc = tl.where(m_ok, rm, 0)
+    nb, ih, iw = _pixel_of_row(rmc, H * W, W)
+    nb64 = (nb.to(tl.int64) if OFFS_64 else nb)
+    g_row = nb64 * sgn
+    if IS_FP64:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float64)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+
+    nkc = tl.cdiv(Cout, BLOCK_K)
+    for ks in range(0, KH * KW * nkc):
+        tap = ks // nkc
+        co0 = (ks - tap * nkc) * BLOCK_K
+        kh = tap // KW
+        kw = tap - kh * KW
+        co = co0 + rk
+        co_ok = co < Cout
+        ohn = ih + PT - kh
+        own = iw + PL - kw
+        if STRIDE == 1:
+            oh = ohn
+            ow = own
+            r_ok = m_ok & (oh >= 0) & (oh < Ho) & (ow >= 0) & (ow < Wo)
+        else:
+            pos = (ohn >= 0) & (own >= 0)
+            ohn = tl.where(pos, ohn, 0)
+            own = tl.where(pos, own, 0)
+            oh = ohn // STRIDE
+            ow = own // STRIDE
+            r_ok = m_ok & pos & (oh * STRIDE == ohn) & (ow * STRIDE == own) & (oh < Ho) & (ow < Wo)
+        g = tl.load(gy_ptr + (g_row + oh * sgh + ow * sgw)[:, None] + co[None, :] * sgc,
+                    mask=r_ok[:, None] & co_ok[None, :], other=0.0)
+        w = tl.load(w_ptr + (tap * Cout + co)[:, None] * Cin + rn[None, :],
+                    mask=co_ok[:, None] & n_ok[None, :], other=0.0)
+        acc = _mma(g, w, acc, IN_PREC, UPCAST)
+
+    out_mask = m_ok[:, None] & n_ok[None, :]
+    gx_off = (nb64 * sdn + ih * sdh + iw * sdw)[:, None] + rn[None, :] * sdc
+    gx_ptrs = gx_ptr + gx_off
+    if HAS_AFFINE:
+        if GX_LIKE_X:  # grad_x has x's strides (its memory format): one set of offsets, fewer registers
+            x_off = gx_off
+        else:
+            x_off = (nb64 * sxn + ih * sxh + iw * sxw)[:, None] + rn[None, :] * sxc
+        xv = tl.load(x_ptr + x_off, mask=out_mask, other=0.0).to(acc.dtype)
+        sc = tl.load(scale_ptr + rn, mask=n_ok, other=0.0).to(acc.dtype)
+        sh = tl.load(shift_ptr + rn, mask=n_ok, other=0.0).to(acc.dtype)
+        z = xv * sc[None, :] + sh[None, :]
+        gz = acc * act_grad(z, ACT, slope)
+        if HAS_DROPOUT:  # rows are input pixels: word row = rm
+            if BLOCK_N > 32:
+                # a select per word, not keep_from_bits' broadcast: fewer live registers
+                # next to the accumulator (the 128x128 tile would spill here)
+                cols = tl.arange(0, BLOCK_N)
+                sel = 1 << (cols % 32)
+                for j in tl.static_range(BLOCK_N // 32):
+                    wj = tl.load(bits_ptr + rmc * CW + (pid_n * (BLOCK_N // 32) + j),
+                                 mask=m_ok & (pid_n * (BLOCK_N // 32) + j < CW), other=0)
+                    gz = tl.where((cols // 32 == j)[None, :] & ((wj[:, None] & sel[None, :]) == 0), 0.0, gz)
+                gz = gz * inv_keep
+            else:
+                keep = keep_from_bits(bits_ptr, rmc * CW, m_ok, pid_n * BLOCK_N, tl.arange(0, BLOCK_N), CW, BLOCK_N)
+                gz = tl.where(keep, gz * inv_keep, 0.0)
+        # Out-of-range rows / channels need no select: acc is 0 there (masked operand
+        # loads) and act'(z) is finite for the zero-loaded x, scale, shift (a non-finite
+        # shift makes the whole column non-finite anyway); under dropout they have no bits.
+        tl.store(gx_ptrs, (gz * sc[None, :]).to(gx_ptr.dtype.element_ty), mask=out_mask)
+        tl.store(psh_ptr + pid_m * Cin + rn, tl.sum(gz, axis=0), mask=n_ok)
+        tl.store(psc_ptr + pid_m * Cin + rn, tl.sum(gz * xv, axis=0), mask=n_ok)
+    else:
+        tl.store(gx_ptrs, acc.to(gx_ptr.dtype.element_ty), mask=out_mask)
+
+
+def bn_act_conv_dgrad(grad_y, weight, x, scale=None, shift=None, *, stride=1, padding=(1, 1, 1, 1),
+                      act="identity", negative_slope=0.0, dropout_p=0.0, seed=None, keep_bits=None,
+                      allow_tf32=False):
+    """Gradient w.r.t. x (through the BN-act-dropout prologue when scale is given).
+
+    Returns ``(grad_x, grad_scale, grad_shift)``; the last two are None without scale,
+    else in scale's dtype. grad_x has x's dtype and memory format.
+    """
+    kh, kw, (pt, pb, pl, pr), ho, wo, act_code = _check_common(
+        x, weight.shape if isinstance(weight, torch.Tensor) else (), scale, shift, stride, padding, act,
+        dropout_p, seed, keep_bits, weight=weight)
+    nb, cin, h, w = x.shape
+    cout = weight.shape[0]
+    dev = x.device
+    _check_grad_y(grad_y, x, cout, ho, wo)
+
+    fmt = output_memory_format(x)
+    grad_x = torch.empty((nb, cin, h, w), device=dev, dtype=x.dtype, memory_format=fmt)
+    has_affine = scale is not None
+    acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    m_rows = nb * h * w
+    p_on = float(dropout_p) > 0
+    pm = triton.cdiv(m_rows, conv_config.min_block_m("dgrad", x.dtype, cin, cout, p_on)) if has_affine else 0
+    if grad_x.numel() == 0:
+        z = torch.zeros(cin, device=dev, dtype=scale.dtype) if has_affine else None
+        return grad_x, z, (z.clone() if has_affine else None)
+
+    with launch_device(x):
+        psc = torch.zeros((pm, cin), device=dev, dtype=acc_dtype) if has_affine else grad_x
+        psh = torch.zeros((pm, cin), device=dev, dtype=acc_dtype) if has_affine else grad_x
+        w_d = weight.permute(2, 3, 0, 1).reshape(kh * kw * cout, cin).contiguous()
+        sc, sh, slope, p, inv_keep, bits, cw, in_prec, upcast = _prologue_args(
+            x, scale, shift, negative_slope, dropout_p, seed, keep_bits, allow_tf32)
+        grid = lambda META: (triton.cdiv(m_rows, META["BLOCK_M"]), triton.cdiv(cin, META["BLOCK_N"]))  # noqa: E731
+        conv_config.launch(_dgrad_kernel, grid, (
+            grad_y, w_d, x, sc, sh, bits, grad_x, psc, psh,
+            nb, cin, h, w, cout, ho, wo, m_rows, cw,
+            *grad_y.stride(), *x.stride(), *grad_x.stride(),
+            slope, inv_keep,
+        ), dict(
+            KH=kh, KW=kw, STRIDE=stride, PT=pt, PL=pl,
+            ACT=act_code, HAS_AFFINE=has_affine, HAS_DROPOUT=p > 0, OFFS_64=_needs_int64(grad_y, x, grad_x),
+            GX_LIKE_X=grad_x.stride() == x.stride(),
+            IS_FP64=x.dtype == torch.float64, IN_PREC=in_prec, UPCAST=upcast,
+        ), "dgrad", x.dtype, cin, cout, p > 0)
+        if not has_affine:
+            return grad_x, None, None
+        return grad_x, psc.sum(0).to(scale.dtype), psh.sum(0).to(scale.dtype)

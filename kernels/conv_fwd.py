@@ -1,0 +1,239 @@
+"""Forward of BN-act-dropout -> conv2d (+ bias + residual, + partial BN statistics).
+
+  y[n,co,oh,ow] = sum_{c,kh,kw} a[n,c,oh*s-pt+kh,ow*s-pl+kw] * w[co,c,kh,kw]
+                  (+ bias[co]) (+ residual[n,co,oh,ow]),   a = dropout(act(x*scale+shift))
+  GEMM M = N*Ho*Wo, N = Cout, K = kh*kw*Cin; ``a`` is made in the K loop's prologue and
+  never stored; the epilogue emits per-(chunk of STATS_M rows, channel) partial mean /
+  M2 / count of the stored y (merged by Chan's formula downstream).
+"""
+import torch
+import triton
+import triton.language as tl
+
+from . import conv_config
+from ._common import apply_act, keep_from_bits, launch_device
+from .contract import output_memory_format
+from .conv_common import (_check_common, _check_tensor, _keep_mul, _mma, _needs_int64, _pixel_of_row, _prologue,
+                          _prologue_args, stats_rows)
+
+
+@triton.autotune(configs=conv_config.ALL_CONFIGS["fwd"], key=conv_config.AUTOTUNE_KEY + ["HAS_BIAS", "HAS_RES", "STATS"],
+                 prune_configs_by=conv_config.prune_by("Cout"), cache_results=not conv_config.INTERPRET)
+@triton.jit
+def _fwd_kernel(
+    x_ptr,          # [N, Cin, H, W] any strides (sxn, sxc, sxh, sxw)
+    w_ptr,          # [KH*KW*Cin, Cout] contiguous, row = (kh*KW + kw)*Cin + c
+    scale_ptr,      # [Cin] (HAS_AFFINE)
+    shift_ptr,      # [Cin] (HAS_AFFINE)
+    bias_ptr,       # [Cout] (HAS_BIAS)
+    res_ptr,        # [N, Cout, Ho, Wo] any strides (HAS_RES)
+    y_ptr,          # [N, Cout, Ho, Wo] strides (syn, syc, syh, syw)
+    bits_ptr,       # int32 [N*H*W, CW] dropout keep bits (HAS_DROPOUT)
+    mean_ptr,       # fp32 [P, Cout] (STATS)
+    m2_ptr,         # fp32 [P, Cout] (STATS)
+    cnt_ptr,        # fp32 [P] (STATS)
+    Nb, Cin, H, W, Cout, Ho, Wo, M, P, CW,
+    sxn, sxc, sxh, sxw,
+    srn, src, srh, srw,
+    syn, syc, syh, syw,
+    slope, inv_keep, keep_mul,
+    KH: tl.constexpr, KW: tl.constexpr, STRIDE: tl.constexpr, PT: tl.constexpr, PL: tl.constexpr,
+    ACT: tl.constexpr, HAS_AFFINE: tl.constexpr, HAS_DROPOUT: tl.constexpr, HAS_BIAS: tl.constexpr,
+    HAS_RES: tl.constexpr, STATS: tl.constexpr, STATS_ROWS: tl.constexpr, FLAT_K: tl.constexpr,
+    OFFS_64: tl.constexpr, IS_FP64: tl.constexpr, IN_PREC: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    # BLOCK_N >= 256 with statistics and no dropout: two accumulators of BLOCK_N / 2
+    # columns (two wgmma chains sharing the prologue's A operand), so that the epilogue
+    # holds half a tile at a time: its per-column statistics spill next to a 128x256 fp32
+    # tile (sm_90a: 19 spill stores). With dropout the whole tile fits (and the split's
+    # extra loop instructions would cost more: 526 -> 570 per iteration).
+    BH: tl.constexpr = BLOCK_N // 2 if (BLOCK_N >= 256 and STATS and not HAS_DROPOUT) else BLOCK_N
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn0 = pid_n * BLOCK_N + tl.arange(0, BH)
+    rn1 = rn0 + BH
+    rk = tl.arange(0, BLOCK_K)
+    m_ok = rm < M
+    n_ok0 = rn0 < Cout
+    n_ok1 = rn1 < Cout
+    rmc = tl.where(m_ok, rm, 0)
+    nb, oh, ow = _pixel_of_row(rmc, Ho * Wo, Wo)
+    # element offsets in int64 only when a tensor of the launch spans 2**31 elements
+    # (OFFS_64, see _needs_int64): int32 address math is half the instructions
+    x_row = (nb.to(tl.int64) if OFFS_64 else nb) * sxn
+    if IS_FP64:
+        acc0 = tl.zeros((BLOCK_M, BH), dtype=tl.float64)
+        acc1 = tl.zeros((BLOCK_M, BH), dtype=tl.float64)
+    else:
+        acc0 = tl.zeros((BLOCK_M, BH), dtype=tl.float32)
+        acc1 = tl.zeros((BLOCK_M, BH), dtype=tl.float32)
+
+    if FLAT_K:
+        # Small Cin (stem, Cin=3): K = (tap, c) flattened, gathered per element.
+        KTOT = KH * KW * Cin
+        for k0 in range(0, KTOT, BLOCK_K):
+            k = k0 + rk
+            k_ok = k < KTOT
+            tap = k // Cin
+            c = k - tap * Cin
+            kh = tap // KW
+            kw = tap - kh * KW
+            ih = oh[:, None] * STRIDE - PT + kh[None, :]
+            iw = ow[:, None] * STRIDE - PL + kw[None, :]
+            inb = m_ok[:, None] & k_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            xv = tl.load(x_ptr + x_row[:, None] + c[None, :] * sxc + ih * sxh + iw * sxw, mask=inb, other=0.0)
+            w0 = tl.load(w_ptr + k[:, None] * Cout + rn0[None, :], mask=k_ok[:, None] & n_ok0[None, :], other=0.0)
+            if HAS_AFFINE:
+                sc = tl.load(scale_ptr + c, mask=k_ok, other=0.0).to(acc0.dtype)
+                sh = tl.load(shift_ptr + c, mask=k_ok, other=0.0).to(acc0.dtype)
+                a = apply_act(xv.to(acc0.dtype) * sc[None, :] + sh[None, :], ACT, slope)
+                if HAS_DROPOUT:  # a word per element: only the stem takes this path
+                    wd = tl.load(bits_ptr + ((nb[:, None] * H + ih) * W + iw) * CW + c[None, :] // 32,
+                                 mask=inb, other=0)
+                    a = tl.where(((wd >> (c[None, :] % 32)) & 1) != 0, a * inv_keep, 0.0)
+                a = tl.where(inb, a, 0.0).to(w0.dtype)
+            else:
+                a = xv
+            acc0 = _mma(a, w0, acc0, IN_PREC, UPCAST)
+            if BH < BLOCK_N:
+                w1 = tl.load(w_ptr + k[:, None] * Cout + rn1[None, :], mask=k_ok[:, None] & n_ok1[None, :],
+                             other=0.0)
+                acc1 = _mma(a, w1, acc1, IN_PREC, UPCAST)
+    else:
+        nkc = tl.cdiv(Cin, BLOCK_K)
+        for ks in range(0, KH * KW * nkc):
+            tap = ks // nkc
+            c0 = (ks - tap * nkc) * BLOCK_K
+            kh = tap // KW
+            kw = tap - kh * KW
+            c = c0 + rk
+            c_ok = c < Cin
+            ih = oh * STRIDE - PT + kh
+            iw = ow * STRIDE - PL + kw
+            r_ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            xv = tl.load(x_ptr + (x_row + ih * sxh + iw * sxw)[:, None] + c[None, :] * sxc,
+                         mask=r_ok[:, None] & c_ok[None, :], other=0.0)
+            w_rows = (tap * Cin + c)[:, None] * Cout
+            w0 = tl.load(w_ptr + w_rows + rn0[None, :], mask=c_ok[:, None] & n_ok0[None, :], other=0.0)
+            if HAS_AFFINE:
+                sc = tl.load(scale_ptr + c, mask=c_ok, other=0.0).to(acc0.dtype)
+                sh = tl.load(shift_ptr + c, mask=c_ok, other=0.0).to(acc0.dtype)
+                if HAS_DROPOUT:
+                    keep = keep_from_bits(bits_ptr, ((nb * H + ih) * W + iw) * CW, r_ok, c0, rk, CW, BLOCK_K)
+                    m = tl.where(keep, keep_mul, 0.0)
+                else:
+                    m = tl.where(r_ok, 1.0, 0.0)[:, None]
+                a = _prologue(xv.to(acc0.dtype), sc[None, :], sh[None, :], m, slope, inv_keep, ACT, HAS_DROPOUT)
+                a = a.to(w0.dtype)
+            else:
+                a = xv
+            acc0 = _mma(a, w0, acc0, IN_PREC, UPCAST)
+            if BH < BLOCK_N:
+                w1 = tl.load(w_ptr + w_rows + rn1[None, :], mask=c_ok[:, None] & n_ok1[None, :], other=0.0)
+                acc1 = _mma(a, w1, acc1, IN_PREC, UPCAST)
+
+    nb64 = (nb.to(tl.int64) if OFFS_64 else nb)
+    _fwd_epilogue(acc0, rn0, n_ok0, m_ok, nb64, oh, ow, pid_m, pid_n == 0, bias_ptr, res_ptr, y_ptr,
+                  mean_ptr, m2_ptr, cnt_ptr, Cout, P, srn, src, srh, srw, syn, syc, syh, syw,
+                  HAS_BIAS, HAS_RES, STATS, STATS_ROWS, BLOCK_M)
+    if BH < BLOCK_N:
+        _fwd_epilogue(acc1, rn1, n_ok1, m_ok, nb64, oh, ow, pid_m, False, bias_ptr, res_ptr, y_ptr,
+                      mean_ptr, m2_ptr, cnt_ptr, Cout, P, srn, src, srh, srw, syn, syc, syh, syw,
+                      HAS_BIAS, HAS_RES, STATS, STATS_ROWS, BLOCK_M)
+
+
+@triton.jit
+def _fwd_epilogue(acc, rn, n_ok, m_ok, nb64, oh, ow, pid_m, write_count, bias_ptr, res_ptr, y_ptr, mean_ptr,
+                  m2_ptr, cnt_ptr, Cout, P, srn, src, srh, srw, syn, syc, syh, syw,
+                  HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, STATS: tl.constexpr, STATS_ROWS: tl.constexpr,
+                  BLOCK_M: tl.constexpr):
+    """Bias, residual, store, partial stats of the stored values, for output columns rn."""
+    out_mask = m_ok[:, None] & n_ok[None, :]
+    if HAS_BIAS:
+        b = tl.load(bias_ptr + rn, mask=n_ok, other=0.0).to(acc.dtype)
+        acc += b[None, :]
+    if HAS_RES:
+        r = tl.load(res_ptr + (nb64 * srn + oh * srh + ow * srw)[:, None] + rn[None, :] * src,
+                    mask=out_mask, other=0.0)
+        acc += r.to(acc.dtype)
+    yv = acc.to(y_ptr.dtype.element_ty)
+    tl.store(y_ptr + (nb64 * syn + oh * syh + ow * syw)[:, None] + rn[None, :] * syc, yv, mask=out_mask)
+    if STATS:
+        v = yv.to(tl.float32)
+        chunk = tl.arange(0, BLOCK_M) // STATS_ROWS
+        for j in tl.static_range(BLOCK_M // STATS_ROWS):
+            valid = m_ok & (chunk == j)
+            cnt = tl.sum(valid.to(tl.float32), axis=0)
+            s = tl.sum(tl.where(valid[:, None], v, 0.0), axis=0)
+            mean = s / tl.maximum(cnt, 1.0)
+            d = tl.where(valid[:, None], v - mean[None, :], 0.0)
+            m2 = tl.sum(d * d, axis=0)
+            prow = pid_m * (BLOCK_M // STATS_ROWS) + j
+            row_ok = prow < P
+            tl.store(mean_ptr + prow * Cout + rn, mean, mask=n_ok & row_ok)
+            tl.store(m2_ptr + prow * Cout + rn, m2, mask=n_ok & row_ok)
+            tl.store(cnt_ptr + prow, cnt, mask=row_ok & write_count)
+
+
+def bn_act_conv_fwd(x, weight, scale=None, shift=None, *, stride=1, padding=(1, 1, 1, 1), act="identity",
+                    negative_slope=0.0, dropout_p=0.0, seed=None, keep_bits=None, bias=None, residual=None,
+                    compute_stats=False, allow_tf32=False):
+    """y = conv2d(pad(dropout(act(x*scale + shift))), weight) (+ bias) (+ residual).
+
+    The dropout mask is ``keep_bits`` (``dropout_bits(seed, x.shape, dropout_p)``, made
+    here from ``seed`` when not given). Returns ``(y, stats)``; ``stats = (mean_p [P, Cout],
+    m2_p [P, Cout], count_p [P])`` (fp32, P = stats_rows(N*Ho*Wo)) when ``compute_stats``
+    else None: per chunk of STATS_M output pixels, mean and sum of squared deviations of
+    the stored y.
+    """
+    kh, kw, (pt, pb, pl, pr), ho, wo, act_code = _check_common(
+        x, weight.shape if isinstance(weight, torch.Tensor) else (), scale, shift, stride, padding, act,
+        dropout_p, seed, keep_bits, weight=weight)
+    nb, cin, h, w = x.shape
+    cout = weight.shape[0]
+    dev = x.device
+    if bias is not None:
+        _check_tensor("bias", bias, dim=1, dtypes=(weight.dtype,), device=dev)
+        if bias.shape[0] != cout:
+            raise ValueError(f"bias must have shape [Cout] = [{cout}], got {tuple(bias.shape)}")
+    if residual is not None:
+        _check_tensor("residual", residual, dim=4, dtypes=(x.dtype,), device=dev)
+        if tuple(residual.shape) != (nb, cout, ho, wo):
+            raise ValueError(f"residual shape must equal the output shape {(nb, cout, ho, wo)}, "
+                             f"got {tuple(residual.shape)}")
+
+    fmt = output_memory_format(x)
+    y = torch.empty((nb, cout, ho, wo), device=dev, dtype=x.dtype, memory_format=fmt)
+    m_rows = nb * ho * wo
+    P = stats_rows(m_rows) if compute_stats else 0
+    if compute_stats:
+        mean_p = torch.empty((P, cout), device=dev, dtype=torch.float32)
+        m2_p = torch.empty((P, cout), device=dev, dtype=torch.float32)
+        cnt_p = torch.empty((P,), device=dev, dtype=torch.float32)
+    else:
+        mean_p = m2_p = cnt_p = y  # never written (STATS=False)
+    if y.numel() == 0:
+        return y, ((mean_p, m2_p, cnt_p) if compute_stats else None)
+
+    with launch_device(x):
+        w_t = weight.permute(2, 3, 1, 0).reshape(kh * kw * cin, cout).contiguous()
+        res = residual if residual is not None else y
+        sc, sh, slope, p, inv_keep, bits, cw, in_prec, upcast = _prologue_args(
+            x, scale, shift, negative_slope, dropout_p, seed, keep_bits, allow_tf32)
+        grid = lambda META: (triton.cdiv(m_rows, META["BLOCK_M"]), triton.cdiv(cout, META["BLOCK_N"]))  # noqa: E731
+        conv_config.launch(_fwd_kernel, grid, (
+            x, w_t, sc, sh, bias if bias is not None else y, res, y, bits,
+            mean_p, m2_p, cnt_p,
+            nb, cin, h, w, cout, ho, wo, m_rows, P, cw,
+            *x.stride(), *res.stride(), *y.stride(),
+            slope, inv_keep, _keep_mul(act, inv_keep),
+        ), dict(
+            KH=kh, KW=kw, STRIDE=stride, PT=pt, PL=pl,
+            ACT=act_code, HAS_AFFINE=scale is not None, HAS_DROPOUT=p > 0, HAS_BIAS=bias is not None,
+            HAS_RES=residual is not None, STATS=bool(compute_stats), STATS_ROWS=conv_config.STATS_M, FLAT_K=cin < 16,
+            OFFS_64=_needs_int64(x, y, res),
+            IS_FP64=x.dtype == torch.float64, IN_PREC=in_prec, UPCAST=upcast,
+        ), "fwd", x.dtype, cin, cout, p > 0)
+    return y, ((mean_p, m2_p, cnt_p) if compute_stats else None)

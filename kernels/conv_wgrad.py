@@ -1,0 +1,142 @@
+"""Gradient w.r.t. the weight of BN-act-dropout -> conv2d, ``a`` recomputed from x.
+
+  gw[co,c,kh,kw] = sum_{n,oh,ow} gy[n,co,oh,ow] * a[n,c,oh*s-pt+kh,ow*s-pl+kw]
+  GEMM M = Cout, N = Cin (one tap per program column), K = N*Ho*Wo with split-K
+  (partials in fp32 / fp64, summed by the launcher).
+"""
+import torch
+import triton
+import triton.language as tl
+
+from . import conv_config
+from ._common import keep_from_bits, launch_device
+from .conv_common import (_check_common, _check_grad_y, _is_pow2, _keep_mul, _mma, _needs_int64, _num_sms,
+                          _pixel_of_row, _prologue, _prologue_args)
+
+
+@triton.autotune(configs=conv_config.ALL_CONFIGS["wgrad"], key=conv_config.AUTOTUNE_KEY + ["K_CHUNK"],
+                 prune_configs_by=conv_config.prune_by("Cin"), cache_results=not conv_config.INTERPRET)
+@triton.jit
+def _wgrad_kernel(
+    gy_ptr,         # [N, Cout, Ho, Wo] any strides (sgn, sgc, sgh, sgw)
+    x_ptr,          # [N, Cin, H, W] saved pre-BN input, any strides
+    scale_ptr,      # [Cin] (HAS_AFFINE)
+    shift_ptr,      # [Cin] (HAS_AFFINE)
+    bits_ptr,       # int32 [N*H*W, CW] dropout keep bits (HAS_DROPOUT)
+    part_ptr,       # [SPLIT, Cout, Cin*KH*KW] contiguous partial grad_w (fp32 / fp64)
+    Nb, Cin, H, W, Cout, Ho, Wo, M, K_CHUNK, CW, LOG2_HOWO, LOG2_WO,
+    sgn, sgc, sgh, sgw,
+    sxn, sxc, sxh, sxw,
+    slope, inv_keep, keep_mul,
+    KH: tl.constexpr, KW: tl.constexpr, STRIDE: tl.constexpr, PT: tl.constexpr, PL: tl.constexpr,
+    ACT: tl.constexpr, HAS_AFFINE: tl.constexpr, HAS_DROPOUT: tl.constexpr, POW2_OUT: tl.constexpr,
+    OFFS_64: tl.constexpr,
+    IS_FP64: tl.constexpr, IN_PREC: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    pid_m = tl.program_id(0)          # Cout tile
+    pid_t = tl.program_id(1)          # (tap, Cin tile)
+    pid_k = tl.program_id(2)          # split-K chunk of the N*Ho*Wo reduction
+    ncb = tl.cdiv(Cin, BLOCK_N)
+    tap = pid_t // ncb
+    cb = pid_t - tap * ncb
+    kh = tap // KW
+    kw = tap - kh * KW
+    rco = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rc = cb * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    co_ok = rco < Cout
+    c_ok = rc < Cin
+    if HAS_AFFINE:
+        sc = tl.load(scale_ptr + rc, mask=c_ok, other=0.0)
+        sh = tl.load(shift_ptr + rc, mask=c_ok, other=0.0)
+    if IS_FP64:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float64)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    HoWo = Ho * Wo
+    k_lo = pid_k * K_CHUNK
+    k_hi = tl.minimum(k_lo + K_CHUNK, M)
+    for r0 in range(k_lo, k_hi, BLOCK_K):
+        r = r0 + rk
+        r_ok = r < k_hi
+        rr = tl.where(r_ok, r, 0)
+        if POW2_OUT:  # Ho, Wo powers of two (every WRN shape): shifts, not integer divisions
+            nb = rr >> LOG2_HOWO
+            oh = (rr >> LOG2_WO) & (Ho - 1)
+            ow = rr & (Wo - 1)
+        else:
+            nb, oh, ow = _pixel_of_row(rr, HoWo, Wo)
+        nb64 = (nb.to(tl.int64) if OFFS_64 else nb)
+        g = tl.load(gy_ptr + (nb64 * sgn + oh * sgh + ow * sgw)[None, :] + rco[:, None] * sgc,
+                    mask=co_ok[:, None] & r_ok[None, :], other=0.0)
+        ih = oh * STRIDE - PT + kh
+        iw = ow * STRIDE - PL + kw
+        sp_ok = r_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        xv = tl.load(x_ptr + (nb64 * sxn + ih * sxh + iw * sxw)[:, None] + rc[None, :] * sxc,
+                     mask=sp_ok[:, None] & c_ok[None, :], other=0.0)
+        if HAS_AFFINE:
+            if HAS_DROPOUT:
+                keep = keep_from_bits(bits_ptr, ((nb * H + ih) * W + iw) * CW, sp_ok, cb * BLOCK_N,
+                                      tl.arange(0, BLOCK_N), CW, BLOCK_N)
+                m = tl.where(keep, keep_mul, 0.0)
+            else:
+                m = tl.where(sp_ok, 1.0, 0.0)[:, None]
+            a = _prologue(xv.to(acc.dtype), sc.to(acc.dtype)[None, :], sh.to(acc.dtype)[None, :], m, slope,
+                          inv_keep, ACT, HAS_DROPOUT)
+            a = a.to(g.dtype)
+        else:
+            a = xv
+        acc = _mma(g, a, acc, IN_PREC, UPCAST)
+
+    KK = Cin * KH * KW
+    base = part_ptr + pid_k.to(tl.int64) * Cout * KK
+    ptrs = base + rco[:, None] * KK + rc[None, :] * (KH * KW) + tap
+    tl.store(ptrs, acc, mask=co_ok[:, None] & c_ok[None, :])
+
+
+def bn_act_conv_wgrad(grad_y, x, scale=None, shift=None, *, weight_shape, stride=1, padding=(1, 1, 1, 1),
+                      act="identity", negative_slope=0.0, dropout_p=0.0, seed=None, keep_bits=None,
+                      allow_tf32=False, out_dtype=None):
+    """Gradient w.r.t. the weight, ``a`` recomputed from x. Returns [Cout, Cin, kh, kw]
+    in ``out_dtype`` (default x's dtype); accumulated in fp32 (fp64 for fp64)."""
+    kh, kw, (pt, pb, pl, pr), ho, wo, act_code = _check_common(
+        x, tuple(weight_shape), scale, shift, stride, padding, act, dropout_p, seed, keep_bits)
+    nb, cin, h, w = x.shape
+    cout = int(weight_shape[0])
+    dev = x.device
+    _check_grad_y(grad_y, x, cout, ho, wo)
+    out_dtype = out_dtype or x.dtype
+    acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    m_rows = nb * ho * wo
+    if m_rows == 0:
+        return torch.zeros((cout, cin, kh, kw), device=dev, dtype=out_dtype)
+
+    # split-K so that small layers still fill the machine
+    bm_est, bn_est = 64, 64
+    tiles = triton.cdiv(cout, bm_est) * triton.cdiv(cin, bn_est) * kh * kw
+    min_chunk = 64 if conv_config.INTERPRET else 512
+    target = 4 if conv_config.INTERPRET else 4 * _num_sms(dev)
+    split = max(1, min(triton.cdiv(target, tiles), triton.cdiv(m_rows, min_chunk)))
+    chunk = triton.cdiv(triton.cdiv(m_rows, split), 64) * 64
+    split = triton.cdiv(m_rows, chunk)
+
+    with launch_device(x):
+        part = torch.empty((split, cout, cin * kh * kw), device=dev, dtype=acc_dtype)
+        sc, sh, slope, p, inv_keep, bits, cw, in_prec, upcast = _prologue_args(
+            x, scale, shift, negative_slope, dropout_p, seed, keep_bits, allow_tf32)
+        grid = lambda META: (triton.cdiv(cout, META["BLOCK_M"]),  # noqa: E731
+                             kh * kw * triton.cdiv(cin, META["BLOCK_N"]), split)
+        conv_config.launch(_wgrad_kernel, grid, (
+            grad_y, x, sc, sh, bits, part,
+            nb, cin, h, w, cout, ho, wo, m_rows, chunk, cw, (ho * wo).bit_length() - 1, wo.bit_length() - 1,
+            *grad_y.stride(), *x.stride(),
+            slope, inv_keep, _keep_mul(act, inv_keep),
+        ), dict(
+            KH=kh, KW=kw, STRIDE=stride, PT=pt, PL=pl,
+            ACT=act_code, HAS_AFFINE=scale is not None, HAS_DROPOUT=p > 0, POW2_OUT=_is_pow2(ho) and _is_pow2(wo),
+            OFFS_64=_needs_int64(grad_y, x),
+            IS_FP64=x.dtype == torch.float64, IN_PREC=in_prec, UPCAST=upcast,
+        ), "wgrad", x.dtype, cin, cout, p > 0)
+        gw = part[0] if split == 1 else part.sum(0)
+        return gw.view(cout, cin, kh, kw).to(out_dtype)
