@@ -2,11 +2,13 @@
 
 Modules, lowest first (each imports only those above it in this list, plus wrn_fast.data / checkpoint / backend / models):
   config       TrainConfig (the `train` options are derived from its fields), the paper's recipes
+  optimizer    SGD and its learning-rate schedule, stepped per iteration
   rng          seeds as pure functions of (seed, epoch, batch, step, rank); RNG state save / restore
+  batches      a rank's share of each global batch: the epoch's permutation, crops, flips, normalisation
   rundir       the run directory: default names, writability checks, the exclusive run lock
   signals      SIGINT / SIGTERM: finish the step, save, exit 130 / 143
   distributed  torchrun process group, --device parsing, sync-BN
-  models       model names -> models, architecture checks, state_dict loading with clear errors
+  models       model names -> models, architecture checks, state_dicts in and out of checkpoints
   ema          weight EMA with warm-up
   progress     console lines, progress bars, JSONL log (strict JSON), curves PNG
   evaluation   test loss / accuracy of a model or a checkpoint file

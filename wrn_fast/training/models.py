@@ -1,6 +1,7 @@
-"""Model names (``wrn-DEPTH-WIDTH``, ``wide_resnet50_2``) to models, and architecture checks for checkpoints."""
+"""Model names (``wrn-DEPTH-WIDTH``, ``wide_resnet50_2``) to models; checkpoints' architectures and state_dicts."""
 from typing import Any, Dict, Optional, Tuple
 
+import torch
 import torch.nn as nn
 
 from ..data import InputError
@@ -81,3 +82,9 @@ def load_weights(model: nn.Module, state_dict: Dict[str, Any], source: str, what
         first = str(e).strip().splitlines()
         raise InputError(f"{source}: the checkpoint's {what} do not fit the model "
                          f"({' '.join(line.strip() for line in first[:3])})") from e
+
+
+def unwrapped_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:
+    """The state_dict as a checkpoint stores it: plain keys (no 'module.' / '_orig_mod.'), CPU tensors,
+    loadable without DDP, torch.compile or a GPU."""
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}

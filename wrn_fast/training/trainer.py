@@ -29,7 +29,6 @@ Faults
   stops the run without saving over the last good checkpoint.
 """
 import dataclasses
-import math
 import os
 import signal
 import time
@@ -40,15 +39,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..data import InputError, Split, apply_augmentation, draw_augmentation, load_dataset, normalize_batch
+from ..data import InputError, Split, load_dataset
 from ..checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, all_finite, remove_stale_temporaries, save_checkpoint
+from .batches import TrainBatches
 from .config import RUN_CONTROL, TrainConfig
 from .distributed import Dist, apply_sync_bn, init_distributed
 from .ema import ModelEMA
 from .evaluation import amp_dtype as _amp_dtype, evaluate
-from .models import arch_kwargs_from_name, build_model, check_architecture, load_weights
+from .models import arch_kwargs_from_name, build_model, check_architecture, load_weights, unwrapped_state_dict
+from .optimizer import describe_schedule, make_optimizer
 from .progress import append_log, format_record, plot_history, print_main, progress_bar_class, write_log
-from .rng import derive_seed, generator, rng_state, set_rng_state
+from .rng import derive_seed, rng_state, set_rng_state
 from .resume import resolve_resume
 from .rundir import RunLock, check_existing_run, check_out_dir, create_run_dir, default_run_dir
 from .signals import Aborted, StopRequest, signal_name
@@ -56,25 +57,6 @@ from .signals import Aborted, StopRequest, signal_name
 CHECKPOINT_NAME = "checkpoint.pt"
 LOG_NAME = "log.jsonl"
 PLOT_NAME = "curves.png"
-
-
-def lr_factor(config: TrainConfig, steps_per_epoch: int):
-    """The LambdaLR factor of optimizer step ``step`` (cosine per step to 0, or x gamma at milestones)."""
-    total = config.epochs * steps_per_epoch
-    milestones = list(config.milestones)
-
-    def factor(step: int) -> float:
-        if config.schedule == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
-        epoch = step // steps_per_epoch
-        return config.gamma ** sum(1 for m in milestones if epoch >= m)
-
-    return factor
-
-
-def unwrapped_state_dict(model: nn.Module) -> Dict[str, torch.Tensor]:
-    # Plain keys (no 'module.' / '_orig_mod.'), CPU tensors: loadable without DDP, compile or a GPU.
-    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
 class Trainer:
@@ -127,9 +109,7 @@ class Trainer:
             model = apply_sync_bn(model, device)
         self.model = model
         self.ema = ModelEMA(model, config.ema, config.ema_warmup) if config.ema is not None else None
-        self.optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                         weight_decay=config.weight_decay, nesterov=config.nesterov)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(config, self.steps_per_epoch))
+        self.optimizer, self.scheduler = make_optimizer(model, config, self.steps_per_epoch)
         self.amp_dtype = _amp_dtype(config.amp, device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
 
@@ -149,12 +129,9 @@ class Trainer:
             self._restore(ckpt, source)
             accum = dict(ckpt["epoch_accum"])
 
-        self.images = train_split.images.to(device)
-        self.labels = train_split.labels.to(device)
-        self.train_size = len(train_split)
+        self.batches = TrainBatches(train_split, info, config.seed, config.batch_size, dist.rank, dist.world, device,
+                                    config.channels_last)
         self.test_split = Split(test_split.images.to(device), test_split.labels.to(device))
-        self.mean = torch.tensor(info.mean, device=device)
-        self.std = torch.tensor(info.std, device=device)
         # This rank's epoch loss sum, correct, count; all-reduced at the epoch's end.
         self.sums = torch.tensor([accum["loss_sum"], accum["correct"], accum["count"]], dtype=torch.float64,
                                  device=device)
@@ -287,19 +264,8 @@ class Trainer:
     # ----------------------------------------------------------------- training
     def step(self, perm: torch.Tensor) -> None:
         """One optimizer step on batch ``batch_in_epoch`` of the epoch's permutation ``perm``."""
-        config, info, dist = self.config, self.info, self.dist
-        b = self.batch_in_epoch
-        global_idx = perm[b * config.batch_size:(b + 1) * config.batch_size]
-        shard = slice(dist.rank * self.local_batch, (dist.rank + 1) * self.local_batch)
-        idx = global_idx[shard]
-        x = self.images[idx]
-        if info.crop_padding or info.flip:
-            # drawn for the whole global batch so the augmentation is independent of world size
-            dy, dx, flips = draw_augmentation(config.batch_size, generator(config.seed, self.epoch, b + 1),
-                                              info.crop_padding, info.flip)
-            x = apply_augmentation(x, dy[shard], dx[shard], flips[shard], info.crop_padding)
-        x = normalize_batch(x, self.mean, self.std, config.channels_last)
-        y = self.labels[idx]
+        config, dist = self.config, self.dist
+        x, y = self.batches.batch(perm, self.epoch, self.batch_in_epoch)
         torch.manual_seed(derive_seed(config.seed, self.step_count, dist.rank, 0xD0))  # dropout masks
         self.mutating = True
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
@@ -327,7 +293,7 @@ class Trainer:
         """Train to the end of the current epoch; returns 'epoch' (completed), 'max_steps', 'interrupted' or
         'diverged' (with self.divergence_reason)."""
         config = self.config
-        perm = torch.randperm(self.train_size, generator=generator(config.seed, self.epoch)).to(self.device)
+        perm = self.batches.permutation(self.epoch)
         bar = progress_bar_class()(total=self.steps_per_epoch, initial=self.batch_in_epoch,
                                    desc=f"epoch {self.epoch + 1}/{config.epochs}", leave=False, dynamic_ncols=True,
                                    unit="step", disable=True if not (self.dist.is_main and config.progress) else None)
@@ -375,8 +341,8 @@ class Trainer:
         self.save()
 
     def evaluate(self, model: Optional[nn.Module] = None) -> Tuple[float, float]:
-        return evaluate(model if model is not None else self.model, self.test_split, self.mean, self.std,
-                        self.config.eval_batch_size, self.amp_dtype, self.config.channels_last, self.dist)
+        return evaluate(model if model is not None else self.model, self.test_split, self.batches.mean,
+                        self.batches.std, self.config.eval_batch_size, self.amp_dtype, self.config.channels_last, self.dist)
 
     def _epoch_record(self, seconds: float) -> Dict[str, Any]:
         totals = self.dist.all_reduce_(self.sums.clone())
@@ -397,21 +363,15 @@ class Trainer:
         say = lambda text: print_main(dist.is_main, text)  # noqa: E731
         n_params = sum(p.numel() for p in self.model.parameters())
         say(f"wrn-fast train: {config.model} ({n_params / 1e6:.2f}M params) on {config.dataset} "
-            f"({self.train_size} train / {len(self.test_split)} test images, {info.in_channels}x{info.image_size}x"
+            f"({self.batches.size} train / {len(self.test_split)} test images, {info.in_channels}x{info.image_size}x"
             f"{info.image_size}, {info.num_classes} classes)")
-        if config.schedule == "cosine":
-            sched = "cosine"
-        elif config.milestones:
-            sched = f"x{config.gamma} at epochs {','.join(map(str, config.milestones))}"
-        else:
-            sched = "constant lr"
         ema = ""
         if config.ema:
             ema = f", EMA {config.ema}" + (" (warm-up min(d, (1+t)/(10+t)))" if config.ema_warmup else "")
         say(f"  {config.epochs} epochs x {self.steps_per_epoch} steps, batch {config.batch_size}"
             f"{f' ({dist.world} ranks x {self.local_batch})' if dist.active else ''}, SGD lr {config.lr} "
             f"{'nesterov ' if config.nesterov else ''}momentum {config.momentum} wd {config.weight_decay}, "
-            f"{sched}, dropout {config.dropout}{ema}")
+            f"{describe_schedule(config)}, dropout {config.dropout}{ema}")
         amp = str(self.amp_dtype).replace('torch.', '') if self.amp_dtype else 'none'
         say(f"  device {self.device}, backend {resolve(self.device)}, amp {amp}, seed {config.seed}, "
             f"output {config.out}")
