@@ -6,7 +6,7 @@ forward, not wrn_fast.reference), randomly initialised, saved, converted, loaded
 eval and train mode. tests/test_compat.py compares every family in depth (float64 and float32,
 gradients, both backends); here the conversion rules and refusals are checked.
 
-Tolerance: fp32, relative error max|ours - theirs| / max|theirs| <= 1e-5.
+Tolerance: fp32, relative L2 error ||ours - theirs|| / ||theirs|| (tests/_checks.rel_err) <= 1e-5.
 """
 import math
 import warnings
@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from wrn_fast import convert
 from wrn_fast import reference as R
 
+from _checks import rel_err
 from _upstream import (CIFAR10_MEAN, CIFAR10_STD, DEAD_BN1, DMWideResNet, SslWideResNet, Swish, XzWideResNet,
                        randomize_)
 
@@ -37,7 +38,7 @@ def build_reference_models(monkeypatch):
 def assert_rel_close(ours, theirs, what="output"):
     if isinstance(theirs, dict):
         theirs = theirs["logits"]
-    err = (ours - theirs).abs().max().item() / theirs.abs().max().item()
+    err = rel_err(ours, theirs)
     assert err <= REL_TOL, f"{what}: relative error {err:.3g} > {REL_TOL}"
 
 

@@ -20,21 +20,14 @@ from wrn_fast import reference
 from wrn_fast.backend import get_backend, resolve, use_backend
 from wrn_fast.model import WideResNet, WideResNetBottleneck
 
-from _checks import needs_ext, rel_err
+from _checks import assert_state_dicts_close, needs_ext, randomize_batch_norm_, rel_err
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 
 
 def _pair(dtype=torch.float32, **cfg):
     torch.manual_seed(0)
-    ref = reference.WideResNet(**cfg)
-    with torch.no_grad():  # random BN affine and running stats: weight=1/bias=0 hides wrong formulas
-        for m in ref.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.3, 0.3)
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 2.0)
+    ref = randomize_batch_norm_(reference.WideResNet(**cfg), running_stats=True)
     fast = WideResNet(**cfg)
     fast.load_state_dict(ref.state_dict())
     return fast.to(dtype), ref.to(dtype)
@@ -62,12 +55,7 @@ def _compare(fast, ref, x, y, tol):
     assert rel_err(lf, lr) < tol
     for n in gr:
         assert rel_err(gf[n], gr[n]) < tol, n
-    sf, sr = fast.state_dict(), ref.state_dict()
-    for n in sr:
-        if sr[n].is_floating_point():
-            assert rel_err(sf[n], sr[n]) < tol, n
-        else:
-            assert torch.equal(sf[n], sr[n]), n
+    assert_state_dicts_close(fast.state_dict(), ref.state_dict(), tol)
     assert rel_err(_eval(fast, x, "cpu"), _eval(ref, x, "reference")) < tol
 
 
@@ -277,7 +265,7 @@ def test_eval_folds_bn2_into_conv1_with_onednn_and_matches_reference(act):
     assert names.count("mkldnn::_convolution_pointwise_") == n_blocks
     assert names.count("mkldnn::_convolution_pointwise") == n_convs - n_blocks
     assert "aten::convolution" not in names
-    assert names.count("wrn_fast::bn_act_dropout_fwd") == n_bns - n_blocks
+    assert names.count("wrn_fast::bn_act_dropout") == n_bns - n_blocks
     with torch.no_grad():
         assert rel_err(out, ref(x)) < 1e-5
     assert "folded" in wrn_fast.explain(fast)
