@@ -53,10 +53,13 @@ ASSUMPTIONS = [
     "mask kernel and read by forward, dgrad and wgrad (if kernels/bn_act_conv.py has no keep_bits: Philox "
     "regenerated in the loops, 0 bytes). dgrad reads grad_y, weight, x (its epilogue recomputes act' and the "
     "mask) and writes grad_x with per-tile channel sums; wgrad reads grad_y and x (recomputing the prologue) and "
-    "writes split-K fp32 partials that are summed (split as the launcher picks it for 132 SMs); the BN backward "
-    "then is the statistics term b*x + c (bn_finalize_partials' backward: read x, write) and autograd's sum of "
-    "it with dgrad's grad_x (read 2, write 1): 5 passes where passing dgrad's grad_x as bn_backward_apply's "
-    "direct gradient would take 3.",
+    "writes split-K fp32 partials that are summed (split as the launcher picks it for 132 SMs). A training BN "
+    "feeding a conv: the conv and the BN statistics' backward are one autograd node (wrn_fast::bn_batch_act_conv, "
+    "when this checkout's wrn_fast/ops/conv.py has it): after dgrad, one bn_backward_apply pass grad_x = "
+    "dgrad's grad_x + b*x + c (read 2, write 1: 3 passes); each further conv consumer of the same BN (the "
+    "projection shortcut) runs its own such pass. Without it (older engines), and for a BN feeding no conv "
+    "(bn_act_dropout, e.g. the last BN): the statistics term b*x + c (bn_finalize_partials' backward: read x, "
+    "write) and autograd's sum with the direct grad_x (read 2, write 1): 5 passes.",
     "Common to both and counted in both: the autocast weight cast (read fp32, write the compute dtype) and the "
     "SGD step (momentum, weight decay: read param, grad, buffer; write param, buffer; fp32). Not counted: the "
     "stem's input, the classifier (pool + fc + loss), max-pool of WRN-50-2 (all small or equal in both).",
@@ -114,12 +117,20 @@ def _kernels_root(commit):
 
 
 def _uses_bits(root):
-    """Whether the kernels under ``root`` take a dropout bitmask."""
-    with open(os.path.join(root, "kernels", "bn_act_conv.py")) as f:
-        return "keep_bits" in f.read()
+    """Whether the kernels under ``root`` take a dropout bitmask (any kernels/*.py: the conv
+    launchers live in several files since the split of bn_act_conv.py)."""
+    d = os.path.join(root, "kernels")
+    return any("keep_bits" in open(os.path.join(d, f)).read() for f in os.listdir(d) if f.endswith(".py"))
 
 
-def build(model, dtype, ceilings, sms, mask_bits, src_root=None):
+def _bn_backward_fused(root):
+    """Whether the engine under ``root`` runs a training BN's statistics backward inside the
+    consuming conv's autograd node (one grad_x pass, wrn_fast::bn_batch_act_conv)."""
+    with open(os.path.join(root, "wrn_fast", "ops", "conv.py")) as f:
+        return "bn_batch_act_conv" in f.read()
+
+
+def build(model, dtype, ceilings, sms, mask_bits, src_root=None, bn_fused=True):
     """All kernels of one step of ``model`` for both implementations, and the saved bytes;
     convs routed (one kernel or two-pass) as the kernels under ``src_root`` decide."""
     layers = static.model_layers(model, dtype, src_root)
@@ -132,7 +143,7 @@ def build(model, dtype, ceilings, sms, mask_bits, src_root=None):
     # consumers per BN (a prologue shared by conv1 and the projection shortcut is computed once in eager)
     for L in layers:
         if isinstance(L, static.ConvLayer):
-            ks += _conv_kernels(L, dtype, s, ceilings, sms, mask_bits, saved, bn_seen, train)
+            ks += _conv_kernels(L, dtype, s, ceilings, sms, mask_bits, saved, bn_seen, train, bn_fused)
             params += L.cout * L.cin * L.k * L.k
         else:
             ks += _eltwise_kernels(L, s, saved, train)
@@ -145,7 +156,7 @@ def build(model, dtype, ceilings, sms, mask_bits, src_root=None):
     return ks, {impl: sum(d.values()) for impl, d in saved.items()}, params
 
 
-def _conv_kernels(L, dtype, s, ceilings, sms, mask_bits, saved, bn_seen, train):
+def _conv_kernels(L, dtype, s, ceilings, sms, mask_bits, saved, bn_seen, train, bn_fused=True):
     ks = []
     ho = L.hw_out
     e_in = L.n * L.cin * L.hw * L.hw
@@ -181,10 +192,12 @@ def _conv_kernels(L, dtype, s, ceilings, sms, mask_bits, saved, bn_seen, train):
                     ks.append(Kernel("fused", "fwd", name, "dropout keep bits (1 bit / element)", bytes=e_in / 8))
                     saved["fused"][L.prologue_bn + ".bits"] = e_in / 8
             if train:
-                ks += _fused_bn_backward(name, e_in, s)
+                ks += _fused_bn_backward(name, e_in, s, bn_fused)
         elif train:
             # a second consumer of the same activation: gradients summed (both implementations)
             ks.append(Kernel("both", "bwd", name, "grad accumulation (2 consumers)", bytes=3 * e_in * s))
+            if bn_fused:  # its own statistics term, in its own grad_x pass
+                ks += _fused_bn_backward(name, e_in, s, True)
     # ---------------- eager conv + residual
     ks.append(Kernel("eager", "fwd", name, "cuDNN conv fwd", flops, (e_in + e_out) * s + w * s, tc_flops=flops))
     if L.residual:
@@ -238,10 +251,15 @@ def _conv_kernels(L, dtype, s, ceilings, sms, mask_bits, saved, bn_seen, train):
     return ks
 
 
-def _fused_bn_backward(name, e, s):
-    """wrn_fast's BN backward after the dgrad epilogue's channel sums: the statistics term
-    b[c]*x + c[c] (bn_finalize_partials' C++ backward, bn_backward_apply without the direct
-    gradient: read x, write), then autograd sums it with dgrad's grad_x (read 2, write 1)."""
+def _fused_bn_backward(name, e, s, in_conv_node=False):
+    """wrn_fast's BN backward after the channel sums of grad_scale / grad_shift (dgrad's
+    epilogue, or bn_act_dropout's backward). ``in_conv_node`` (bn_batch_act_conv): one pass
+    grad_x = dgrad's grad_x + b[c]*x + c[c] (read 2, write 1). Else the statistics term
+    (bn_finalize_partials' C++ backward, bn_backward_apply without the direct gradient: read
+    x, write), then autograd sums it with the direct grad_x (read 2, write 1)."""
+    if in_conv_node:
+        return [Kernel("fused", "bwd", name, "BN backward: dgrad's grad_x + b*x + c (one bn_backward_apply)",
+                       bytes=3 * e * s)]
     return [Kernel("fused", "bwd", name, "BN backward stats term (bn_backward_apply)", bytes=2 * e * s),
             Kernel("fused", "bwd", name, "grad sum (dgrad's grad_x + stats term)", bytes=3 * e * s)]
 
@@ -354,6 +372,7 @@ def _ms(t):
 def report(models, dtype, devices, static_path, peak_override, bw_override):
     src_root = _kernels_root(_static_commit(static_path))
     mask_bits = _uses_bits(src_root)
+    bn_fused = _bn_backward_fused(sass.ROOT)  # the engine of this checkout (no kernel code involved)
     results = {"meta": {}, "models": {}}
     L = ["# Roofline (predicted, no GPU): eager PyTorch vs wrn_fast fused path", "",
          "**Predicted, not measured.** Lower bounds from FLOPs and minimum bytes; wrn_fast's convolutions scaled by "
@@ -361,6 +380,8 @@ def report(models, dtype, devices, static_path, peak_override, bw_override):
     meta = {"label": "predicted, no GPU", "dtype": dtype, "static report": os.path.relpath(static_path, sass.ROOT)
             if static_path else "none (every ceiling assumed 1)", "dropout mask in the fused path":
             "1-bit keep_bits" if mask_bits else "Philox in the loops (0 bytes)",
+            "BN statistics backward": "in the consuming conv's node, one grad_x pass (this checkout's engine)"
+            if bn_fused else "separate node + autograd sum (5 passes)",
             "date (UTC)": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
             "kernels commit": _static_commit(static_path),
             "commit": static._git("rev-parse", "--short", "HEAD"),
@@ -380,7 +401,7 @@ def report(models, dtype, devices, static_path, peak_override, bw_override):
             d = DEVICES[dev]
             peak = (peak_override or d["tflops"]) * 1e12 * TC_RATE[dtype]
             bw = (bw_override or d["tbps"]) * 1e12
-            ks, saved, params = build(model, dtype, ceilings, d["sms"], mask_bits, src_root)
+            ks, saved, params = build(model, dtype, ceilings, d["sms"], mask_bits, src_root, bn_fused)
             summ = summarise(ks, saved, peak, bw)
             results["models"].setdefault(model, {})[dev] = {
                 "peak_flops": peak, "bandwidth": bw, "summary": summ, "params": params,

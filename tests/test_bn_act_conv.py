@@ -27,7 +27,7 @@ import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
 import wrn_fast  # noqa: E402
-from _checks import poison_outputs, rel_err  # noqa: E402
+from _checks import needs_ext, poison_outputs, rel_err  # noqa: E402
 from _references import combine_partials, keep_mask as philox_keep_mask, reference_bn_act_conv  # noqa: E402
 from wrn_fast.kernels import bn_act_conv as K  # noqa: E402
 from wrn_fast.kernels import conv_common, conv_config, conv_dgrad, conv_fwd, conv_wgrad  # noqa: E402
@@ -734,3 +734,79 @@ def test_kernels_are_the_bottom_layer():
             for m in mods:
                 assert m == "." or m.split(".")[0] in ("torch", "triton", "os", "struct", "contextlib", "math",
                                                        "typing"), f"kernels/{name} imports {m}"
+
+
+# ----------------------------------------------------------------------------- BN statistics backward fused
+
+@needs_ext
+def test_bn_statistics_backward_fused_into_the_conv_node():
+    """Training, dropout and residual (WRN-10-1, 0.3 dropout before each block's conv2): every
+    conv fed by a training BN runs the conv and the BN statistics' backward as one autograd
+    node (wrn_fast::bn_batch_act_conv: dgrad, bn_finalize_backward, one bn_backward_apply
+    pass), and the output, the gradients of the input, every weight, BN weight and bias, and
+    the running statistics match the reference given the same dropout masks."""
+    from _checks import randomize_batch_norm_
+    from wrn_fast import reference as spec
+    from wrn_fast.model import WideResNet
+    from wrn_fast.ops import ext
+
+    torch.manual_seed(0)
+    cfg = dict(depth=10, widen_factor=1, dropout_rate=0.3, num_classes=5)
+    ref = randomize_batch_norm_(spec.WideResNet(**cfg), conv_bias=True).train()
+    fast = WideResNet(**cfg).train()
+    fast.load_state_dict(ref.state_dict(), strict=True)
+    x = torch.randn(2, 3, 8, 8)
+    seeds, draw = [], wrn_fast.ops.new_dropout_seed
+
+    def recording_seed(device):
+        seeds.append(draw(device))
+        return seeds[-1]
+
+    wrn_fast.reset_counters()
+    xf = x.clone().requires_grad_()
+    with pytest.MonkeyPatch.context() as mp, wrn_fast.use_backend("triton"):
+        mp.setattr(wrn_fast.ops, "new_dropout_seed", recording_seed)
+        out_f = fast(xf)
+        out_f.square().sum().backward()
+    c = wrn_fast.counters()
+    n_convs = sum(isinstance(m, torch.nn.Conv2d) for m in fast.modules())
+    # every conv but the stem reads a training BN: each ran the fused backward, once
+    assert c.get("bn_batch_act_conv_backward", 0) == n_convs - 1, c
+    assert len(seeds) == 3  # one dropout per block
+
+    masks = iter(seeds)
+
+    def same_dropout(inp, p=0.5, training=True, inplace=False):
+        if not training or p == 0:
+            return inp
+        return inp * ext.dropout_mask(next(masks), list(inp.shape), p).to(inp.dtype) / (1 - p)
+
+    xr = x.clone().requires_grad_()
+    with pytest.MonkeyPatch.context() as mp, wrn_fast.use_backend("reference"):
+        mp.setattr(F, "dropout", same_dropout)
+        out_r = ref(xr)
+        out_r.square().sum().backward()
+    # fp32 (test_model's tolerances): sums of <= 9*16 products and batch statistics over
+    # 2*8*8 values, each op rounding once, measured ~1e-6
+    tol_out, tol_grad = 1e-4, 2e-4
+    assert rel_err(out_f, out_r) < tol_out
+    assert rel_err(xf.grad, xr.grad) < tol_grad
+    for (name, pf), (_, pr) in zip(fast.named_parameters(), ref.named_parameters()):
+        assert rel_err(pf.grad, pr.grad) < tol_grad, name
+    for (name, bf), (_, br) in zip(fast.named_buffers(), ref.named_buffers()):
+        if bf.is_floating_point():
+            assert rel_err(bf, br) < tol_out, name
+        else:
+            assert torch.equal(bf, br), name
+
+
+@pytest.mark.parametrize("two_pass", [False, True])
+def test_bn_batch_act_conv_opcheck(two_pass):
+    """wrn_fast::bn_batch_act_conv: schema and fake kernel (torch.compile traces it)."""
+    x = make((2, 5, 6, 6), torch.float32, "cl")
+    w = torch.randn(4, 5, 3, 3)
+    sc, sh, mean, var = torch.rand(5) + 0.5, torch.randn(5), torch.randn(5), torch.rand(5) + 0.5
+    args = (x, w, sc, sh, mean, var, torch.rand(5) + 0.5, torch.randn(5), 1e-5, None, None, None, None, 1,
+            [1, 1, 1, 1], "relu", 0.0, 0.0, True, False, two_pass)
+    torch.library.opcheck(torch.ops.wrn_fast.bn_batch_act_conv.default, args,
+                          test_utils=["test_schema", "test_faketensor"])

@@ -42,7 +42,8 @@ shortcut share it.
 TritonEngine: the Triton implicit-GEMM conv (``wrn_fast.ops.conv.bn_act_conv``):
 BN-act-dropout in its prologue, residual add and partial statistics in its
 epilogue; a training BN is one C++ node merging those partials
-(``bn_finalize_partials``).
+(``bn_finalize_partials``), whose statistics' backward a consuming conv runs in its
+own autograd node (``bn_batch_act_conv``: grad_x in one pass).
 
 Sync-BN (``sync_bn=True`` or nn.SyncBatchNorm modules): the local statistics are
 all-gathered (``wrn_fast.ops.sync_bn``) and the BN is applied with the global ones.
@@ -83,6 +84,9 @@ class Activation(NamedTuple):
     dropout_p: float = 0.0
     seed: Optional[torch.Tensor] = None
     value: Optional[torch.Tensor] = None
+    # Triton, training BN: scale / shift come from x's batch statistics (ops.conv.BatchBN);
+    # a conv consumer differentiates through them in its own backward
+    batch_bn: Optional[NamedTuple] = None
 
 
 class Description(NamedTuple):
@@ -353,7 +357,8 @@ class TritonEngine(_Engine):
 
     @classmethod
     def describe(cls, sync_bn: bool) -> Description:
-        stats = "merge_partial_stats -> all_gather -> bn_finalize" if sync_bn else "C++ bn_finalize_partials"
+        stats = ("merge_partial_stats -> all_gather -> bn_finalize" if sync_bn else
+                 "C++ bn_finalize_partials, its backward in the conv's node")
         conv = f"triton bn_act_conv (prologue BN-act-dropout, epilogue residual + stats; {stats})"
         return Description(conv, "triton bn_act_dropout", "as in training: conv, BN-act in the next prologue")
 
@@ -361,10 +366,29 @@ class TritonEngine(_Engine):
         return ext.merge_partial_stats(feature.tensor, *feature.partials)
 
     def _batch_affine(self, feature, bn):
+        return self._finalize(feature, bn)[:2]
+
+    def _finalize(self, feature, bn):
+        """(scale, shift, mean, var) of a BN from its producer's partials (one C++ autograd
+        node), the running-stat update queued."""
         y = feature.tensor
         scale, shift, mean, var = ext.bn_finalize_partials(y, *feature.partials, bn.weight, bn.bias, bn.eps)
         self._track(bn, mean, var, y.numel() // y.shape[1])
-        return scale, shift
+        return scale, shift, mean, var
+
+    def bn_act(self, feature, bn, act="identity", negative_slope=0.0, dropout_p=0.0):
+        """As _Engine.bn_act; a BN on batch statistics (not sync-BN) also carries them
+        (``batch_bn``) so that a conv consumer runs the conv and the statistics' backward
+        as one autograd node (``ops.conv``: grad_x summed in one pass). ``tensor`` keeps
+        the finalize node's differentiable scale / shift."""
+        from .ops.conv import BatchBN
+
+        if self.sync_bn or not self._uses_batch_stats(bn) or feature.partials is None:
+            return super().bn_act(feature, bn, act, negative_slope, dropout_p)
+        p, seed = self._seed(feature.tensor, dropout_p)
+        scale, shift, mean, var = self._finalize(feature, bn)
+        batch_bn = BatchBN(mean.detach(), var.detach(), bn.weight, bn.bias, bn.eps)
+        return Activation(feature.tensor, scale, shift, act, negative_slope, p, seed, batch_bn=batch_bn)
 
     def affine(self, x, scale, shift, act="identity", negative_slope=0.0, dropout_p=0.0, seed=None):
         return Activation(x, scale, shift, act, negative_slope, dropout_p, seed)  # applied in the conv's prologue
@@ -375,9 +399,13 @@ class TritonEngine(_Engine):
     def conv(self, src, conv, padding, residual=None, stats=False):
         from .ops.conv import bn_act_conv
 
+        batch_bn = None
         if isinstance(src, Activation):
             x, scale, shift = src.x, src.scale, src.shift
             act, slope, p, seed = src.act, src.negative_slope, src.dropout_p, src.seed
+            batch_bn = src.batch_bn
+            if batch_bn is not None:  # the conv's backward differentiates the BN (see bn_act)
+                scale, shift = scale.detach(), shift.detach()
         else:
             x = src.tensor if isinstance(src, Feature) else src
             scale = shift = seed = None
@@ -387,7 +415,7 @@ class TritonEngine(_Engine):
         y, mean_p, m2_p, count_p = bn_act_conv(
             self._cast(x), weight, scale, shift, bias, self._cast(residual), seed,
             stride=conv.stride[0], padding=list(padding), act=act, negative_slope=slope,
-            dropout_p=p, compute_stats=stats)
+            dropout_p=p, compute_stats=stats, batch_bn=batch_bn)
         return Feature(y, (mean_p, m2_p, count_p) if stats else None)
 
     def tensor(self, activation):

@@ -13,9 +13,11 @@ reads ``torch.backends.cudnn.allow_tf32`` (True by default: TF32 tensor cores); 
 gives exact fp32 products.
 
 The partial statistics outputs are not differentiable here: the gradient of the
-batch statistics reaches x through the stats-merge op's own autograd.
+batch statistics reaches x through the stats-merge op's own autograd, or, for a
+training BN feeding the conv (``batch_bn=``, ``wrn_fast::bn_batch_act_conv``),
+through the conv's own backward, summed into grad_x in one pass.
 """
-from typing import List, Optional, Tuple
+from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -23,7 +25,7 @@ from torch import Tensor
 from .._counters import bump
 from . import check_activation, conv_out_shape, dropout_bits_shape, norm_padding, output_memory_format
 
-__all__ = ["bn_act_conv"]
+__all__ = ["BatchBN", "bn_act_conv"]
 
 
 def _k():
@@ -56,8 +58,14 @@ def _bn_act_conv_op(
     residual: Optional[Tensor], seed: Optional[Tensor], keep_bits: Optional[Tensor], stride: int,
     padding: List[int], act: str, negative_slope: float, dropout_p: float, compute_stats: bool, allow_tf32: bool,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    k = _k()
-    y, stats = k.bn_act_conv_fwd(
+    return _one_pass_fwd(x, weight, scale, shift, bias, residual, seed, keep_bits, stride, padding, act,
+                         negative_slope, dropout_p, compute_stats, allow_tf32)
+
+
+def _one_pass_fwd(x, weight, scale, shift, bias, residual, seed, keep_bits, stride, padding, act, negative_slope,
+                  dropout_p, compute_stats, allow_tf32):
+    """(y, mean_p, m2_p, count_p) from one kernel: BN-act-dropout in the conv's prologue."""
+    y, stats = _k().bn_act_conv_fwd(
         x, weight, scale, shift, stride=stride, padding=padding, act=act, negative_slope=negative_slope,
         dropout_p=dropout_p, seed=seed, keep_bits=keep_bits, bias=bias, residual=residual,
         compute_stats=compute_stats, allow_tf32=allow_tf32)
@@ -138,31 +146,50 @@ def _setup_context(ctx, inputs, output):
      compute_stats, allow_tf32) = inputs
     ctx.save_for_backward(x, weight, scale, shift, seed, keep_bits)
     ctx.mark_non_differentiable(*output[1:])  # the partial stats (see module doc)
+    _save_conf(ctx, weight, bias, residual, stride, padding, act, negative_slope, dropout_p, allow_tf32)
+
+
+def _save_conf(ctx, weight, bias, residual, stride, padding, act, negative_slope, dropout_p, allow_tf32):
     ctx.conf = (stride, list(padding), act, float(negative_slope), float(dropout_p), bool(allow_tf32))
     ctx.has_bias = bias is not None
     ctx.has_residual = residual is not None
+    ctx.bias_dtype = weight.dtype
+
+
+def _conv_grads(grad_y, x, a, weight, scale, shift, seed, keep_bits, conf, need_x, need_w, need_affine):
+    """(grad_x, grad_weight, grad_scale, grad_shift) of the conv, None where not needed.
+    dgrad through the prologue (act' and the mask recomputed from x in its epilogue);
+    wgrad recomputes the activation from x, or reads the saved ``a`` (two-pass path)."""
+    stride, padding, act, slope, p, tf32 = conf
+    need_x, need_w, need_affine = bool(need_x), bool(need_w), bool(need_affine) and scale is not None
+    gx = gw = gsc = gsh = None
+    if need_x or need_affine or (need_w and a is None):
+        gx, gw, gsc, gsh = _bn_act_conv_backward_op(
+            grad_y, x, weight, scale, shift, seed, keep_bits, stride, padding, act, slope, p, tf32,
+            need_x, need_w and a is None, need_affine)
+    if need_w and a is not None:
+        _, gw, _, _ = _bn_act_conv_backward_op(
+            grad_y, a, weight, None, None, None, None, stride, padding, "identity", 0.0, 0.0, tf32,
+            False, True, False)
+    return (gx if need_x else None, gw if need_w else None, gsc if need_affine else None,
+            gsh if need_affine else None)
+
+
+def _bias_residual_grads(ctx, grad_y, need_bias, need_residual):
+    gb = grad_y.sum((0, 2, 3)).to(ctx.bias_dtype) if (ctx.has_bias and need_bias) else None
+    gr = grad_y if (ctx.has_residual and need_residual) else None
+    return gb, gr
 
 
 def _backward(ctx, grad_y, grad_mean, grad_m2, grad_count):
     x, weight, scale, shift, seed, keep_bits = ctx.saved_tensors
-    stride, padding, act, slope, p, tf32 = ctx.conf
     nig = ctx.needs_input_grad
-    need_x, need_w = bool(nig[0]), bool(nig[1])
-    need_affine = scale is not None and bool(nig[2] or nig[3])
     if grad_y is None:  # only the (non-differentiable) stats were used
         return (None,) * 15
-    gx = gw = gsc = gsh = None
-    if need_x or need_w or need_affine:
-        gx, gw, gsc, gsh = _bn_act_conv_backward_op(
-            grad_y, x, weight, scale, shift, seed, keep_bits, stride, padding, act, slope, p, tf32,
-            need_x, need_w, need_affine)
-        gx = gx if need_x else None
-        gw = gw if need_w else None
-        gsc = gsc if (need_affine and nig[2]) else None
-        gsh = gsh if (need_affine and nig[3]) else None
-    gb = grad_y.sum((0, 2, 3)).to(weight.dtype) if (ctx.has_bias and nig[4]) else None
-    gr = grad_y if (ctx.has_residual and nig[5]) else None
-    return (gx, gw, gsc, gsh, gb, gr) + (None,) * 9
+    gx, gw, gsc, gsh = _conv_grads(grad_y, x, None, weight, scale, shift, seed, keep_bits, ctx.conf, nig[0], nig[1],
+                                   nig[2] or nig[3])
+    gb, gr = _bias_residual_grads(ctx, grad_y, nig[4], nig[5])
+    return (gx, gw, gsc if nig[2] else None, gsh if nig[3] else None, gb, gr) + (None,) * 9
 
 
 torch.library.register_autograd("wrn_fast::bn_act_conv", _backward, setup_context=_setup_context)
@@ -185,6 +212,12 @@ def _two_pass_op(
     kernel (kernels/bn_act_dropout.py, the same mask: a function of seed and the logical
     NCHW index), then the implicit GEMM on ``a`` without a prologue. Returns
     (y, mean_p, m2_p, count_p, a); ``a`` is kept for wgrad."""
+    return _two_pass_fwd(x, weight, scale, shift, bias, residual, seed, stride, padding, act, negative_slope,
+                         dropout_p, compute_stats, allow_tf32)
+
+
+def _two_pass_fwd(x, weight, scale, shift, bias, residual, seed, stride, padding, act, negative_slope, dropout_p,
+                  compute_stats, allow_tf32):
     # every argument checked before the first launch (as the one-kernel launcher does)
     _k()._check_common(x, weight.shape, scale, shift, stride, padding, act, dropout_p, seed, None, weight=weight)
     a = _kb().bn_act_dropout_fwd(x, scale, shift, act=act, negative_slope=negative_slope, dropout_p=dropout_p,
@@ -209,49 +242,133 @@ def _two_pass_setup_context(ctx, inputs, output):
      compute_stats, allow_tf32) = inputs
     ctx.save_for_backward(x, output[4], weight, scale, shift, seed)
     ctx.mark_non_differentiable(*output[1:])
-    ctx.conf = (stride, list(padding), act, float(negative_slope), float(dropout_p), bool(allow_tf32))
-    ctx.has_bias = bias is not None
-    ctx.has_residual = residual is not None
+    _save_conf(ctx, weight, bias, residual, stride, padding, act, negative_slope, dropout_p, allow_tf32)
 
 
 def _two_pass_backward(ctx, grad_y, grad_mean, grad_m2, grad_count, grad_a):
     """dgrad fused as in the one-kernel path (act' and the mask recomputed from x in its
     epilogue, with the BN affine gradients); wgrad on the saved activation, no prologue."""
     x, a, weight, scale, shift, seed = ctx.saved_tensors
-    stride, padding, act, slope, p, tf32 = ctx.conf
     nig = ctx.needs_input_grad
     if grad_y is None:
         return (None,) * 14
-    need_x, need_w = bool(nig[0]), bool(nig[1])
-    need_affine = bool(nig[2] or nig[3])
-    gx = gw = gsc = gsh = None
-    if need_x or need_affine:
-        gx, _, gsc, gsh = _bn_act_conv_backward_op(
-            grad_y, x, weight, scale, shift, seed, None, stride, padding, act, slope, p, tf32,
-            need_x, False, need_affine)
-        gx = gx if need_x else None
-        gsc = gsc if (need_affine and nig[2]) else None
-        gsh = gsh if (need_affine and nig[3]) else None
-    if need_w:
-        _, gw, _, _ = _bn_act_conv_backward_op(
-            grad_y, a, weight, None, None, None, None, stride, padding, "identity", 0.0, 0.0, tf32,
-            False, True, False)
-    gb = grad_y.sum((0, 2, 3)).to(weight.dtype) if (ctx.has_bias and nig[4]) else None
-    gr = grad_y if (ctx.has_residual and nig[5]) else None
-    return (gx, gw, gsc, gsh, gb, gr) + (None,) * 8
+    gx, gw, gsc, gsh = _conv_grads(grad_y, x, a, weight, scale, shift, seed, None, ctx.conf, nig[0], nig[1],
+                                   nig[2] or nig[3])
+    gb, gr = _bias_residual_grads(ctx, grad_y, nig[4], nig[5])
+    return (gx, gw, gsc if nig[2] else None, gsh if nig[3] else None, gb, gr) + (None,) * 8
 
 
 torch.library.register_autograd("wrn_fast::bn_act_conv_two_pass", _two_pass_backward,
                                 setup_context=_two_pass_setup_context)
 
 
+# --------------------------------------------------------------------------- with the BN's statistics backward
+
+# A training BatchNorm between two convs: its scale / shift come from the batch statistics
+# of x (bn_finalize_partials over the producer's epilogue partials). Autograd would give
+# x two gradients, the conv's (dgrad through the prologue) and the statistics' term
+# b[c]*x + c[c] from the finalize node, and sum them: dgrad writes g1, the finalize
+# backward reads x and writes g2, the sum reads g1 and g2 and writes grad_x. This op is
+# the conv and the statistics' backward in one autograd node: dgrad writes g1 (and the
+# grad_scale / grad_shift reductions), bn_finalize_backward turns those into the
+# coefficients, and one bn_backward_apply pass reads g1 and x and writes grad_x.
+
+@torch.library.custom_op("wrn_fast::bn_batch_act_conv", mutates_args=())
+def _bn_batch_act_conv_op(
+    x: Tensor, weight: Tensor, scale: Tensor, shift: Tensor, mean: Tensor, var: Tensor,
+    bn_weight: Optional[Tensor], bn_bias: Optional[Tensor], eps: float, bias: Optional[Tensor],
+    residual: Optional[Tensor], seed: Optional[Tensor], keep_bits: Optional[Tensor], stride: int,
+    padding: List[int], act: str, negative_slope: float, dropout_p: float, compute_stats: bool, allow_tf32: bool,
+    two_pass: bool,
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """bn_act_conv (one kernel, or two with ``two_pass``) whose scale / shift are
+    ``bn_finalize(mean, var, bn_weight, bn_bias, eps)`` of x's batch statistics (given,
+    computed without autograd); differentiable w.r.t. x (statistics included), weight,
+    bn_weight, bn_bias, bias, residual. Returns (y, mean_p, m2_p, count_p, a); ``a`` is the
+    two-pass activation kept for wgrad (empty otherwise)."""
+    if two_pass:
+        return _two_pass_fwd(x, weight, scale, shift, bias, residual, seed, stride, padding, act, negative_slope,
+                             dropout_p, compute_stats, allow_tf32)
+    return (*_one_pass_fwd(x, weight, scale, shift, bias, residual, seed, keep_bits, stride, padding, act,
+                           negative_slope, dropout_p, compute_stats, allow_tf32), x.new_empty((0,)))
+
+
+@_bn_batch_act_conv_op.register_fake
+def _(x, weight, scale, shift, mean, var, bn_weight, bn_bias, eps, bias, residual, seed, keep_bits, stride, padding,
+      act, negative_slope, dropout_p, compute_stats, allow_tf32, two_pass):
+    a = (torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=output_memory_format(x)) if two_pass
+         else x.new_empty((0,)))
+    return (*_fake_fwd(x, weight, stride, padding, compute_stats), a)
+
+
+def _bn_batch_setup_context(ctx, inputs, output):
+    (x, weight, scale, shift, mean, var, bn_weight, bn_bias, eps, bias, residual, seed, keep_bits, stride, padding,
+     act, negative_slope, dropout_p, compute_stats, allow_tf32, two_pass) = inputs
+    ctx.save_for_backward(x, output[4] if two_pass else None, weight, scale, shift, mean, var, bn_weight, seed,
+                          keep_bits)
+    ctx.mark_non_differentiable(*output[1:])
+    _save_conf(ctx, weight, bias, residual, stride, padding, act, negative_slope, dropout_p, allow_tf32)
+    ctx.eps = float(eps)
+    ctx.bn_dtypes = (None if bn_weight is None else bn_weight.dtype, None if bn_bias is None else bn_bias.dtype)
+
+
+def _bn_batch_backward(ctx, grad_y, grad_mean_p, grad_m2_p, grad_count_p, grad_a):
+    x, a, weight, scale, shift, mean, var, bn_weight, seed, keep_bits = ctx.saved_tensors
+    nig = ctx.needs_input_grad  # x, weight, scale, shift, mean, var, bn_weight, bn_bias, eps, bias, residual, ...
+    if grad_y is None:
+        return (None,) * 21
+    need_bn = bool(nig[0] or nig[6] or nig[7])
+    gx, gw, gsc, gsh = _conv_grads(grad_y, x, a, weight, scale, shift, seed, keep_bits, ctx.conf, nig[0], nig[1],
+                                   need_bn)
+    g_bn_w = g_bn_b = None
+    if need_bn:
+        from . import ext  # the C++ ops: the BatchNorm backward formula (csrc/bn_backward_formula.h)
+
+        grad_mean, grad_var, grad_bn_w = torch.ops.wrn_fast.bn_finalize_backward.default(
+            gsc, gsh, mean, var, bn_weight, scale, ctx.eps)
+        if nig[0]:
+            b, c = _stats_backward_coefficients(grad_mean, grad_var, mean, x.numel() // max(1, x.shape[1]))
+            sd = torch.float64 if x.dtype == torch.float64 else torch.float32  # the op's coefficient dtype
+            gx = ext.bn_backward_apply(gx, x, torch.ones_like(b, dtype=sd), b.to(sd), c.to(sd))  # g1 + b*x + c
+            bump("bn_batch_act_conv_backward")
+        g_bn_w = grad_bn_w.to(ctx.bn_dtypes[0]) if (nig[6] and ctx.bn_dtypes[0] is not None) else None
+        g_bn_b = gsh.to(ctx.bn_dtypes[1]) if (nig[7] and ctx.bn_dtypes[1] is not None) else None
+    gb, gr = _bias_residual_grads(ctx, grad_y, nig[9], nig[10])
+    return (gx, gw, None, None, None, None, g_bn_w, g_bn_b, None, gb, gr) + (None,) * 10
+
+
+def _stats_backward_coefficients(grad_mean, grad_var, mean, n):
+    """(b, c) with b*x + c = the gradient w.r.t. x of mean = sum(x)/n and var = sum((x -
+    mean)^2)/n given grad_mean, grad_var: b = 2*grad_var/n, c = grad_mean/n - b*mean.
+    The Python copy of csrc/bn_backward_formula.h's stats_backward (its op,
+    channel_stats_backward, takes no gradient to add in the same pass)."""
+    b = grad_var * (2.0 / n)
+    return b, grad_mean / n - b * mean
+
+
+torch.library.register_autograd("wrn_fast::bn_batch_act_conv", _bn_batch_backward,
+                                setup_context=_bn_batch_setup_context)
+
+
 # --------------------------------------------------------------------------- public function
+
+class BatchBN(NamedTuple):
+    """A training BatchNorm whose batch statistics gave a conv's scale / shift:
+    ``scale, shift = bn_finalize(mean, var, weight, bias, eps)``, all computed without
+    autograd (``bn_act_conv(..., batch_bn=)`` differentiates through them itself)."""
+
+    mean: Tensor
+    var: Tensor
+    weight: Optional[Tensor]
+    bias: Optional[Tensor]
+    eps: float
+
 
 def bn_act_conv(x: Tensor, weight: Tensor, scale: Optional[Tensor] = None, shift: Optional[Tensor] = None,
                 bias: Optional[Tensor] = None, residual: Optional[Tensor] = None, seed: Optional[Tensor] = None,
                 *, stride: int = 1, padding=(1, 1, 1, 1), act: str = "identity", negative_slope: float = 0.0,
                 dropout_p: float = 0.0, compute_stats: bool = False, allow_tf32: Optional[bool] = None,
-                two_pass: Optional[bool] = None):
+                two_pass: Optional[bool] = None, batch_bn: Optional[BatchBN] = None):
     """y = conv2d(zero_pad(dropout(act(x*scale + shift))), weight) (+ bias) (+ residual).
 
     padding: int, (ph, pw) or (top, bottom, left, right) (TF-SAME stride 2 is (0, 1, 0, 1)).
@@ -265,22 +382,30 @@ def bn_act_conv(x: Tensor, weight: Tensor, scale: Optional[Tensor] = None, shift
     saved activation; dgrad stays fused). None = ``kernels.bn_act_conv.two_pass_layer``
     decides from dtype and widths (narrow 16-bit layers on the GPU). Same results, same
     dropout mask.
+    batch_bn (with scale/shift, which must then not require grad): scale / shift are a
+    training BN's affine from x's batch statistics; the backward then also carries the
+    statistics' gradient to x, bn weight and bias, summed into grad_x in one pass
+    (``wrn_fast::bn_batch_act_conv``; needs the C++ extension).
     """
     check_activation(act, "act")
     pads = list(norm_padding(padding))
     if allow_tf32 is None:
         allow_tf32 = torch.backends.cudnn.allow_tf32
-    if scale is not None and isinstance(x, Tensor) and isinstance(weight, Tensor) and weight.dim() == 4:
-        if two_pass is None:
-            two_pass = _k().two_pass_layer(x.dtype, int(weight.shape[1]), int(weight.shape[0]),
-                                            int(weight.shape[2]) * int(weight.shape[3]), int(stride))
-        if two_pass:
-            y, mean_p, m2_p, count_p, _ = _two_pass_op(
-                x, weight, scale, shift, bias, residual, seed, int(stride), pads, act, float(negative_slope),
-                float(dropout_p), bool(compute_stats), bool(allow_tf32))
-            return y, mean_p, m2_p, count_p
+    if batch_bn is not None and scale is None:
+        raise ValueError("batch_bn needs scale and shift (the BN's affine)")
+    prologue = scale is not None and isinstance(x, Tensor) and isinstance(weight, Tensor) and weight.dim() == 4
+    if prologue and two_pass is None:
+        two_pass = _k().two_pass_layer(x.dtype, int(weight.shape[1]), int(weight.shape[0]),
+                                        int(weight.shape[2]) * int(weight.shape[3]), int(stride))
+    two_pass = bool(prologue and two_pass)
+    conf = (int(stride), pads, act, float(negative_slope), float(dropout_p), bool(compute_stats), bool(allow_tf32))
+    if two_pass and batch_bn is None:
+        return _two_pass_op(x, weight, scale, shift, bias, residual, seed, *conf)[:4]
     keep_bits = None
-    if dropout_p > 0 and isinstance(seed, Tensor) and isinstance(x, Tensor) and x.dim() == 4:
+    if not two_pass and dropout_p > 0 and isinstance(seed, Tensor) and isinstance(x, Tensor) and x.dim() == 4:
         keep_bits = _dropout_bits_op(seed, list(x.shape), float(dropout_p))
-    return _bn_act_conv_op(x, weight, scale, shift, bias, residual, seed, keep_bits, int(stride), pads, act,
-                           float(negative_slope), float(dropout_p), bool(compute_stats), bool(allow_tf32))
+    if batch_bn is not None:
+        return _bn_batch_act_conv_op(x, weight, scale, shift, batch_bn.mean, batch_bn.var, batch_bn.weight,
+                                     batch_bn.bias, float(batch_bn.eps), bias, residual, seed, keep_bits, *conf,
+                                     two_pass)[:4]
+    return _bn_act_conv_op(x, weight, scale, shift, bias, residual, seed, keep_bits, *conf)
