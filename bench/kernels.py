@@ -64,16 +64,24 @@ def _fused_conv_fn():
     return bn_act_conv
 
 
-def _fused_bn_act_fn(which: str):
+def _fused_bn_act_fn(which: str, case: "Case"):
+    """wrn_fast's bn_act_dropout, (x, scale, shift, act, negative_slope, dropout_p, seed) -> y.
+
+    'ext': the op torch.ops.wrn_fast.bn_act_dropout (its kernel: C++ on CPU, Triton on CUDA).
+    'triton': its Triton kernel; on CUDA that is the op itself, on CPU (interpreter) the function
+    registered as the op's CUDA kernel, called directly: forward only (autograd is the op's)."""
     try:
-        if which == "triton":
-            from wrn_fast.ops.bn_act import bn_act_dropout
-        else:
-            from wrn_fast.ops.ext import bn_act_dropout
+        from wrn_fast.ops import bn_act
     except Exception as e:  # noqa: BLE001
-        raise Skip(f"wrn_fast.ops.{'bn_act' if which == 'triton' else 'ext'}.bn_act_dropout not importable: "
-                   f"{type(e).__name__}: {e}")
-    return bn_act_dropout
+        raise Skip(f"wrn_fast.ops.bn_act not importable: {type(e).__name__}: {e}")
+    if which == "triton" and case.device.type != "cuda":
+        if case.pass_ != "fwd":
+            raise Skip("the Triton kernel is the op's CUDA kernel; on CPU it runs forward only (no autograd)")
+        return bn_act.triton_bn_act_dropout
+    from wrn_fast import _ext
+    if not _ext.ext_available():
+        raise Skip(f"the op wrn_fast::bn_act_dropout needs wrn_fast._C: {_ext._C_ERROR}")
+    return bn_act.bn_act_dropout
 
 
 def _compiled(fn, mode: Optional[str], device: torch.device):
@@ -297,14 +305,14 @@ def _build_fused_conv(case: Case):
 
 def _build_ext_then_conv(case: Case):
     """The unfused fallback path of wrn_fast (C++/CUDA bn_act_dropout op + PyTorch conv + add)."""
-    bad = _fused_bn_act_fn("ext")
+    bad = _fused_bn_act_fn("ext", case)
     spec = case.spec
     prologue, drop, has_res, stats = ROLE_CONFIG[spec.role]
 
     def run(s, return_mask=False):
         a = s["x"]
         if prologue:
-            a = bad(a, s["scale"], s["shift"], act="relu", p=case.p, seed=s["seed"] if case.p > 0 else None)
+            a = bad(a, s["scale"], s["shift"], "relu", 0.0, case.p, s["seed"] if case.p > 0 else None)
         y = F.conv2d(a, s["w"], None, spec.stride, spec.pad)
         if s["res"] is not None:
             y = y + s["res"]
@@ -342,17 +350,14 @@ def _build_compile_bad(mode):
 
 def _build_fused_bad(which):
     def build(case: Case):
-        fn = _fused_bn_act_fn(which)
         if which == "triton":
             _triton_on_device_or_skip(case.device)
+        elif case.device.type == "cuda":
+            raise Skip("on CUDA the op's kernel is the Triton one: see wrn_fast-triton")
+        fn = _fused_bn_act_fn(which, case)
 
-        seed_of = (lambda s: s["seed"] if case.p > 0 else None)
-        if which == "triton":  # wrn_fast.ops.bn_act.bn_act_dropout(x, scale, shift, seed, *, act, dropout_p)
-            def run(s, return_mask=False):
-                return {"y": fn(s["x"], s["scale"], s["shift"], seed_of(s), act="relu", dropout_p=case.p)}
-        else:  # wrn_fast.ops.ext.bn_act_dropout(x, scale, shift, act, negative_slope, p, seed)
-            def run(s, return_mask=False):
-                return {"y": fn(s["x"], s["scale"], s["shift"], act="relu", p=case.p, seed=seed_of(s))}
+        def run(s, return_mask=False):
+            return {"y": fn(s["x"], s["scale"], s["shift"], "relu", 0.0, case.p, s["seed"] if case.p > 0 else None)}
 
         return run, "philox"
 

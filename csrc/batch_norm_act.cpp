@@ -3,7 +3,7 @@
 // as ONE autograd node whose forward and backward run in C++.
 //
 // Why it exists: the model's decomposition (channel_stats -> bn_finalize ->
-// bn_act_dropout_fwd) is three autograd nodes with Python backward formulas;
+// bn_act_dropout) is three autograd nodes with Python backward formulas;
 // on the CPU backend their Python overhead (~150 us per BN per step) cost more
 // than the kernels saved. This op composes the same kernels (so it is bit-for-bit
 // the decomposition's forward, on every device that has them) and does the
@@ -11,8 +11,8 @@
 //
 //   forward   mean, var   = channel_stats(x)
 //             scale, shift = bn_finalize(mean, var, weight, bias, eps)
-//             y            = bn_act_dropout_fwd(x, scale, shift, act, slope, p, seed)
-//   backward  g_x', g_scale, g_shift = bn_act_dropout_bwd(g_y, ...)     (one pass)
+//             y            = bn_act_dropout(x, scale, shift, act, slope, p, seed)
+//   backward  g_x', g_scale, g_shift = bn_act_dropout_backward(g_y, ...)     (one pass)
 //             [C]-vector algebra of bn_finalize's and the statistics' derivatives
 //             g_x = g_x' + b[c] * x + c[c]   = bn_backward_apply          (one pass)
 //             On the CPU the same chain rule runs as one routine, the per-channel
@@ -64,7 +64,7 @@ Forward forward_impl(const Tensor& x, const OptTensor& weight, const OptTensor& 
   Forward f;
   std::tie(f.mean, f.var) = channel_stats(x);
   std::tie(f.scale, f.shift) = bn_finalize(f.mean, f.var, weight, bias, eps);
-  f.y = bn_act_dropout_fwd(x, f.scale, f.shift, act, slope, p, seed);
+  f.y = bn_act_dropout(x, f.scale, f.shift, act, slope, p, seed);
   return f;
 }
 
@@ -146,7 +146,7 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_act_backward(
     const OptTensor& grad_var, double eps, c10::string_view act, double slope, double p, const OptTensor& seed) {
   const Tensor weight = value_or_undefined(weight_opt), bias = value_or_undefined(bias_opt);
   // Through the act-dropout: grad_x' = g_z * scale, g_scale = sum(g_z x), g_shift = sum(g_z).
-  auto [grad_direct, grad_scale, grad_shift] = bn_act_dropout_bwd(grad_y, x, scale, shift, act, slope, p, seed);
+  auto [grad_direct, grad_scale, grad_shift] = bn_act_dropout_backward(grad_y, x, scale, shift, act, slope, p, seed);
   // Through bn_finalize and the statistics, added to grad_x' in one pass.
   const AffineGrads g = bn_affine_backward(x, grad_direct, grad_scale, grad_shift, value_or_undefined(grad_mean),
                                            value_or_undefined(grad_var), weight, bias, mean, var, scale, eps, true,
@@ -173,19 +173,6 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_act_autograd(const Tensor& x, cons
 }
 
 }  // namespace
-
-TORCH_LIBRARY_FRAGMENT(wrn_fast, m) {
-  m.def(
-      "batch_norm_act(Tensor x, Tensor? weight, Tensor? bias, float eps, str act, float negative_slope, float p, "
-      "Tensor? seed) -> (Tensor y, Tensor mean, Tensor var)");
-}
-
-TORCH_LIBRARY_FRAGMENT(wrn_fast, m) {
-  m.def(
-      "batch_norm_act_backward(Tensor grad_y, Tensor x, Tensor? weight, Tensor? bias, Tensor mean, Tensor var, "
-      "Tensor scale, Tensor shift, Tensor? grad_mean, Tensor? grad_var, float eps, str act, float negative_slope, "
-      "float p, Tensor? seed) -> (Tensor grad_x, Tensor grad_weight, Tensor grad_bias)");
-}
 
 TORCH_LIBRARY_IMPL(wrn_fast, CompositeExplicitAutograd, m) {
   m.impl("batch_norm_act", &batch_norm_act);

@@ -59,12 +59,6 @@ at::Tensor dropout_mask_cpu(const at::Tensor& seed, at::IntArrayRef size, double
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(wrn_fast, m) {
-  m.def("pack_mask(Tensor mask) -> Tensor");
-  m.def("unpack_mask(Tensor packed, int numel) -> Tensor");
-  m.def("dropout_mask(Tensor seed, int[] size, float p) -> Tensor");
-}
-
 TORCH_LIBRARY_IMPL(wrn_fast, CPU, m) {
   m.impl("pack_mask", &pack_mask_cpu);
   m.impl("unpack_mask", &unpack_mask_cpu);

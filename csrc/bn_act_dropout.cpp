@@ -1,9 +1,11 @@
-// bn_act_dropout family: schemas and CPU kernels of
-//   bn_act_dropout_fwd:  y = dropout(act(x * scale[c] + shift[c]))
-//   bn_act_dropout_bwd:  grad_x = g_z * scale, grad_scale = sum g_z * x, grad_shift = sum g_z
-//                        with g_z = grad_y * keep/(1-p) * act'(z), z recomputed.
+// CPU kernels of the op bn_act_dropout (schemas: csrc/schemas.cpp)
+//   bn_act_dropout:           y = dropout(act(x * scale[c] + shift[c]))
+//   bn_act_dropout_backward:  grad_x = g_z * scale, grad_scale = sum g_z * x, grad_shift = sum g_z
+//                             with g_z = grad_y * keep/(1-p) * act'(z), z recomputed.
 // The dropout mask is the contract's Philox mask (csrc/philox.h), a function of
-// (seed, logical NCHW index) only. CUDA: csrc/cuda/bn_act_dropout.cu.
+// (seed, logical NCHW index) only, bit-identical to the Triton kernels' tl.rand mask.
+// CUDA kernels: the Triton ones (kernels/bn_act_dropout.py), registered for this op
+// by wrn_fast/ops/bn_act.py.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <torch/library.h>
@@ -83,7 +85,7 @@ void bn_act_dropout_fwd_kernel(const BnActDropoutArgs& args, uint64_t seed, at::
 at::Tensor bn_act_dropout_fwd_cpu(const at::Tensor& x_in, const at::Tensor& scale, const at::Tensor& shift,
                                   c10::string_view act, double negative_slope, double p,
                                   const c10::optional<at::Tensor>& seed) {
-  const BnActDropoutArgs args = prepare_bn_act_dropout_args("bn_act_dropout_fwd", x_in, scale, shift,
+  const BnActDropoutArgs args = prepare_bn_act_dropout_args("bn_act_dropout", x_in, scale, shift,
                                                             std::string(act), negative_slope, p, seed);
   const uint64_t seed_value = args.use_dropout ? static_cast<uint64_t>(seed->item<int64_t>()) : 0;
   at::Tensor y = at::empty_like(args.x);
@@ -239,7 +241,7 @@ void bn_act_dropout_bwd_kernel(const BnActDropoutArgs& args, const at::Tensor& g
 std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_dropout_bwd_cpu(
     const at::Tensor& grad_y, const at::Tensor& x_in, const at::Tensor& scale, const at::Tensor& shift,
     c10::string_view act, double negative_slope, double p, const c10::optional<at::Tensor>& seed) {
-  const char* op = "bn_act_dropout_bwd";
+  const char* op = "bn_act_dropout_backward";
   BnActDropoutArgs args =
       prepare_bn_act_dropout_args(op, x_in, scale, shift, std::string(act), negative_slope, p, seed);
   check_same_shape(grad_y, x_in, op, "grad_y", "x");
@@ -262,18 +264,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_act_dropout_bwd_cpu(
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(wrn_fast, m) {
-  m.def(
-      "bn_act_dropout_fwd(Tensor x, Tensor scale, Tensor shift, str act, float negative_slope, float p, "
-      "Tensor? seed) -> Tensor");
-  m.def(
-      "bn_act_dropout_bwd(Tensor grad_y, Tensor x, Tensor scale, Tensor shift, str act, float negative_slope, "
-      "float p, Tensor? seed) -> (Tensor grad_x, Tensor grad_scale, Tensor grad_shift)");
-}
-
 TORCH_LIBRARY_IMPL(wrn_fast, CPU, m) {
-  m.impl("bn_act_dropout_fwd", &bn_act_dropout_fwd_cpu);
-  m.impl("bn_act_dropout_bwd", &bn_act_dropout_bwd_cpu);
+  m.impl("bn_act_dropout", &bn_act_dropout_fwd_cpu);
+  m.impl("bn_act_dropout_backward", &bn_act_dropout_bwd_cpu);
 }
 
 }  // namespace wrn_fast

@@ -1,4 +1,4 @@
-// Argument checks of bn_act_dropout_fwd / _bwd, shared by CPU and CUDA kernels.
+// Argument checks of the CPU kernels of bn_act_dropout / bn_act_dropout_backward.
 #pragma once
 #include <string>
 

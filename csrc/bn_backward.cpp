@@ -32,13 +32,6 @@ Tensor channel_stats_backward_op(const Tensor& x, const Tensor& mean, const OptT
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(wrn_fast, m) {
-  m.def(
-      "bn_finalize_backward(Tensor? grad_scale, Tensor? grad_shift, Tensor mean, Tensor var, Tensor? weight, "
-      "Tensor scale, float eps) -> (Tensor grad_mean, Tensor grad_var, Tensor grad_weight)");
-  m.def("channel_stats_backward(Tensor x, Tensor mean, Tensor? grad_mean, Tensor? grad_var) -> Tensor");
-}
-
 TORCH_LIBRARY_IMPL(wrn_fast, CompositeExplicitAutograd, m) {
   m.impl("bn_finalize_backward", &bn_finalize_backward_op);
   m.impl("channel_stats_backward", &channel_stats_backward_op);

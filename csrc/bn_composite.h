@@ -44,21 +44,21 @@ inline std::tuple<Tensor, Tensor> bn_finalize(const Tensor& mean, const Tensor& 
   return op.call(mean, var, weight, bias, eps);
 }
 
-inline Tensor bn_act_dropout_fwd(const Tensor& x, const Tensor& scale, const Tensor& shift, c10::string_view act,
+inline Tensor bn_act_dropout(const Tensor& x, const Tensor& scale, const Tensor& shift, c10::string_view act,
                                  double slope, double p, const OptTensor& seed) {
   static const auto op = wrn_op<Tensor(const Tensor&, const Tensor&, const Tensor&, c10::string_view, double, double,
-                                       const OptTensor&)>("wrn_fast::bn_act_dropout_fwd");
+                                       const OptTensor&)>("wrn_fast::bn_act_dropout");
   return op.call(x, scale, shift, act, slope, p, seed);
 }
 
-inline std::tuple<Tensor, Tensor, Tensor> bn_act_dropout_bwd(const Tensor& grad_y, const Tensor& x,
-                                                             const Tensor& scale, const Tensor& shift,
-                                                             c10::string_view act, double slope, double p,
-                                                             const OptTensor& seed) {
+inline std::tuple<Tensor, Tensor, Tensor> bn_act_dropout_backward(const Tensor& grad_y, const Tensor& x,
+                                                                  const Tensor& scale, const Tensor& shift,
+                                                                  c10::string_view act, double slope, double p,
+                                                                  const OptTensor& seed) {
   static const auto op =
       wrn_op<std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
                                                 c10::string_view, double, double, const OptTensor&)>(
-          "wrn_fast::bn_act_dropout_bwd");
+          "wrn_fast::bn_act_dropout_backward");
   return op.call(grad_y, x, scale, shift, act, slope, p, seed);
 }
 

@@ -73,12 +73,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> bn_finalize_partials_autograd(const T
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(wrn_fast, m) {
-  m.def(
-      "bn_finalize_partials(Tensor x, Tensor mean_p, Tensor m2_p, Tensor count_p, Tensor? weight, Tensor? bias, "
-      "float eps) -> (Tensor scale, Tensor shift, Tensor mean, Tensor var)");
-}
-
 TORCH_LIBRARY_IMPL(wrn_fast, CompositeExplicitAutograd, m) {
   m.impl("bn_finalize_partials", &bn_finalize_partials);
 }

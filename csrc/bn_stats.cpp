@@ -1,8 +1,7 @@
-// BatchNorm statistics family: schemas (the one TORCH_LIBRARY block of the
-// wrn_fast namespace) and CPU kernels of
+// BatchNorm statistics family: CPU kernels of
 //   channel_stats, merge_partial_stats, bn_finalize, bn_update_running_stats,
 //   bn_backward_apply.
-// CUDA kernels: csrc/cuda/bn_stats.cu. Fake kernels and autograd: wrn_fast/ops/ext.py.
+// Schemas: csrc/schemas.cpp. CUDA kernels: csrc/cuda/bn_stats.cu. Fake kernels and autograd: wrn_fast/ops/ext.py.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <torch/library.h>
@@ -279,18 +278,6 @@ at::Tensor bn_backward_apply_cpu(const c10::optional<at::Tensor>& grad, const at
 }
 
 }  // namespace
-
-// The one TORCH_LIBRARY block of the namespace; other files add schemas with
-// TORCH_LIBRARY_FRAGMENT.
-TORCH_LIBRARY(wrn_fast, m) {
-  m.def("channel_stats(Tensor x) -> (Tensor mean, Tensor var)");
-  m.def("merge_partial_stats(Tensor x, Tensor mean_p, Tensor m2_p, Tensor count_p) -> (Tensor mean, Tensor var)");
-  m.def("bn_finalize(Tensor mean, Tensor var, Tensor? weight, Tensor? bias, float eps) -> (Tensor scale, Tensor shift)");
-  m.def(
-      "bn_update_running_stats(Tensor(a!) running_mean, Tensor(b!) running_var, Tensor(c!) num_batches_tracked, "
-      "Tensor mean, Tensor var, int count, float? momentum) -> ()");
-  m.def("bn_backward_apply(Tensor? grad, Tensor x, Tensor a, Tensor b, Tensor c) -> Tensor");
-}
 
 TORCH_LIBRARY_IMPL(wrn_fast, CPU, m) {
   m.impl("channel_stats", &channel_stats_cpu);

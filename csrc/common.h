@@ -57,10 +57,20 @@ inline void check_rank_and_dtype(const at::Tensor& x, const char* op, const char
               allow_double ? " (or float64)" : "", ", got ", dt);
 }
 
-// x itself when its memory is contiguous NCHW or channels-last, else a
-// contiguous copy (general strided views are rare; a copy keeps kernels simple).
+// x itself when its memory is contiguous NCHW or channels-last, else a dense copy
+// (general strided views are rare; a copy keeps kernels simple) in the memory format
+// the contract gives outputs (wrn_fast/kernels/contract.py output_memory_format, which
+// the Triton kernels and the fake kernels follow too): channels-last for a 4-D view
+// whose channel axis varies fastest (a channel slice of a channels-last tensor), else
+// NCHW. Outputs are allocated like the result, so they keep this format.
 inline at::Tensor dense_channel_tensor(const at::Tensor& x) {
   if (x.is_contiguous() || is_channels_last_dense(x)) return x;
+  if (x.dim() == 4 && x.size(1) > 1) {
+    int64_t other = -1;  // the smallest stride of h, w among those of size > 1
+    for (int64_t d = 2; d < 4; ++d)
+      if (x.size(d) > 1 && (other < 0 || x.stride(d) < other)) other = x.stride(d);
+    if (other >= 0 && x.stride(1) < other) return x.contiguous(at::MemoryFormat::ChannelsLast);
+  }
   return x.contiguous();
 }
 
@@ -108,9 +118,9 @@ inline void check_channel_vector(const at::Tensor& v, int64_t channels, at::Scal
 // Dropout seed: int64 [1] on the data's device; required when p > 0.
 inline void check_dropout(double p, const c10::optional<at::Tensor>& seed, const at::Device& device,
                           const char* op) {
-  TORCH_CHECK(p >= 0.0 && p <= 1.0, "wrn_fast::", op, ": dropout probability p must be in [0, 1], got ", p);
+  TORCH_CHECK(p >= 0.0 && p <= 1.0, "wrn_fast::", op, ": dropout_p must be in [0, 1], got ", p);
   if (p == 0.0) return;
-  TORCH_CHECK(seed.has_value(), "wrn_fast::", op, ": seed is required when p > 0 (got p = ", p,
+  TORCH_CHECK(seed.has_value(), "wrn_fast::", op, ": seed is required when dropout_p > 0 (got dropout_p = ", p,
               " and seed = None)");
   TORCH_CHECK(seed->scalar_type() == at::kLong && seed->numel() == 1, "wrn_fast::", op,
               ": seed must be an int64 tensor with one element, got ", seed->scalar_type(), " of shape ",

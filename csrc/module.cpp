@@ -1,6 +1,7 @@
-// Python module entry of wrn_fast._C. The ops themselves are registered with
-// TORCH_LIBRARY(wrn_fast, m) in the other csrc/*.cpp files; importing this module
-// loads the shared library and so registers them.
+// Python module entry of wrn_fast._C. The ops themselves are registered by the
+// other csrc/*.cpp files (schemas: the one TORCH_LIBRARY(wrn_fast, m) block in
+// csrc/schemas.cpp; kernels: TORCH_LIBRARY_IMPL next to their code); importing
+// this module loads the shared library and so registers them.
 #include <torch/extension.h>
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

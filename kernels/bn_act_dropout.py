@@ -1,7 +1,10 @@
 """Fused elementwise BN-apply + activation + dropout (forward and backward).
 
 For the places where no convolution follows to fuse into (the final BN-act before
-pooling, a standalone building block). With ``scale``/``shift`` the fused BN
+pooling, a standalone building block). These are the CUDA kernels of the op
+``wrn_fast::bn_act_dropout`` / ``bn_act_dropout_backward`` (registered by
+wrn_fast/ops/bn_act.py; its CPU kernels are C++, with the same dropout mask), and the
+two-pass convolution's elementwise pass. With ``scale``/``shift`` the fused BN
 affine (see ``wrn_fast.ops``: scale = gamma * invstd, shift = beta - mean * scale):
 
 forward   z = x * scale[c] + shift[c]                       (fp32 compute; fp64 for fp64 x)

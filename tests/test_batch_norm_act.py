@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 import wrn_fast
 from wrn_fast.ops import ext
+from wrn_fast.ops.bn_act import bn_act_dropout
 
 from _checks import needs_ext, poison_outputs, rel_err
 from _references import activation, batch_stats
@@ -117,7 +118,7 @@ def test_forward_is_exactly_the_decomposition(device):
     m2, v2 = ext.channel_stats(x)
     scale, shift = ext.bn_finalize(m2, v2, weight, bias, 1e-5)
     assert torch.equal(mean, m2) and torch.equal(var, v2)
-    assert torch.equal(y, ext.bn_act_dropout(x, scale, shift, "relu", 0.0, 0.2, seed))
+    assert torch.equal(y, bn_act_dropout(x, scale, shift, "relu", 0.0, 0.2, seed))
 
 
 def test_one_cpp_autograd_node():
@@ -153,19 +154,19 @@ def test_opcheck():
     (dict(weight=torch.ones(5)), "weight must be a per-channel vector of shape [4]"),
     (dict(bias=torch.ones(4, dtype=torch.int64)), "bias must be a floating-point tensor"),
     (dict(act="gelu"), "act must be one of"),
-    (dict(p=0.5), "seed is required when p > 0"),
-    (dict(p=1.5, seed=torch.tensor([1])), "p must be in [0, 1]"),
+    (dict(dropout_p=0.5), "seed is required when dropout_p > 0"),
+    (dict(dropout_p=1.5, seed=torch.tensor([1])), "dropout_p must be in [0, 1]"),
     (dict(eps=-1.0), "eps must be >= 0"),
     (dict(x=torch.randn(1, 4, 1, 1)), "Expected more than 1 value per channel when training"),
     (dict(x=torch.randn(8, 4, 2, 2).to(torch.int32)), "x must be float32, float16 or bfloat16"),
 ])
 def test_bad_arguments_name_the_argument(case, message):
     args = dict(x=torch.randn(2, 4, 3, 3), weight=torch.ones(4), bias=torch.zeros(4), eps=1e-5, act="relu",
-                slope=0.0, p=0.0, seed=None)
+                slope=0.0, dropout_p=0.0, seed=None)
     args.update(case)
     with pytest.raises((RuntimeError, ValueError), match=message.replace("[", r"\[").replace("]", r"\]")):
         torch.ops.wrn_fast.batch_norm_act(args["x"], args["weight"], args["bias"], args["eps"], args["act"],
-                                          args["slope"], args["p"], args["seed"])
+                                          args["slope"], args["dropout_p"], args["seed"])
 
 
 def test_nan_input_propagates():

@@ -12,8 +12,10 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() and wrn_fast.build_in
 pytestmark = needs_ext
 
 OPS = ["channel_stats", "merge_partial_stats", "bn_finalize", "bn_update_running_stats", "bn_backward_apply",
-       "bn_act_dropout_fwd", "bn_act_dropout_bwd", "pack_mask", "unpack_mask", "dropout_mask"]
-DIFFERENTIABLE = ["channel_stats", "merge_partial_stats", "bn_finalize", "bn_backward_apply", "bn_act_dropout_fwd"]
+       "bn_act_dropout", "bn_act_dropout_backward", "pack_mask", "unpack_mask", "dropout_mask"]
+# CUDA kernels: Triton, registered from Python (wrn_fast/ops/bn_act.py) when triton is installed
+TRITON_CUDA_OPS = ["bn_act_dropout", "bn_act_dropout_backward"]
+DIFFERENTIABLE = ["channel_stats", "merge_partial_stats", "bn_finalize", "bn_backward_apply", "bn_act_dropout"]
 
 
 def reference_pack(mask):
@@ -70,7 +72,8 @@ def test_build_info_lists_every_op_with_its_dispatch_keys():
     for name in OPS:
         keys = info["ops"][name]
         assert "CPU" in keys and "Meta" in keys, (name, keys)
-        assert ("CUDA" in keys) == info["extension_cuda_kernels"], (name, keys)
+        has_cuda = info["triton"]["version"] is not None if name in TRITON_CUDA_OPS else info["extension_cuda_kernels"]
+        assert ("CUDA" in keys) == has_cuda, (name, keys)
         if name in DIFFERENTIABLE:
             assert "Autograd" in keys, (name, keys)
     assert "name" not in info["ops"]

@@ -1,12 +1,21 @@
-"""kernels/bn_act_dropout.py and wrn_fast.ops.bn_act against the reference composition.
+"""The Triton kernels of the op bn_act_dropout (kernels/bn_act_dropout.py, the op's CUDA kernels)
+against the reference composition, through their launchers and through the op's name.
 
 Runs the Triton kernels on CPU tensors through the interpreter (TRITON_INTERPRET=1,
-set below before triton is imported); on a CUDA machine the same tests run there too
-(``DEVICE``). The reference is the eager composition dropout(act(x*scale + shift)) in
-float64 with torch autograd, with the dropout mask from tests/_philox.py, a NumPy
-Philox4x32-10 that is first checked bit for bit against ``tl.rand``.
+set by tests/conftest.py before triton is imported); on a CUDA machine the same tests run
+there too (``DEVICE``). The reference is bench/references.py's float64 composition
+dropout(act(x*scale + shift)) differentiated by torch autograd, with the dropout mask from
+bench/philox.py, a NumPy Philox4x32-10 that is first checked bit for bit against ``tl.rand``.
 
-Error metric: ||out - ref|| / ||ref|| (norms over all elements), per dtype:
+The op ``torch.ops.wrn_fast.bn_act_dropout`` has one schema and one kernel per device: C++ on
+CPU (tests/test_bn_act_dropout_cpu.py), these Triton kernels on CUDA. On a CPU-only machine
+the op-level tests below reach the Triton kernels through the op's name all the same: the
+``triton_kernels`` fixture registers the very functions registered for CUDA
+(wrn_fast.ops.bn_act.triton_bn_act_dropout / _backward) as the op's CPU kernels for the
+test's duration (a scoped override of the C++ kernels, undone afterwards), and the Triton
+launch counters prove which kernel ran.
+
+Error metric: ||out - ref|| / ||ref|| (tests/_checks.py rel_err), per dtype:
   fp32  1e-5   compute is fp32: each elementwise result is a few ulp (2**-24 = 6e-8)
                off; the per-channel sums (grad_scale/shift) add <= ~100 ulp more.
   fp64  2e-7   compute is fp64, but Triton passes float scalars as fp32, so
@@ -14,26 +23,21 @@ Error metric: ||out - ref|| / ||ref|| (norms over all elements), per dtype:
   bf16 / fp16  the output is rounded to x's dtype: unit roundoff 2**-8 / 2**-11, and
                each element is checked against that bound too.
 """
-import os
+import warnings
 
+import numpy as np
+import pytest
 import torch
+import triton
+import triton.language as tl
 
-if not torch.cuda.is_available():  # no GPU: the interpreter (set before triton is imported)
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+import wrn_fast
+from wrn_fast.kernels import bn_act_dropout as K
+from wrn_fast.ops import empty_like_output, new_dropout_seed, output_memory_format
+from wrn_fast.ops.bn_act import bn_act_dropout, bn_act_dropout_backward
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-import triton  # noqa: E402
-import triton.language as tl  # noqa: E402
-
-import wrn_fast  # noqa: E402
-from wrn_fast.kernels import bn_act_dropout as K  # noqa: E402
-from wrn_fast.ops import new_dropout_seed  # noqa: E402
-from wrn_fast.ops import output_memory_format
-from wrn_fast.ops.bn_act import bn_act_dropout, bn_act_dropout_backward  # noqa: E402
-
-from _philox import keep_mask, rand as np_rand, randint as np_randint  # noqa: E402
+from _checks import needs_ext, poison, rel_err
+from _references import keep_mask, rand as np_rand, randint as np_randint, reference_bn_act_dropout
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: through the interpreter
 TOL = {torch.float32: 1e-5, torch.float64: 2e-7}
@@ -59,20 +63,6 @@ def make_x(layout, dtype, shape=(2, 11, 5, 7), gen=None):
     return x
 
 
-def bshape(x):
-    return [1, x.shape[1]] + [1] * (x.dim() - 2)
-
-
-def ref_act(z, act, slope):
-    if act == "identity":
-        return z
-    if act == "relu":
-        return F.relu(z)
-    if act == "leaky_relu":
-        return F.leaky_relu(z, slope)
-    return F.silu(z)
-
-
 def ref_keep(x, seed, p):
     """The dropout keep mask of logical NCHW index, from the NumPy Philox (bool tensor, x's shape)."""
     if p == 0:
@@ -83,36 +73,41 @@ def ref_keep(x, seed, p):
 
 def reference(x, scale, shift, grad_y, act, slope, p, seed):
     """float64 forward and (grad_x, grad_scale, grad_shift) by torch autograd, same mask."""
-    x64 = x.detach().double().cpu().requires_grad_()
-    s64 = scale.detach().double().cpu().requires_grad_()
-    b64 = shift.detach().double().cpu().requires_grad_()
-    a = ref_act(x64 * s64.view(bshape(x)) + b64.view(bshape(x)), act, slope)
-    keep = ref_keep(x, seed, p)
-    y = torch.where(keep, a / (1.0 - p), torch.zeros((), dtype=torch.float64)) if p > 0 else a
+    x64, s64, b64 = (t.detach().double().cpu().requires_grad_() for t in (x, scale, shift))
+    y = reference_bn_act_dropout(x64, s64, b64, ref_keep(x, seed, p), p=p, rdt=torch.float64, act=act, slope=slope)
     y.backward(grad_y.detach().double().cpu())
     return y.detach(), x64.grad, s64.grad, b64.grad
 
 
-def rel_err(out, ref):
-    assert torch.isfinite(out).all(), "output has non-finite values"  # NaN never passes
-    out = out.detach().double().cpu()
-    ref = ref.double().cpu()
-    return ((out - ref).norm() / ref.norm().clamp_min(1e-300)).item()
-
-
 def assert_close(name, out, ref, tol):
-    err = rel_err(out, ref)
+    err = rel_err(out, ref)  # NaN never passes
     assert err <= tol, f"{name}: ||out-ref||/||ref|| = {err:.3e} > {tol:.1e}"
 
 
-def poisoned_like(x, dtype=None):
-    """NaN-filled output buffer in x's output memory format (every element must be overwritten)."""
-    out = torch.empty(x.shape, dtype=dtype or x.dtype, device=x.device, memory_format=output_memory_format(x))
-    return out.fill_(float("nan"))
+def poisoned_like(x):
+    """NaN-filled output buffer laid out as the op lays out x's outputs (every element must be written)."""
+    return poison(empty_like_output(x))
 
 
-def seed_tensor(v):
-    return torch.tensor([v], dtype=torch.int64, device=DEVICE)
+def seed_tensor(v, device=DEVICE):
+    return torch.tensor([v], dtype=torch.int64, device=device)
+
+
+@pytest.fixture
+def triton_kernels():
+    """The op's Triton kernels behind ``torch.ops.wrn_fast.bn_act_dropout`` on DEVICE: on a GPU
+    they are its CUDA kernels already; on CPU the same functions are registered as its CPU
+    kernels for the test's duration (the library's destruction restores the C++ ones)."""
+    from wrn_fast.ops import bn_act
+
+    if DEVICE == "cuda":
+        yield
+        return
+    with torch.library._scoped_library("wrn_fast", "IMPL") as lib, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*Overriding a previously registered kernel")
+        lib.impl("bn_act_dropout", bn_act.triton_bn_act_dropout, "CPU")
+        lib.impl("bn_act_dropout_backward", bn_act.triton_bn_act_dropout_backward, "CPU")
+        yield
 
 
 # ----------------------------------------------------------------------------- Philox reference
@@ -306,7 +301,8 @@ def test_same_seed_same_mask_different_seed_different_mask():
     assert 0.3 < agree < 0.7  # independent masks agree on ~half the elements at p = 0.5
 
 
-def test_reproducible_under_torch_manual_seed():
+@needs_ext
+def test_reproducible_under_torch_manual_seed(triton_kernels):
     x = make_x("nchw", torch.float32).to(DEVICE)
     C = x.shape[1]
     scale, shift = torch.rand(C, device=DEVICE) + 0.5, torch.randn(C, device=DEVICE)
@@ -315,7 +311,7 @@ def test_reproducible_under_torch_manual_seed():
         torch.manual_seed(s)
         seed = new_dropout_seed(DEVICE)
         assert seed.dtype == torch.int64 and seed.shape == (1,) and 0 <= seed.item() < 2**31
-        outs.append(bn_act_dropout(x, scale, shift, seed, act="relu", dropout_p=0.3))
+        outs.append(torch.ops.wrn_fast.bn_act_dropout(x, scale, shift, "relu", 0.0, 0.3, seed))
     assert torch.equal(outs[0], outs[1])
     assert not torch.equal(outs[0], outs[2])
 
@@ -356,18 +352,19 @@ def test_p_one_drops_everything():
     assert (y == 0).all() and (gx == 0).all() and (gs == 0).all() and (gb == 0).all()
 
 
-# ----------------------------------------------------------------------------- custom op, autograd, opcheck
+# ----------------------------------------------------------------------------- the op: autograd, opcheck
 
 
+@needs_ext
 @pytest.mark.parametrize("layout,p", [("channels_last", 0.3), ("slice", 0.0), ("2d", 0.3)])
-def test_custom_op_autograd(layout, p):
+def test_op_autograd(triton_kernels, layout, p):
     x = make_x(layout, torch.float32).to(DEVICE).requires_grad_()
     C = x.shape[1]
     scale = (torch.rand(C, device=DEVICE) + 0.5).requires_grad_()
     shift = torch.randn(C, device=DEVICE).requires_grad_()
     seed = new_dropout_seed(DEVICE) if p > 0 else None
     wrn_fast.reset_counters()
-    y = bn_act_dropout(x, scale, shift, seed, act="leaky_relu", negative_slope=0.2, dropout_p=p)
+    y = bn_act_dropout(x, scale, shift, "leaky_relu", 0.2, p, seed)
     (y * 2).sum().backward()  # grad_y = 2, expanded (stride 0)
     cnt = wrn_fast.counters()
     assert cnt.get("bn_act_dropout_fwd") == 1 and cnt.get("bn_act_dropout_bwd") == 1
@@ -391,33 +388,74 @@ def test_launches_enter_the_tensors_device(monkeypatch):
     assert entered == [x.device, x.device]
 
 
-def test_counters_bumped_once_per_launch():
+@needs_ext
+def test_counters_bumped_once_per_launch(triton_kernels):
     x = make_x("nchw", torch.float32).to(DEVICE)
     C = x.shape[1]
     s, b = torch.ones(C, device=DEVICE), torch.zeros(C, device=DEVICE)
     wrn_fast.reset_counters()
-    bn_act_dropout(x, s, b)  # the op layer counts (kernels/ imports nothing from wrn_fast)
-    bn_act_dropout(x, s, b)
-    bn_act_dropout_backward(x, x, s, b)
+    bn_act_dropout(x, s, b, "relu", 0.0)  # the op's kernel counts (kernels/ imports nothing from wrn_fast)
+    bn_act_dropout(x, s, b, "relu", 0.0)
+    bn_act_dropout_backward(x, x, s, b, "relu", 0.0)
     assert wrn_fast.counters() == {"bn_act_dropout_fwd": 2, "bn_act_dropout_bwd": 1}
 
 
-def test_fake_kernels_match_real():
+@needs_ext
+def test_fake_kernels_match_real(triton_kernels):
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     for layout in LAYOUTS:
         x = make_x(layout, torch.float32)
         C = x.shape[1]
         s, b = torch.rand(C), torch.randn(C)
-        real = bn_act_dropout(x, s, b, act="relu")
-        real_b = bn_act_dropout_backward(torch.randn_like(x), x, s, b, act="relu")
+        real = bn_act_dropout(x, s, b, "relu", 0.0)
+        real_b = bn_act_dropout_backward(torch.randn_like(x), x, s, b, "relu", 0.0)
         with FakeTensorMode() as mode:
             fx, fs, fb = mode.from_tensor(x), mode.from_tensor(s), mode.from_tensor(b)
-            fake = bn_act_dropout(fx, fs, fb, act="relu")
-            fake_b = bn_act_dropout_backward(torch.empty_like(fx), fx, fs, fb, act="relu")
+            fake = bn_act_dropout(fx, fs, fb, "relu", 0.0)
+            fake_b = bn_act_dropout_backward(torch.empty_like(fx), fx, fs, fb, "relu", 0.0)
         assert fake.shape == real.shape and fake.dtype == real.dtype and fake.stride() == real.stride(), layout
         for f, r in zip(fake_b, real_b):
             assert f.shape == r.shape and f.dtype == r.dtype and f.stride() == r.stride(), layout
+
+
+@needs_ext
+@pytest.mark.parametrize("act,slope,p", [("relu", 0.0, 0.3), ("leaky_relu", 0.2, 0.5), ("silu", 0.0, 0.0)])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "slice"])
+def test_triton_and_cpp_kernels_of_the_op_agree(act, slope, p, layout):
+    """One op, two kernels: the C++ CPU kernel and the Triton kernel (the CUDA kernel; on a
+    CPU-only machine the registered function itself, under the interpreter) give the same
+    dropout mask element for element (both are Philox4x32-10 of (seed, logical NCHW index):
+    csrc/philox.h is tl.rand) and the same values and gradients to fp32 rounding, in the
+    same memory format."""
+    from wrn_fast.ops import bn_act
+
+    gen = torch.Generator().manual_seed(31)
+    x = make_x(layout, torch.float32, gen=gen)
+    C = x.shape[1]
+    scale = torch.rand(C, generator=gen) + 0.5
+    shift = torch.randn(C, generator=gen)
+    grad_y = torch.randn(x.shape, generator=gen)
+    seed = seed_tensor(2024, "cpu") if p > 0 else None
+    y_cpp = torch.ops.wrn_fast.bn_act_dropout(x, scale, shift, act, slope, p, seed)
+    g_cpp = torch.ops.wrn_fast.bn_act_dropout_backward(grad_y, x, scale, shift, act, slope, p, seed)
+    wrn_fast.reset_counters()
+    to = (lambda t: None if t is None else t.to(DEVICE))
+    if DEVICE == "cuda":  # through the op's name: its CUDA kernel is the Triton one
+        y_tri = torch.ops.wrn_fast.bn_act_dropout(to(x), to(scale), to(shift), act, slope, p, to(seed))
+        g_tri = torch.ops.wrn_fast.bn_act_dropout_backward(to(grad_y), to(x), to(scale), to(shift), act, slope, p,
+                                                           to(seed))
+    else:  # the function registered as the op's CUDA kernel
+        y_tri = bn_act.triton_bn_act_dropout(x, scale, shift, act, slope, p, seed)
+        g_tri = bn_act.triton_bn_act_dropout_backward(grad_y, x, scale, shift, act, slope, p, seed)
+    assert wrn_fast.counters() == {"bn_act_dropout_fwd": 1, "bn_act_dropout_bwd": 1}  # the Triton kernels ran
+    assert y_tri.stride() == y_cpp.stride() and g_tri[0].stride() == g_cpp[0].stride()
+    if p > 0:
+        keep = ref_keep(x, seed, p)
+        assert torch.equal(y_cpp == 0, (y_tri == 0).cpu()) and (y_cpp[~keep] == 0).all()
+    assert_close("y", y_tri, y_cpp, 1e-6)
+    for name, a, b in zip(("grad_x", "grad_scale", "grad_shift"), g_tri, g_cpp):
+        assert_close(name, a, b, 1e-5)
 
 
 # opcheck: all four default utils run under the interpreter for the forward op: test_schema,
@@ -428,17 +466,20 @@ def test_fake_kernels_match_real():
 OPCHECK_UTILS = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
 
 
+@needs_ext
 @pytest.mark.parametrize("p", [0.0, 0.3])
-def test_opcheck(p):
+def test_opcheck(triton_kernels, p):
     x = make_x("channels_last", torch.float32, shape=(2, 5, 3, 4)).to(DEVICE).requires_grad_()
     C = x.shape[1]
     scale = (torch.rand(C, device=DEVICE) + 0.5).requires_grad_()
     shift = torch.randn(C, device=DEVICE).requires_grad_()
     seed = seed_tensor(3) if p > 0 else None
-    kwargs = dict(act="silu", negative_slope=0.0, dropout_p=p)
-    torch.library.opcheck(bn_act_dropout, (x, scale, shift, seed), kwargs, test_utils=OPCHECK_UTILS)
+    conf = ("silu", 0.0, p, seed)
+    torch.library.opcheck(torch.ops.wrn_fast.bn_act_dropout.default, (x, scale, shift, *conf),
+                          test_utils=OPCHECK_UTILS)
     g = torch.randn(x.shape, device=DEVICE)
-    torch.library.opcheck(bn_act_dropout_backward, (g, x.detach(), scale.detach(), shift.detach(), seed), kwargs,
+    torch.library.opcheck(torch.ops.wrn_fast.bn_act_dropout_backward.default,
+                          (g, x.detach(), scale.detach(), shift.detach(), *conf),
                           test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
 
 
@@ -478,9 +519,15 @@ def test_bad_inputs_raise_clear_errors():
         with pytest.raises((ValueError, TypeError), match=pattern):
             fn()
     assert wrn_fast.counters() == {}  # nothing was launched
-    # the custom op reports the same errors
+
+
+
+@needs_ext
+def test_op_reports_the_launchers_errors(triton_kernels):
+    x = make_x("nchw", torch.float32).to(DEVICE)
+    s, b = torch.ones(x.shape[1], device=DEVICE), torch.zeros(x.shape[1], device=DEVICE)
     with pytest.raises(ValueError, match="needs seed"):
-        bn_act_dropout(x, s, b, None, dropout_p=0.5)
+        bn_act_dropout(x, s, b, "relu", 0.0, 0.5, None)
 
 
 def test_empty_input():

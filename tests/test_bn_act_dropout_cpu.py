@@ -1,13 +1,18 @@
-"""bn_act_dropout (fwd + bwd ops of wrn_fast._C) against the plain-torch composition
-``act(x * scale + shift) * keep / (1 - p)`` with ``keep = dropout_mask(seed, shape, p)``,
-differentiated by autograd in float64; plus mask statistics and Triton bit-equality.
+"""The op bn_act_dropout (torch.ops.wrn_fast.bn_act_dropout / _backward; CPU kernel: C++)
+against bench/references.py's composition ``act(x * scale + shift) * keep / (1 - p)`` with
+``keep = dropout_mask(seed, shape, p)``, differentiated by autograd in float64; plus mask
+statistics, Triton bit-equality of the mask, and the op's one schema.
 
-Named _cpu because CI runs it on CPU; it runs on CUDA too when a GPU is present.
+Named _cpu because CI runs it on CPU; it runs on CUDA too when a GPU is present (there the
+op's kernel is the Triton one: tests/test_bn_act_dropout.py).
 Tolerances (relative error vs float64): fp32 1e-6 forward / 1e-5 for the grad_scale,
 grad_shift reductions (sums of ~1e3 fp32 products); fp16 / bf16 outputs: one rounding
 (2**-11 / 2**-8) -> 1e-3 / 8e-3, reductions 1e-5 (inputs are exact in fp32, sums in fp32).
 """
+import glob
+import importlib.util
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -17,6 +22,7 @@ import torch
 
 import wrn_fast
 from wrn_fast.ops import ext
+from wrn_fast.ops.bn_act import bn_act_dropout
 
 from _checks import needs_ext, poison_outputs, rel_err
 from _references import reference_bn_act_dropout
@@ -55,7 +61,7 @@ def test_forward_and_backward_match_composition(device, act, p, dtype, shape, ch
     x, scale, shift = make_case(shape, dtype, device, channels_last)
     seed = seed_tensor(1234, device) if p > 0 else None
     xs, ss, hs = (t.clone().requires_grad_() for t in (x, scale, shift))
-    y = ext.bn_act_dropout(xs, ss, hs, act, slope, p, seed)
+    y = bn_act_dropout(xs, ss, hs, act, slope, p, seed)
     grad_y = torch.randn(shape, generator=torch.Generator().manual_seed(9)).to(dtype).to(device)
     y.backward(grad_y)
 
@@ -78,7 +84,7 @@ def test_gradcheck_float64():
             x = x + 0.05  # keep away from relu's kink, where finite differences are meaningless
             seed = seed_tensor(77, "cpu") if p > 0 else None
             inputs = tuple(t.clone().requires_grad_() for t in (x, scale, shift))
-            assert torch.autograd.gradcheck(lambda a, b, c: ext.bn_act_dropout(a, b, c, act, 0.1, p, seed), inputs)
+            assert torch.autograd.gradcheck(lambda a, b, c: bn_act_dropout(a, b, c, act, 0.1, p, seed), inputs)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -104,22 +110,22 @@ def test_mask_is_a_function_of_the_logical_index_only(device):
     """Channels-last memory must give the same dropped elements as NCHW memory."""
     x, scale, shift = make_case((2, 4, 5, 3), torch.float32, device, False)
     seed = seed_tensor(99, device)
-    y_nchw = ext.bn_act_dropout(x, scale, shift, "identity", 0.0, 0.5, seed)
-    y_cl = ext.bn_act_dropout(x.to(memory_format=torch.channels_last), scale, shift, "identity", 0.0, 0.5, seed)
+    y_nchw = bn_act_dropout(x, scale, shift, "identity", 0.0, 0.5, seed)
+    y_cl = bn_act_dropout(x.to(memory_format=torch.channels_last), scale, shift, "identity", 0.0, 0.5, seed)
     assert torch.equal(y_nchw, y_cl.contiguous())
 
 
 def test_p_one_drops_everything_and_bad_args_raise():
     x, scale, shift = make_case((2, 3, 2, 2), torch.float32, "cpu", False)
-    assert (ext.bn_act_dropout(x, scale, shift, "relu", 0.0, 1.0, seed_tensor(1, "cpu")) == 0).all()
-    with pytest.raises(RuntimeError, match=r"wrn_fast::bn_act_dropout_fwd: seed is required when p > 0"):
-        torch.ops.wrn_fast.bn_act_dropout_fwd(x, scale, shift, "relu", 0.0, 0.5, None)
+    assert (bn_act_dropout(x, scale, shift, "relu", 0.0, 1.0, seed_tensor(1, "cpu")) == 0).all()
+    with pytest.raises(RuntimeError, match=r"wrn_fast::bn_act_dropout: seed is required when dropout_p > 0"):
+        torch.ops.wrn_fast.bn_act_dropout(x, scale, shift, "relu", 0.0, 0.5, None)
     with pytest.raises(RuntimeError, match=r"act must be one of"):
-        torch.ops.wrn_fast.bn_act_dropout_fwd(x, scale, shift, "gelu", 0.0, 0.0, None)
+        torch.ops.wrn_fast.bn_act_dropout(x, scale, shift, "gelu", 0.0, 0.0, None)
     with pytest.raises(ValueError, match=r"activation must be one of"):
-        ext.bn_act_dropout(x, scale, shift, "gelu")
+        bn_act_dropout(x, scale, shift, "gelu", 0.0)
     with pytest.raises(RuntimeError, match=r"scale must be a per-channel vector of shape \[3\]"):
-        ext.bn_act_dropout(x, scale[:2], shift)
+        bn_act_dropout(x, scale[:2], shift, "relu", 0.0)
     with pytest.raises(RuntimeError, match=r"seed must be an int64 tensor with one element"):
         ext.dropout_mask(torch.tensor([1, 2]), [3], 0.5)
 
@@ -171,8 +177,49 @@ def test_opcheck_bn_act_dropout(device):
     x, scale, shift = make_case((2, 3, 4, 4), torch.float32, device, False)
     seed = seed_tensor(3, device)
     xs, ss, hs = (t.clone().requires_grad_() for t in (x, scale, shift))
-    fwd, bwd = torch.ops.wrn_fast.bn_act_dropout_fwd.default, torch.ops.wrn_fast.bn_act_dropout_bwd.default
+    fwd, bwd = torch.ops.wrn_fast.bn_act_dropout.default, torch.ops.wrn_fast.bn_act_dropout_backward.default
     torch.library.opcheck(fwd, (xs, ss, hs, "silu", 0.0, 0.3, seed))
     torch.library.opcheck(fwd, (xs.detach().to(memory_format=torch.channels_last).requires_grad_(), ss, hs,
                                 "leaky_relu", 0.1, 0.0, None))
     torch.library.opcheck(bwd, (torch.randn_like(x), x, scale, shift, "relu", 0.0, 0.3, seed))
+
+
+# ----------------------------------------------------------------------------- one op, one schema
+CSRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc")
+
+
+def test_the_op_has_one_schema_and_a_kernel_per_device():
+    assert str(torch.ops.wrn_fast.bn_act_dropout.default._schema) == (
+        "wrn_fast::bn_act_dropout(Tensor x, Tensor scale, Tensor shift, str act, float negative_slope, "
+        "float dropout_p, Tensor? seed) -> Tensor")
+    assert str(torch.ops.wrn_fast.bn_act_dropout_backward.default._schema) == (
+        "wrn_fast::bn_act_dropout_backward(Tensor grad_y, Tensor x, Tensor scale, Tensor shift, str act, "
+        "float negative_slope, float dropout_p, Tensor? seed) -> (Tensor grad_x, Tensor grad_scale, "
+        "Tensor grad_shift)")
+    ops = set(wrn_fast._ext._registered_ops())
+    assert {"bn_act_dropout", "bn_act_dropout_backward"} <= ops
+    assert not ops & {"bn_act_dropout_fwd", "bn_act_dropout_bwd", "triton_bn_act_dropout",
+                      "triton_bn_act_dropout_backward"}  # the old second op is gone
+    for name in ("bn_act_dropout", "bn_act_dropout_backward"):
+        has = lambda key: torch._C._dispatch_has_kernel_for_dispatch_key(f"wrn_fast::{name}", key)  # noqa: E731
+        assert has("CPU") and has("Meta")
+        if importlib.util.find_spec("triton") is not None:
+            assert has("CUDA")  # the Triton kernel, registered by wrn_fast.ops.bn_act
+
+
+def test_every_schema_is_in_the_one_torch_library_block():
+    sources = {path: open(path).read() for path in glob.glob(os.path.join(CSRC, "**", "*.c*"), recursive=True)}
+    assert not [p for p, text in sources.items() if "TORCH_LIBRARY_FRAGMENT" in text]
+    blocks = [p for p, text in sources.items() if re.search(r"^TORCH_LIBRARY\(", text, re.M)]
+    assert blocks == [os.path.join(CSRC, "schemas.cpp")], blocks
+    defined = re.findall(r'm\.def\(\s*"(\w+)\(', sources[blocks[0]])
+    assert len(defined) == len(set(defined))
+    # every op of the namespace is defined there, but for the Python custom ops (Triton- or
+    # torch.distributed-only ops with one implementation: wrn_fast/ops/conv.py, sync_bn.py)
+    import wrn_fast.ops.conv  # noqa: F401
+    import wrn_fast.ops.sync_bn  # noqa: F401
+    from torch._library.custom_ops import OPDEFS
+
+    python_ops = {name.split("::")[1] for name in OPDEFS if name.startswith("wrn_fast::")}
+    assert python_ops and not python_ops & set(defined)
+    assert set(wrn_fast._ext._registered_ops()) - python_ops == set(defined)

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 import wrn_fast
 from wrn_fast.ops import ext
+from wrn_fast.ops.bn_act import bn_act_dropout
 
 from _checks import needs_ext, rel_err
 
@@ -74,7 +75,7 @@ def test_batchnorm_training_backward_assembled_from_ops(device, channels_last):
     leaves = [t.clone().requires_grad_() for t in (x, weight, bias)]
     mean, var = ext.channel_stats(leaves[0])
     scale, shift = ext.bn_finalize(mean, var, leaves[1], leaves[2], 1e-5)
-    y = ext.bn_act_dropout(leaves[0], scale, shift, "identity", 0.0, 0.0, None)
+    y = bn_act_dropout(leaves[0], scale, shift, "identity", 0.0, 0.0, None)
     y.backward(grad_y)
     refs = [t.detach().double().cpu().requires_grad_() for t in (x, weight, bias)]
     y_ref = F.batch_norm(refs[0], None, None, refs[1], refs[2], training=True, eps=1e-5)

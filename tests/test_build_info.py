@@ -14,10 +14,13 @@ def test_build_info_reports_versions_ops_and_dispatch_keys():
     if info["extension_loaded"]:
         assert info["extension_error"] is None
         for op in ("channel_stats", "merge_partial_stats", "bn_finalize", "bn_update_running_stats",
-                   "bn_backward_apply", "bn_act_dropout_fwd", "bn_act_dropout_bwd", "pack_mask", "unpack_mask"):
+                   "bn_backward_apply", "bn_act_dropout", "bn_act_dropout_backward", "pack_mask", "unpack_mask"):
             assert "CPU" in info["ops"][op], (op, info["ops"][op])
             assert "Meta" in info["ops"][op], (op, info["ops"][op])
-            if info["extension_cuda_kernels"]:
+            # bn_act_dropout's CUDA kernels are Triton (registered when triton is installed)
+            cuda = info["triton"]["version"] is not None if op.startswith("bn_act_dropout") else \
+                info["extension_cuda_kernels"]
+            if cuda:
                 assert "CUDA" in info["ops"][op], (op, info["ops"][op])
 
 

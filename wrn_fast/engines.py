@@ -56,7 +56,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import ops
-from .ops import ext
+from .ops import bn_act, ext
 
 __all__ = ["Feature", "Activation", "Description", "CpuEngine", "TritonEngine", "engine_class"]
 
@@ -254,7 +254,7 @@ class CpuEngine(_Engine):
 
     def affine(self, x, scale, shift, act="identity", negative_slope=0.0, dropout_p=0.0, seed=None):
         x = self._cast(x)
-        value = ext.bn_act_dropout(x, scale, shift, act, negative_slope, dropout_p, seed)
+        value = bn_act.bn_act_dropout(x, scale, shift, act, negative_slope, dropout_p, seed)
         return Activation(x, scale, shift, act, negative_slope, dropout_p, seed, value)
 
     def conv(self, src, conv, padding, residual=None, stats=False):
@@ -419,11 +419,9 @@ class TritonEngine(_Engine):
         return Feature(y, (mean_p, m2_p, count_p) if stats else None)
 
     def tensor(self, activation):
-        from .ops.bn_act import bn_act_dropout
-
         a = activation
-        return bn_act_dropout(self._cast(a.x), a.scale, a.shift, a.seed, act=a.act,
-                              negative_slope=a.negative_slope, dropout_p=a.dropout_p)
+        return bn_act.bn_act_dropout(self._cast(a.x), a.scale, a.shift, a.act, a.negative_slope, a.dropout_p,
+                                     a.seed)
 
 
 def engine_class(backend: str):

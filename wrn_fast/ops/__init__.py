@@ -5,9 +5,12 @@ registration; the model only calls these functions.
 
   ext.py      C++/CUDA extension ops (torch.ops.wrn_fast.*): wrappers, fake
               kernels, autograd registrations
+  bn_act.py   bn_act_dropout (torch.ops.wrn_fast.bn_act_dropout, schema in C++):
+              its wrapper, fake kernels, autograd, and its CUDA kernels (Triton);
+              its CPU kernels are C++
   conv.py     bn_act_conv: the Triton implicit-GEMM convolution with BN-act-dropout
               prologue and residual/stats epilogue (custom op + autograd)
-  bn_act.py   bn_act_dropout: the Triton elementwise op (custom op + autograd)
+  sync_bn.py  all_gather_stats (custom op)
 
 Conventions shared by every op (the contract)
 ---------------------------------------------
@@ -50,6 +53,16 @@ import torch
 from wrn_fast.kernels.contract import (  # noqa: F401
     ACT_CODES, IndexRangeError, check_activation, conv_out_shape, dropout_bits_shape, norm_padding, out_hw,
     output_memory_format)
+
+
+def empty_like_output(x: torch.Tensor) -> torch.Tensor:
+    """An uninitialised tensor of x's shape, dtype and device laid out as the ops lay out
+    outputs of x's shape: x's own strides when x is dense (contiguous NCHW or
+    channels-last), else ``output_memory_format(x)`` (what the C++ kernels' dense copy
+    of x, csrc/common.h dense_channel_tensor, and the Triton launchers give)."""
+    if x.is_contiguous() or (x.dim() >= 3 and x.movedim(1, -1).is_contiguous()):
+        return torch.empty_like(x)
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=output_memory_format(x))
 
 
 def new_dropout_seed(device) -> torch.Tensor:

@@ -2,7 +2,9 @@
 kernels and autograd registrations.
 
 Kernels live in ``csrc/`` (CPU) and ``csrc/cuda/`` (CUDA); the schemas are
-registered by ``wrn_fast._C``. Each wrapper below is one call to its op. When the
+registered by ``wrn_fast._C`` (csrc/schemas.cpp). Each wrapper below is one call to
+its op. ``bn_act_dropout`` (CUDA kernel: Triton) has its own home,
+``wrn_fast.ops.bn_act``, imported here so that its registrations are made too. When the
 extension failed to load, importing this module still works and every wrapper
 raises a RuntimeError that says why the extension is unavailable.
 
@@ -17,7 +19,8 @@ import torch
 from torch import Tensor
 
 from .. import _ext
-from . import check_activation
+from . import bn_act as _bn_act  # noqa: F401 -- registers bn_act_dropout's fake, autograd and CUDA kernels
+from . import check_activation, empty_like_output
 
 
 def _ops():
@@ -91,23 +94,8 @@ def bn_backward_apply(grad: Optional[Tensor], x: Tensor, a: Tensor, b: Tensor, c
     return _ops().bn_backward_apply.default(grad, x, a, b, c)
 
 
-def bn_act_dropout(x: Tensor, scale: Tensor, shift: Tensor, act: str = "relu", negative_slope: float = 0.01,
-                   p: float = 0.0, seed: Optional[Tensor] = None) -> Tensor:
-    """y = dropout(act(x * scale[c] + shift[c])); differentiable w.r.t. x, scale, shift."""
-    check_activation(act)
-    return _ops().bn_act_dropout_fwd.default(x, scale, shift, act, float(negative_slope), float(p), seed)
-
-
-def bn_act_dropout_backward(grad_y: Tensor, x: Tensor, scale: Tensor, shift: Tensor, act: str = "relu",
-                            negative_slope: float = 0.01, p: float = 0.0,
-                            seed: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor]:
-    """(grad_x, grad_scale, grad_shift) of ``bn_act_dropout``; grad_scale = sum(g_z * x), grad_shift = sum(g_z)."""
-    check_activation(act)
-    return _ops().bn_act_dropout_bwd.default(grad_y, x, scale, shift, act, float(negative_slope), float(p), seed)
-
-
-def batch_norm_act(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float, act: str = "relu",
-                   negative_slope: float = 0.01, p: float = 0.0,
+def batch_norm_act(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float, act: str,
+                   negative_slope: float, dropout_p: float = 0.0,
                    seed: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor]:
     """Training-mode BN with batch statistics, then act and dropout: ``(y, mean, var)``.
 
@@ -118,12 +106,13 @@ def batch_norm_act(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], 
     mean / var).
     """
     check_activation(act)
-    return _ops().batch_norm_act.default(x, weight, bias, float(eps), act, float(negative_slope), float(p), seed)
+    return _ops().batch_norm_act.default(x, weight, bias, float(eps), act, float(negative_slope), float(dropout_p),
+                                         seed)
 
 
-def dropout_mask(seed: Tensor, size: Sequence[int], p: float) -> Tensor:
+def dropout_mask(seed: Tensor, size: Sequence[int], dropout_p: float) -> Tensor:
     """The contract's keep mask (bool, contiguous ``size``) on ``seed``'s device."""
-    return _ops().dropout_mask.default(seed, [int(s) for s in size], float(p))
+    return _ops().dropout_mask.default(seed, [int(s) for s in size], float(dropout_p))
 
 
 def pack_mask(mask: Tensor) -> Tensor:
@@ -139,14 +128,6 @@ def unpack_mask(packed: Tensor, numel: int) -> Tensor:
 # ------------------------------------------------- fake kernels and autograd
 def _stats_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _empty_like_dense(x: Tensor) -> Tensor:
-    # Mirrors the kernels: a dense NCHW or channels-last x keeps its strides,
-    # anything else is made contiguous first.
-    if x.is_contiguous() or (x.dim() >= 3 and x.movedim(1, -1).is_contiguous()):
-        return torch.empty_like(x)
-    return x.new_empty(x.shape)
 
 
 def _reduce_to_channels(t: Tensor) -> Tensor:
@@ -223,7 +204,7 @@ def _register() -> None:
 
     @torch.library.register_fake(lib + "bn_backward_apply")
     def _(grad, x, a, b, c):
-        return _empty_like_dense(x)
+        return empty_like_output(x)
 
     def apply_setup(ctx, inputs, output):
         grad, x, a, b, c = inputs
@@ -243,37 +224,17 @@ def _register() -> None:
 
     torch.library.register_autograd(lib + "bn_backward_apply", apply_backward, setup_context=apply_setup)
 
-    @torch.library.register_fake(lib + "bn_act_dropout_fwd")
-    def _(x, scale, shift, act, negative_slope, p, seed):
-        return _empty_like_dense(x)
-
-    @torch.library.register_fake(lib + "bn_act_dropout_bwd")
-    def _(grad_y, x, scale, shift, act, negative_slope, p, seed):
-        return _empty_like_dense(x), scale.new_empty(scale.shape), scale.new_empty(scale.shape)
-
-    def bn_act_setup(ctx, inputs, output):
-        x, scale, shift, act, negative_slope, p, seed = inputs
-        ctx.act, ctx.negative_slope, ctx.p = act, negative_slope, p
-        ctx.save_for_backward(x, scale, shift, seed)
-
-    def bn_act_backward(ctx, grad_y):
-        x, scale, shift, seed = ctx.saved_tensors
-        grad_x, grad_scale, grad_shift = torch.ops.wrn_fast.bn_act_dropout_bwd.default(
-            grad_y, x, scale, shift, ctx.act, ctx.negative_slope, ctx.p, seed)
-        return grad_x, grad_scale, grad_shift, None, None, None, None
-
-    torch.library.register_autograd(lib + "bn_act_dropout_fwd", bn_act_backward, setup_context=bn_act_setup)
-
     @torch.library.register_fake(lib + "batch_norm_act")
-    def _(x, weight, bias, eps, act, negative_slope, p, seed):
+    def _(x, weight, bias, eps, act, negative_slope, dropout_p, seed):
         dtype = _stats_dtype(x.dtype)
-        return _empty_like_dense(x), x.new_empty((x.shape[1],), dtype=dtype), x.new_empty((x.shape[1],), dtype=dtype)
+        return empty_like_output(x), x.new_empty((x.shape[1],), dtype=dtype), x.new_empty((x.shape[1],), dtype=dtype)
     # (its autograd is the C++ kernel registered for the Autograd key)
 
     @torch.library.register_fake(lib + "batch_norm_act_backward")
-    def _(grad_y, x, weight, bias, mean, var, scale, shift, grad_mean, grad_var, eps, act, negative_slope, p, seed):
+    def _(grad_y, x, weight, bias, mean, var, scale, shift, grad_mean, grad_var, eps, act, negative_slope, dropout_p,
+          seed):
         c = x.shape[1]
-        return (_empty_like_dense(x), mean.new_empty((c,), dtype=mean.dtype if weight is None else weight.dtype),
+        return (empty_like_output(x), mean.new_empty((c,), dtype=mean.dtype if weight is None else weight.dtype),
                 mean.new_empty((c,), dtype=mean.dtype if bias is None else bias.dtype))
 
     @torch.library.register_fake(lib + "bn_finalize_partials")
@@ -291,7 +252,7 @@ def _register() -> None:
         return packed.new_empty((numel,), dtype=torch.bool)
 
     @torch.library.register_fake(lib + "dropout_mask")
-    def _(seed, size, p):
+    def _(seed, size, dropout_p):
         return seed.new_empty(size, dtype=torch.bool)
 
 
@@ -300,5 +261,5 @@ if _ext.ext_available():
 
 __all__: List[str] = [
     "channel_stats", "merge_partial_stats", "bn_finalize_partials", "bn_finalize", "bn_update_running_stats", "bn_backward_apply",
-    "bn_act_dropout", "bn_act_dropout_backward", "batch_norm_act", "dropout_mask", "pack_mask", "unpack_mask",
+    "batch_norm_act", "dropout_mask", "pack_mask", "unpack_mask",
 ]
