@@ -3,6 +3,8 @@ import subprocess
 import sys
 import textwrap
 
+import torch
+
 import wrn_fast
 
 
@@ -44,3 +46,20 @@ def test_without_the_extension_import_works_warns_once_and_runs_the_reference():
     """)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stdout + proc.stderr
+
+
+def test_cuda_without_triton_runs_the_reference(monkeypatch):
+    """bn_act_dropout's CUDA kernel is Triton (the only one): without triton, CUDA tensors take
+    the reference ops, never the C++ engine (which would reach the op with no CUDA kernel)."""
+    from wrn_fast import _ext, backend
+
+    if not _ext.ext_available():
+        import pytest
+        pytest.skip("the C++ engine needs the extension")
+    monkeypatch.setattr(backend, "triton_usable", lambda device: False)
+    monkeypatch.setattr(backend, "_said", set(backend._said) | {"auto-notriton", "cpu-notriton"})  # no warning
+    for name in ("auto", "cpu"):
+        with backend.use_backend(name):
+            assert backend.resolve(torch.device("cuda")) == "reference", name
+    with backend.use_backend("cpu"):
+        assert backend.resolve(torch.device("cpu")) == "cpu"

@@ -5,7 +5,8 @@ Backends
               CPU tensors -> C++ CPU ops + PyTorch's CPU convolution.
   'triton'    Triton kernels for every tensor; on CPU tensors this needs
               TRITON_INTERPRET=1 set before triton is imported (how CI tests them).
-  'cpu'       C++ ops + PyTorch convolution, on any device (debugging).
+  'cpu'       C++ ops + PyTorch convolution, on any device (debugging; on CUDA
+              tensors bn_act_dropout's kernel is the Triton one, so triton is needed).
   'reference' the pure-PyTorch reference ops.
 
 Select with ``wrn_fast.set_backend(name)`` (the process-wide default), the
@@ -102,6 +103,10 @@ def resolve(device: torch.device) -> str:
         if not ext_available():
             say_once("cpu-noext", "wrn_fast: extension _C unavailable; using the reference ops")
             return "reference"
+        if device.type == "cuda" and not triton_usable(device):
+            say_once("cpu-notriton", "wrn_fast: triton is not importable; on CUDA tensors the 'cpu' backend "
+                     "needs it (bn_act_dropout's CUDA kernel is Triton), using the reference ops")
+            return "reference"
         return "cpu"
     # auto
     if not ext_available():
@@ -110,7 +115,7 @@ def resolve(device: torch.device) -> str:
     if device.type == "cuda":
         if triton_usable(device):
             return "triton"
-        say_once("auto-notriton", "wrn_fast: triton is not importable; CUDA tensors use the C++/CUDA "
-                 "ops with PyTorch's convolution")
-        return "cpu"
+        say_once("auto-notriton", "wrn_fast: triton is not importable; CUDA tensors use the reference ops "
+                 "(the fused CUDA kernels, bn_act_dropout's included, are Triton)")
+        return "reference"
     return "cpu"
