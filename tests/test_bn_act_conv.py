@@ -810,3 +810,70 @@ def test_bn_batch_act_conv_opcheck(two_pass):
             [1, 1, 1, 1], "relu", 0.0, 0.0, True, False, two_pass)
     torch.library.opcheck(torch.ops.wrn_fast.bn_batch_act_conv.default, args,
                           test_utils=["test_schema", "test_faketensor"])
+
+
+@needs_ext
+@pytest.mark.parametrize("two_pass", [False, True])
+def test_bn_batch_act_conv_gradients_match_the_separate_nodes(two_pass):
+    """batch_bn=: the conv with the BN statistics' backward in its own node gives the same
+    output and gradients (x, conv weight, BN weight / bias, bias, residual) as the separate
+    autograd nodes (bn_finalize_partials' differentiable scale / shift into the plain op),
+    on the one-kernel and the two-pass route, with dropout and residual."""
+    from wrn_fast.ops import ext
+    from wrn_fast.ops.conv import BatchBN
+
+    torch.manual_seed(3)
+    x0 = make((2, 12, 5, 5), torch.float32, "cl")
+    cin, cout, eps = 12, 20, 1e-5
+    v, m = torch.var_mean(x0.double(), dim=(0, 2, 3), correction=0)  # one partials row (N*H*W <= STATS_M)
+    partials = (m.float()[None], (v * 50).float()[None], torch.tensor([50.0]))
+    w0 = torch.randn(cout, cin, 3, 3) / (9 * cin) ** 0.5
+    bn_w0, bn_b0, b0 = torch.rand(cin) + 0.5, torch.randn(cin) * 0.3, torch.randn(cout)
+    res0, seed = make((2, cout, 5, 5), torch.float32, "cl"), torch.tensor([11])
+    gy = make((2, cout, 5, 5), torch.float32, "cl")
+    kw = dict(stride=1, padding=1, act="relu", dropout_p=0.3, compute_stats=True, allow_tf32=False,
+              two_pass=two_pass)
+    results = []
+    for fused in (False, True):
+        x, w, bn_w, bn_b, b, res = (t.clone().requires_grad_() for t in (x0, w0, bn_w0, bn_b0, b0, res0))
+        wrn_fast.reset_counters()
+        if fused:
+            with torch.no_grad():
+                sc, sh, mean, var = ext.bn_finalize_partials(x, *partials, bn_w, bn_b, eps)
+            y, *_ = bn_act_conv(x, w, sc, sh, b, res, seed, batch_bn=BatchBN(mean, var, bn_w, bn_b, eps), **kw)
+        else:
+            sc, sh, _, _ = ext.bn_finalize_partials(x, *partials, bn_w, bn_b, eps)
+            y, *_ = bn_act_conv(x, w, sc, sh, b, res, seed, **kw)
+        y.backward(gy)
+        assert wrn_fast.counters().get("bn_batch_act_conv_backward", 0) == int(fused)
+        results.append([y.detach()] + [t.grad for t in (x, w, bn_w, bn_b, b, res)])
+    for name, one, two in zip(["y", "x", "weight", "bn_weight", "bn_bias", "bias", "residual"], *results):
+        assert rel_err(two, one) < 1e-5, name  # fp32: the same terms summed in another order
+    assert (results[0][0] != 0).any()
+
+
+@needs_ext
+def test_torch_compile_fullgraph_with_the_fused_bn_backward():
+    """The Triton-backend model under torch.compile(fullgraph=True) traces the fused BN
+    backward (wrn_fast::bn_batch_act_conv, its fake kernel and autograd) with no graph break
+    and gives the eager step's output, gradients and running statistics."""
+    from wrn_fast.model import WideResNet
+
+    torch.manual_seed(0)
+    cfg = dict(depth=10, widen_factor=1, num_classes=5)
+    eager, compiled = WideResNet(**cfg).train(), WideResNet(**cfg).train()
+    compiled.load_state_dict(eager.state_dict())
+    x = torch.randn(2, 3, 8, 8)
+    torch._dynamo.reset()
+    with wrn_fast.use_backend("triton"):
+        wrn_fast.reset_counters()
+        out_c = torch.compile(compiled, backend="aot_eager", fullgraph=True)(x)
+        out_c.square().sum().backward()
+        assert wrn_fast.counters().get("bn_batch_act_conv_backward", 0) == 8  # the 8 convs fed by a BN
+        out_e = eager(x)
+        out_e.square().sum().backward()
+    assert rel_err(out_c, out_e) < 1e-6
+    for (name, pc), (_, pe) in zip(compiled.named_parameters(), eager.named_parameters()):
+        assert rel_err(pc.grad, pe.grad) < 1e-5, name
+    for (name, bc), (_, be) in zip(compiled.named_buffers(), eager.named_buffers()):
+        assert torch.equal(bc, be) if not bc.is_floating_point() else rel_err(bc, be) < 1e-6, name
