@@ -36,7 +36,7 @@ from wrn_fast.kernels import bn_act_dropout as K
 from wrn_fast.ops import empty_like_output, new_dropout_seed, output_memory_format
 from wrn_fast.ops.bn_act import bn_act_dropout, bn_act_dropout_backward
 
-from _checks import needs_ext, poison, rel_err
+from _checks import needs_ext, poison, poison_outputs, rel_err
 from _references import keep_mask, rand as np_rand, randint as np_randint, reference_bn_act_dropout
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: through the interpreter
@@ -356,6 +356,7 @@ def test_p_one_drops_everything():
 
 
 @needs_ext
+@poison_outputs
 @pytest.mark.parametrize("layout,p", [("channels_last", 0.3), ("slice", 0.0), ("2d", 0.3)])
 def test_op_autograd(triton_kernels, layout, p):
     x = make_x(layout, torch.float32).to(DEVICE).requires_grad_()
@@ -420,6 +421,7 @@ def test_fake_kernels_match_real(triton_kernels):
 
 
 @needs_ext
+@poison_outputs
 @pytest.mark.parametrize("act,slope,p", [("relu", 0.0, 0.3), ("leaky_relu", 0.2, 0.5), ("silu", 0.0, 0.0)])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last", "slice"])
 def test_triton_and_cpp_kernels_of_the_op_agree(act, slope, p, layout):
