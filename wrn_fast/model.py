@@ -103,7 +103,27 @@ def _check_sync_bn(sync_bn) -> bool:
 
 
 # --------------------------------------------------------------------------- models
-class WideResNet(reference.WideResNet):
+class _FusedForward:
+    """What both fast models add to their reference class: the ``sync_bn`` option, read once, and a
+    forward that runs ``_fused_forward`` on the engine of the input's backend (or the reference's
+    forward where none runs) and commits the running statistics only after it succeeded."""
+
+    _spatial_divisor: int  # the network's total downsampling (the last BatchNorm sees H / this)
+
+    def __init__(self, *args, sync_bn: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.sync_bn = _check_sync_bn(sync_bn)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        eng = _engine(self, x, self._spatial_divisor)
+        if eng is None:
+            return super().forward(x)
+        logits = self._fused_forward(eng, eng.prepare(x))
+        eng.commit()
+        return logits
+
+
+class WideResNet(_FusedForward, reference.WideResNet):
     """Drop-in fast WRN: same constructor and state_dict as ``wrn_fast.reference.WideResNet``.
 
     Extra keyword: ``sync_bn=False`` -- when True and torch.distributed is
@@ -116,15 +136,9 @@ class WideResNet(reference.WideResNet):
     Output: logits [N, num_classes].
     """
 
-    def __init__(self, *args, sync_bn: bool = False, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.sync_bn = _check_sync_bn(sync_bn)
+    _spatial_divisor = 4
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        eng = _engine(self, x, spatial_divisor=4)
-        if eng is None:
-            return super().forward(x)
-        x = eng.prepare(x)
+    def _fused_forward(self, eng, x: torch.Tensor) -> torch.Tensor:
         # Stem. In-model normalisation (x - mean) / std is an affine with no activation.
         src = x
         if getattr(self, "input_mean", None) is not None:
@@ -136,9 +150,7 @@ class WideResNet(reference.WideResNet):
             for block in group.layer:
                 out = _basic_block(eng, block, out)
         a = eng.tensor(eng.bn_act(out, self.bn1, self.activation, self.negative_slope))
-        logits = self.fc(torch.flatten(a.mean(dim=(2, 3)), 1))
-        eng.commit()
-        return logits
+        return self.fc(torch.flatten(a.mean(dim=(2, 3)), 1))
 
 
 def _same_padding(conv: nn.Conv2d) -> Tuple[int, int, int, int]:
@@ -169,7 +181,7 @@ def _basic_block(eng, block: nn.Module, x: Feature) -> Feature:
     return eng.conv(src, convs[last], pads[last], residual=shortcut, stats=True)
 
 
-class WideResNetBottleneck(reference.WideResNetBottleneck):
+class WideResNetBottleneck(_FusedForward, reference.WideResNetBottleneck):
     """Fast ImageNet WRN-50-2 / WRN-101-2 (post-activation bottleneck), torchvision names.
 
     Convolutions run fused with the BN-ReLU of the previous conv in their
@@ -180,23 +192,15 @@ class WideResNetBottleneck(reference.WideResNetBottleneck):
     Extra keyword: ``sync_bn=False``, as for ``WideResNet``.
     """
 
-    def __init__(self, *args, sync_bn: bool = False, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.sync_bn = _check_sync_bn(sync_bn)
+    _spatial_divisor = 32
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        eng = _engine(self, x, spatial_divisor=32)
-        if eng is None:
-            return super().forward(x)
-        x = eng.prepare(x)
+    def _fused_forward(self, eng, x: torch.Tensor) -> torch.Tensor:
         h = eng.conv(x, self.conv1, _same_padding(self.conv1), stats=True)
         out = self.maxpool(eng.tensor(eng.bn_act(h, self.bn1, "relu")))
         for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
             for block in layer:
                 out = _bottleneck(eng, block, out)
-        logits = self.fc(torch.flatten(out.mean(dim=(2, 3)), 1))
-        eng.commit()
-        return logits
+        return self.fc(torch.flatten(out.mean(dim=(2, 3)), 1))
 
 
 def _bottleneck(eng, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
