@@ -1,7 +1,10 @@
 """Model names: one parser (wrn_fast.model.model_architecture) for create_model and the trainer."""
 import pytest
+import torch
 
 import wrn_fast
+import wrn_fast.model
+from wrn_fast import reference
 from wrn_fast.data import InputError
 from wrn_fast.model import WideResNet, WideResNetBottleneck, model_architecture
 from wrn_fast.training.models import arch_kwargs_from_name, build_model, check_architecture
@@ -41,3 +44,19 @@ def test_architecture_checks_use_the_same_names():
     assert arch_kwargs_from_name("resnet18") == {}
     with pytest.raises(ValueError, match="unknown name"):
         model_architecture("resnet18")
+
+
+@pytest.mark.parametrize("name", list(reference.NAMED_ARCHITECTURES))
+def test_named_constructors_of_both_models_build_the_tables_network(name):
+    """wrn_28_10, ..., wide_resnet101_2: one table builds the reference's and the fast model's
+    constructors, with the same arguments; keywords override the table's."""
+    arguments, _ = reference.NAMED_ARCHITECTURES[name]
+    fast_cls, ref_cls = ((WideResNetBottleneck, reference.WideResNetBottleneck) if "layers" in arguments
+                         else (WideResNet, reference.WideResNet))
+    with torch.device("meta"):
+        ours, spec = getattr(wrn_fast, name)(num_classes=7), getattr(reference, name)(num_classes=7)
+    assert type(ours) is fast_cls and type(spec) is ref_cls
+    assert all(getattr(m, key) == value for m in (ours, spec) for key, value in arguments.items())
+    assert ours.state_dict().keys() == spec.state_dict().keys()
+    assert ours.fc.out_features == spec.fc.out_features == 7
+    assert getattr(wrn_fast, name).__name__ == name and name in wrn_fast.model.__all__
