@@ -2,7 +2,7 @@
 
   jit helpers   _mma (tl.dot with the interpreter's bf16 workaround), _prologue
                 (a = dropout(act(x*scale+shift)) with padding), _pixel_of_row
-                (GEMM row -> (n, h, w))
+                (GEMM row -> (n, h, w)), _k_step (K-loop step -> tap, channels)
   checks        _check_common (the arguments the launchers share), _check_grad_y,
                 max_batch (the int32 index bound), _check_tensor
   launch args   dropout_bits (the keep bitmask), _prologue_args (the scalars, bitmask
@@ -60,6 +60,18 @@ def _pixel_of_row(r, HW, W):
     h = rem // W
     w = rem - h * W
     return nb, h, w
+
+
+@triton.jit
+def _k_step(ks, nkc, KW: tl.constexpr, rk, C, BLOCK_K: tl.constexpr):
+    """Step ``ks`` of a K loop over (tap, channel chunk), ``nkc`` = cdiv(C, BLOCK_K) chunks per
+    tap: (tap, first channel c0, kh, kw, channels c = c0 + rk, c < C)."""
+    tap = ks // nkc
+    c0 = (ks - tap * nkc) * BLOCK_K
+    kh = tap // KW
+    kw = tap - kh * KW
+    c = c0 + rk
+    return tap, c0, kh, kw, c, c < C
 
 
 # --------------------------------------------------------------------------- launcher helpers

@@ -13,7 +13,7 @@ import triton.language as tl
 from . import conv_config
 from ._common import act_grad, keep_from_bits, launch_device
 from .contract import output_memory_format
-from .conv_common import _check_common, _check_grad_y, _mma, _needs_int64, _pixel_of_row, _prologue_args
+from .conv_common import _check_common, _check_grad_y, _k_step, _mma, _needs_int64, _pixel_of_row, _prologue_args
 
 
 @triton.autotune(configs=conv_config.ALL_CONFIGS["dgrad"], key=conv_config.AUTOTUNE_KEY,
@@ -58,12 +58,7 @@ def _dgrad_kernel(
 
     nkc = tl.cdiv(Cout, BLOCK_K)
     for ks in range(0, KH * KW * nkc):
-        tap = ks // nkc
-        co0 = (ks - tap * nkc) * BLOCK_K
-        kh = tap // KW
-        kw = tap - kh * KW
-        co = co0 + rk
-        co_ok = co < Cout
+        tap, _, kh, kw, co, co_ok = _k_step(ks, nkc, KW, rk, Cout, BLOCK_K)
         ohn = ih + PT - kh
         own = iw + PL - kw
         if STRIDE == 1:

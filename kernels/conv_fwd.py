@@ -13,8 +13,8 @@ import triton.language as tl
 from . import conv_config
 from ._common import apply_act, keep_from_bits, launch_device
 from .contract import output_memory_format
-from .conv_common import (_check_common, _check_tensor, _keep_mul, _mma, _needs_int64, _pixel_of_row, _prologue,
-                          _prologue_args, stats_rows)
+from .conv_common import (_check_common, _check_tensor, _k_step, _keep_mul, _mma, _needs_int64, _pixel_of_row,
+                          _prologue, _prologue_args, stats_rows)
 
 
 @triton.autotune(configs=conv_config.ALL_CONFIGS["fwd"], key=conv_config.AUTOTUNE_KEY + ["HAS_BIAS", "HAS_RES", "STATS"],
@@ -104,12 +104,7 @@ def _fwd_kernel(
     else:
         nkc = tl.cdiv(Cin, BLOCK_K)
         for ks in range(0, KH * KW * nkc):
-            tap = ks // nkc
-            c0 = (ks - tap * nkc) * BLOCK_K
-            kh = tap // KW
-            kw = tap - kh * KW
-            c = c0 + rk
-            c_ok = c < Cin
+            tap, c0, kh, kw, c, c_ok = _k_step(ks, nkc, KW, rk, Cin, BLOCK_K)
             ih = oh * STRIDE - PT + kh
             iw = ow * STRIDE - PL + kw
             r_ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
