@@ -63,9 +63,7 @@ void reduce_pass(const Pointers<scalar_t>& P, const ChannelLayout& layout, doubl
 #pragma omp simd reduction(+ : sgz, sgzx)
             for (int64_t j = 0; j < count; ++j) {
               const acc_t xv = static_cast<acc_t>(xr[j]);
-              acc_t gv = static_cast<acc_t>(gr[j]);
-              if constexpr (DROP) gv = gv * static_cast<acc_t>(mult[j]);
-              const acc_t gz = times_act_derivative<ACT, acc_t>(gv, xv * s + h, P.slope);
+              const acc_t gz = grad_z<ACT, DROP>(static_cast<acc_t>(gr[j]), xv, s, h, mult, j, P.slope);
               sgz += gz;
               sgzx += gz * xv;
             }
@@ -102,8 +100,8 @@ void reduce_pass(const Pointers<scalar_t>& P, const ChannelLayout& layout, doubl
 #pragma omp simd
             for (int64_t c = 0; c < channels; ++c) {
               const acc_t xv = static_cast<acc_t>(xr[c]);
-              const acc_t gz =
-                  times_act_derivative<ACT, acc_t>(static_cast<acc_t>(gr[c]), xv * P.scale[c] + P.shift[c], P.slope);
+              const acc_t gz = grad_z<ACT, false>(static_cast<acc_t>(gr[c]), xv, P.scale[c], P.shift[c], nullptr, c,
+                                                  P.slope);
               sgz[c] += gz;
               sgzx[c] += gz * xv;
             }
@@ -116,8 +114,8 @@ void reduce_pass(const Pointers<scalar_t>& P, const ChannelLayout& layout, doubl
               for (int64_t j = 0; j < count; ++j) {
                 const int64_t c = c0 + j;
                 const acc_t xv = static_cast<acc_t>(xr[c]);
-                const acc_t gv = static_cast<acc_t>(gr[c]) * static_cast<acc_t>(mult[j]);
-                const acc_t gz = times_act_derivative<ACT, acc_t>(gv, xv * P.scale[c] + P.shift[c], P.slope);
+                const acc_t gz = grad_z<ACT, true>(static_cast<acc_t>(gr[c]), xv, P.scale[c], P.shift[c], mult, j,
+                                                   P.slope);
                 sgz[c] += gz;
                 sgzx[c] += gz * xv;
               }
@@ -162,9 +160,7 @@ void apply_pass(const Pointers<scalar_t>& P, const ChannelLayout& layout, const 
 #pragma omp simd
           for (int64_t j = 0; j < count; ++j) {
             const acc_t xv = static_cast<acc_t>(xr[j]);
-            acc_t gv = static_cast<acc_t>(gr[j]);
-            if constexpr (DROP) gv = gv * static_cast<acc_t>(mult[j]);
-            const acc_t gz = times_act_derivative<ACT, acc_t>(gv, xv * s + h, P.slope);
+            const acc_t gz = grad_z<ACT, DROP>(static_cast<acc_t>(gr[j]), xv, s, h, mult, j, P.slope);
             out[j] = static_cast<scalar_t>(gz * s + bc * xv + cc);
           }
         }
@@ -177,8 +173,8 @@ void apply_pass(const Pointers<scalar_t>& P, const ChannelLayout& layout, const 
 #pragma omp simd
           for (int64_t c = 0; c < channels; ++c) {
             const acc_t xv = static_cast<acc_t>(xr[c]);
-            const acc_t gz =
-                times_act_derivative<ACT, acc_t>(static_cast<acc_t>(gr[c]), xv * P.scale[c] + P.shift[c], P.slope);
+            const acc_t gz = grad_z<ACT, false>(static_cast<acc_t>(gr[c]), xv, P.scale[c], P.shift[c], nullptr, c,
+                                                P.slope);
             out[c] = static_cast<scalar_t>(gz * P.scale[c] + coef_b[c] * xv + coef_c[c]);
           }
         } else {
@@ -190,8 +186,8 @@ void apply_pass(const Pointers<scalar_t>& P, const ChannelLayout& layout, const 
             for (int64_t j = 0; j < count; ++j) {
               const int64_t c = c0 + j;
               const acc_t xv = static_cast<acc_t>(xr[c]);
-              const acc_t gv = static_cast<acc_t>(gr[c]) * static_cast<acc_t>(mult[j]);
-              const acc_t gz = times_act_derivative<ACT, acc_t>(gv, xv * P.scale[c] + P.shift[c], P.slope);
+              const acc_t gz = grad_z<ACT, true>(static_cast<acc_t>(gr[c]), xv, P.scale[c], P.shift[c], mult, j,
+                                                 P.slope);
               out[c] = static_cast<scalar_t>(gz * P.scale[c] + coef_b[c] * xv + coef_c[c]);
             }
           }

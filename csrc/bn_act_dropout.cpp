@@ -22,7 +22,7 @@ namespace wrn_fast {
 namespace {
 
 using cpu::act_fwd;
-using cpu::times_act_derivative;
+using cpu::grad_z;
 
 constexpr int64_t kChunk = cpu::kMaskChunk;  // elements per dropout-mask chunk
 constexpr int64_t kSubRows = 16;                // channels-last rows summed in acc_t before going to double
@@ -105,9 +105,7 @@ inline void bwd_chunk(const scalar_t* __restrict xr, const scalar_t* __restrict 
                       scalar_t* __restrict gxr, acc_t* __restrict gz_out, acc_t* __restrict x_out) {
   for (int64_t j = 0; j < count; ++j) {
     const acc_t xv = static_cast<acc_t>(xr[j]);
-    acc_t g = static_cast<acc_t>(gr[j]);
-    if constexpr (DROP) g = g * static_cast<acc_t>(mult[j]);
-    const acc_t g_z = times_act_derivative<ACT, acc_t>(g, xv * sc[j] + sh[j], slope);
+    const acc_t g_z = grad_z<ACT, DROP>(static_cast<acc_t>(gr[j]), xv, sc[j], sh[j], mult, j, slope);
     gxr[j] = static_cast<scalar_t>(g_z * sc[j]);
     gz_out[j] = g_z;
     x_out[j] = xv;
@@ -126,9 +124,7 @@ inline void bwd_run(const scalar_t* __restrict xr, const scalar_t* __restrict gr
 #pragma omp simd reduction(+ : sgx, sg)
   for (int64_t j = 0; j < count; ++j) {
     const acc_t xv = static_cast<acc_t>(xr[j]);
-    acc_t g = static_cast<acc_t>(gr[j]);
-    if constexpr (DROP) g = g * static_cast<acc_t>(mult[j]);
-    const acc_t g_z = times_act_derivative<ACT, acc_t>(g, xv * s + h, slope);
+    const acc_t g_z = grad_z<ACT, DROP>(static_cast<acc_t>(gr[j]), xv, s, h, mult, j, slope);
     gxr[j] = static_cast<scalar_t>(g_z * s);
     sgx += g_z * xv;
     sg += g_z;

@@ -51,5 +51,13 @@ inline T times_act_derivative(T g, T z, T slope) {
   }
 }
 
+// g_z = g * keep/(1-p) * act'(x * s + h): the backward of y = dropout(act(x * s + h)) at
+// one element (x already in acc_t). mult[j] = keep/(1-p) is read only with dropout (DROP).
+template <int ACT, bool DROP, typename T>
+inline T grad_z(T g, T x, T s, T h, const float* mult, int64_t j, T slope) {
+  if constexpr (DROP) g = g * static_cast<T>(mult[j]);
+  return times_act_derivative<ACT, T>(g, x * s + h, slope);
+}
+
 }  // namespace cpu
 }  // namespace wrn_fast
