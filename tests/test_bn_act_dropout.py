@@ -423,7 +423,7 @@ def test_fake_kernels_match_real(triton_kernels):
 @needs_ext
 @poison_outputs
 @pytest.mark.parametrize("act,slope,p", [("relu", 0.0, 0.3), ("leaky_relu", 0.2, 0.5), ("silu", 0.0, 0.0)])
-@pytest.mark.parametrize("layout", ["nchw", "channels_last", "slice"])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "slice", "channels_last_slice"])
 def test_triton_and_cpp_kernels_of_the_op_agree(act, slope, p, layout):
     """One op, two kernels: the C++ CPU kernel and the Triton kernel (the CUDA kernel; on a
     CPU-only machine the registered function itself, under the interpreter) give the same
@@ -433,7 +433,10 @@ def test_triton_and_cpp_kernels_of_the_op_agree(act, slope, p, layout):
     from wrn_fast.ops import bn_act
 
     gen = torch.Generator().manual_seed(31)
-    x = make_x(layout, torch.float32, gen=gen)
+    if layout == "channels_last_slice":  # not dense: both kernels give channels-last outputs
+        x = make_x("channels_last", torch.float32, shape=(2, 14, 5, 7), gen=gen)[:, 3:12]
+    else:
+        x = make_x(layout, torch.float32, gen=gen)
     C = x.shape[1]
     scale = torch.rand(C, generator=gen) + 0.5
     shift = torch.randn(C, generator=gen)
@@ -452,6 +455,7 @@ def test_triton_and_cpp_kernels_of_the_op_agree(act, slope, p, layout):
         g_tri = bn_act.triton_bn_act_dropout_backward(grad_y, x, scale, shift, act, slope, p, seed)
     assert wrn_fast.counters() == {"bn_act_dropout_fwd": 1, "bn_act_dropout_bwd": 1}  # the Triton kernels ran
     assert y_tri.stride() == y_cpp.stride() and g_tri[0].stride() == g_cpp[0].stride()
+    assert y_cpp.stride() == empty_like_output(x).stride()  # = the fake kernel's
     if p > 0:
         keep = ref_keep(x, seed, p)
         assert torch.equal(y_cpp == 0, (y_tri == 0).cpu()) and (y_cpp[~keep] == 0).all()
