@@ -22,38 +22,31 @@ first, so a run cut short by its deadline or by ``timeout`` still holds them):
 Every row is validated before it is timed (fused kernels against a float32 reference with the
 op contract's dropout mask; models by their logits). Rows the deadline leaves out, or that a
 SIGTERM cuts off, are recorded SKIPPED with the reason. Output: <out>/<run>.rows.jsonl (streamed),
-<out>/<run>.json and .md (at the end, also after SIGTERM).
+<out>/<run>.json and .md (at the end, also after SIGTERM). The layer rows are bench.gpu_layers'.
 """
 from __future__ import annotations
 
 import argparse
 import gc
-import math
 import os
 import sys
 import time
 from types import SimpleNamespace
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
 import torch
-import torch.nn.functional as F
 
 from . import common
-from .common import STATUS_ERROR, STATUS_INVALID, STATUS_OK, STATUS_SKIPPED, Skip
-from .philox import keep_mask_nchw
-from .references import reference_bn_act_conv
-from .shapes import ROLE_CONFIG, wrn_cifar_convs, wrn_cifar_named_convs
+from .common import STATUS_ERROR, STATUS_OK, STATUS_SKIPPED
+from .gpu_layers import LAYER_MODEL, TINY_LAYER_MODEL, layer_rows, load_roofline, warm_layers
+from .shapes import wrn_cifar_convs
 
 # (model, depth, k, batch, mode): the model rows of the table, in priority order.
 MODEL_ROWS = [("wrn-28-10", 28, 10, 128, "train"), ("wrn-28-10", 28, 10, 1024, "infer"),
               ("wrn-28-2", 28, 2, 960, "train"), ("wrn-70-16", 70, 16, 128, "train")]
-LAYER_MODEL = ("wrn-28-10", 28, 10, 128, 32)  # name, depth, k, batch, resolution
 # --tiny: the same code paths at toy sizes (CPU dry run under TRITON_INTERPRET=1)
 TINY_MODEL_ROWS = [("wrn-10-1", 10, 1, 4, "train"), ("wrn-10-1", 10, 1, 8, "infer")]
-TINY_LAYER_MODEL = ("wrn-10-1", 10, 1, 2, 8)
 TINY_RESOLUTION = 8
-PASSES = ("fwd", "dgrad", "wgrad")
-
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -87,227 +80,6 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
             raise SystemExit(f"--only: expected a comma list of layers, models, compile; got {s!r}")
     return a
 
-
-# ----------------------------------------------------------------------------- roofline (bench/roofline.py)
-
-
-def load_roofline(results_dir: str, model: str = LAYER_MODEL[0], device_kind: str = "h200"
-                  ) -> Tuple[Dict[tuple, float], Optional[str]]:
-    """Predicted ms of each fused conv kernel of ``model``, keyed by (pass, ConvSpec), from the
-    newest roofline_*.json of bench/roofline.py (its ``models[model][device]["kernels"]``: impl
-    "fused", what "bn_act_conv fwd|dgrad|wgrad ...", layer named as bench.static names it,
-    time_s); ({}, None) when there is none or it has no such model."""
-    import glob
-    import json
-
-    paths = sorted(glob.glob(os.path.join(results_dir, "roofline_*.json")), key=os.path.getmtime)
-    if not paths:
-        return {}, None
-    try:
-        with open(paths[-1]) as f:
-            per_dev = json.load(f)["models"][model]
-        kernels = (per_dev.get(device_kind) or next(iter(per_dev.values())))["kernels"]
-    except (OSError, ValueError, KeyError, StopIteration, AttributeError, TypeError):
-        return {}, None
-    name, depth, k, batch, res = LAYER_MODEL
-    specs = dict(wrn_cifar_named_convs(depth, k, batch, res))
-    out: Dict[tuple, float] = {}
-    for kern in kernels:
-        what = str(kern.get("what", "")).split()
-        if kern.get("impl") != "fused" or what[:1] != ["bn_act_conv"] or len(what) < 2 or what[1] not in PASSES:
-            continue
-        spec = specs.get(kern.get("layer"))
-        if spec is not None and kern.get("time_s") is not None:
-            out.setdefault((what[1], spec), 1e3 * float(kern["time_s"]))
-    return out, os.path.relpath(paths[-1], common.REPO) if out else None
-
-
-# ----------------------------------------------------------------------------- per-layer rows
-
-
-def _kernels_module():
-    try:
-        from wrn_fast.kernels import bn_act_conv as K
-    except Exception as e:  # noqa: BLE001
-        raise Skip(f"wrn_fast.kernels.bn_act_conv not importable: {type(e).__name__}: {e}")
-    return K
-
-
-def _layer_sets(spec, dt, device, memory_format, p: float, n_sets: int):
-    g = torch.Generator(device="cpu").manual_seed(2024)
-    sets = []
-    for _ in range(n_sets):
-        s = {"x": torch.randn(spec.N, spec.Cin, spec.H, spec.W, generator=g),
-             "w": torch.randn(spec.Cout, spec.Cin, spec.k, spec.k, generator=g) * math.sqrt(2.0 / (spec.Cout * spec.k ** 2)),
-             "gy": torch.randn(spec.N, spec.Cout, spec.Ho, spec.Wo, generator=g),
-             "res": torch.randn(spec.N, spec.Cout, spec.Ho, spec.Wo, generator=g),
-             "scale": 1.0 + 0.2 * torch.randn(spec.Cin, generator=g),
-             "shift": 0.2 * torch.randn(spec.Cin, generator=g)}
-        for k in ("x", "w", "gy", "res"):
-            s[k] = s[k].to(device=device, dtype=dt).contiguous(memory_format=memory_format)
-        s["scale"], s["shift"] = s["scale"].to(device), s["shift"].to(device)
-        s["seed"] = torch.tensor([int(torch.randint(0, 2 ** 31 - 1, (1,), generator=g))], dtype=torch.int64,
-                                 device=device)
-        sets.append(s)
-    return sets
-
-
-def _layer_fns(K, spec, p: float):
-    """{pass: (fused(s), cudnn(s))}: the fused kernel with the fusion of the conv's role, and
-    cuDNN's plain convolution of the same shape."""
-
-    prologue, _, has_res, stats = ROLE_CONFIG[spec.role]
-    pad, stride = spec.pad, spec.stride
-    kw = dict(stride=stride, padding=(pad,) * 4, act="relu" if prologue else "identity", dropout_p=p)
-
-    def aff(s):
-        return (s["scale"], s["shift"]) if prologue else (None, None)
-
-    def mask(s):  # as the model runs it: the keep bitmask evaluated once per step (not timed here)
-        if p == 0:
-            return {"seed": None}
-        return {"keep_bits": s["keep_bits"]} if "keep_bits" in s else {"seed": s["seed"]}
-
-    def fused_fwd(s):
-        return K.bn_act_conv_fwd(s["x"], s["w"], *aff(s), residual=s["res"] if has_res else None,
-                                 compute_stats=stats, **mask(s), **kw)[0]
-
-    def fused_dgrad(s):
-        return K.bn_act_conv_dgrad(s["gy"], s["w"], s["x"], *aff(s), **mask(s), **kw)[0]
-
-    def fused_wgrad(s):
-        return K.bn_act_conv_wgrad(s["gy"], s["x"], *aff(s), weight_shape=tuple(s["w"].shape), **mask(s), **kw)
-
-    def cudnn_bwd(s, mask):
-        return torch.ops.aten.convolution_backward(s["gy"], s["x"], s["w"], None, [stride] * 2, [pad] * 2, [1, 1],
-                                                   False, [0, 0], 1, mask)
-
-    fns = {"fwd": (fused_fwd, lambda s: F.conv2d(s["x"], s["w"], None, stride, pad)),
-           "dgrad": (fused_dgrad, lambda s: cudnn_bwd(s, [True, False, False])[0]),
-           "wgrad": (fused_wgrad, lambda s: cudnn_bwd(s, [False, True, False])[1])}
-    if spec.role == "stem":  # the network input needs no gradient: no dgrad for the stem
-        del fns["dgrad"]
-    return fns
-
-
-def _layer_refs(spec, s, p: float, device) -> Dict[str, Dict[str, torch.Tensor]]:
-    """High-precision outputs of set ``s``: the fused function (with the contract's dropout mask) and
-    the plain convolution, forward, grad x and grad w."""
-
-    prologue, _, has_res, _ = ROLE_CONFIG[spec.role]
-    rdt = torch.float64 if device.type == "cpu" else torch.float32
-    keep = keep_mask_nchw(int(s["seed"].item()), tuple(s["x"].shape), p, device) if p > 0 else None
-    old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    try:
-        out = {}
-        for impl in ("wrn_fast", "cudnn"):
-            x = s["x"].detach().to(rdt).requires_grad_(True)
-            w = s["w"].detach().to(rdt).requires_grad_(True)
-            if impl == "wrn_fast":
-                y = reference_bn_act_conv(x, w, s["scale"] if prologue else None, s["shift"] if prologue else None,
-                                          s["res"] if has_res else None, keep, stride=spec.stride, pad=spec.pad,
-                                          p=p, rdt=rdt)
-            else:
-                y = F.conv2d(x, w, None, spec.stride, spec.pad)
-            gx, gw = torch.autograd.grad(y, [x, w], s["gy"].to(rdt))
-            out[impl] = {"fwd": y.detach(), "dgrad": gx, "wgrad": gw}
-        return out
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
-
-
-def layer_rows(t: "Table", spec, source: str) -> None:
-    """The fwd / dgrad / wgrad rows of one convolution shape (fused and cuDNN, interleaved)."""
-
-    dev, dt_name = t.device, t.dtype
-    dt = common.DTYPES[dt_name]
-    tol = common.TOLERANCES[common.tol_key(dt_name, dev)]
-    p = t.args.dropout if ROLE_CONFIG[spec.role][1] else 0.0
-    passes = [q for q in PASSES if not (q == "dgrad" and spec.role == "stem")]
-    flops_fwd = 2.0 * spec.N * spec.Ho * spec.Wo * spec.Cout * spec.Cin * spec.k * spec.k
-    base = {"section": "layer", "source": source, "shape": spec.as_dict(), "shape_label": spec.label,
-            "dtype": common.dtype_label(dt_name, dev), "dropout_p": p, "flops": flops_fwd, "tol": tol}
-    labels = [(q, impl) for q in passes for impl in ("wrn_fast", "cudnn")]
-    if t.budget.expired():
-        for q, impl in labels:
-            t.add(dict(base, **{"pass": q, "impl": impl, "status": STATUS_SKIPPED, "reason": "deadline (--deadline-s)"}))
-        return
-    try:
-        K = _kernels_module()
-        es = torch.empty((), dtype=dt).element_size()
-        set_bytes = es * (spec.N * spec.Cin * spec.H * spec.W + 2 * spec.N * spec.Cout * spec.Ho * spec.Wo)
-        n_sets = 1 if t.args.tiny else common.n_buffers_for(set_bytes, dev, max_sets=4)
-        sets = _layer_sets(spec, dt, dev, t.memory_format, p, n_sets)
-        if p > 0 and hasattr(K, "dropout_bits"):  # kernels that take the mask as bits (else Philox in the loops)
-            for s in sets:
-                s["keep_bits"] = K.dropout_bits(s["seed"], tuple(s["x"].shape), p)
-            base["dropout_mask"] = "keep_bits, evaluated once per set outside the timed calls"
-        fns = _layer_fns(K, spec, p)
-        refs = _layer_refs(spec, sets[0], p, dev)
-    except Skip as e:
-        for q, impl in labels:
-            t.add(dict(base, **{"pass": q, "impl": impl, "status": STATUS_SKIPPED, "reason": str(e)}))
-        return
-    except Exception as e:  # noqa: BLE001
-        msg = f"inputs/reference: {type(e).__name__}: {e}".splitlines()[0][:300]
-        for q, impl in labels:
-            t.add(dict(base, **{"pass": q, "impl": impl, "status": STATUS_ERROR, "reason": msg}))
-        return
-    interp = dev.type == "cpu"
-    for q in passes:
-        fused, plain = fns[q]
-        rows = {}
-        live = {}
-        for impl, fn in (("wrn_fast", fused), ("cudnn", plain)):
-            r = dict(base, **{"pass": q, "impl": impl, "status": None, "reason": None, "median_ms": None})
-            r["flops"] = flops_fwd
-            try:
-                err = common.rel_err(fn(sets[0]), refs[impl][q])
-                r["max_rel_err"] = err
-                if not err <= tol:
-                    r.update(status=STATUS_INVALID, reason=f"validation failed: rel err {err:.3g} > tol {tol:g}")
-                else:
-                    live[impl] = fn
-            except Exception as e:  # noqa: BLE001
-                r.update(status=STATUS_ERROR, reason=f"{type(e).__name__}: {e}".splitlines()[0][:300])
-            rows[impl] = r
-        timed = {}
-        if live:
-            try:
-                with torch.no_grad():
-                    timed = common.time_interleaved(
-                        {n: (lambda i, fn=fn: fn(sets[i])) for n, fn in live.items()}, len(sets), dev,
-                        warmup=0 if interp else 3, rounds=1 if interp else t.rounds, per_round=1 if interp else 3,
-                        max_s=None if interp else 5.0)
-            except Exception as e:  # noqa: BLE001
-                for n in live:
-                    rows[n].update(status=STATUS_ERROR, reason=f"timing: {type(e).__name__}: {e}".splitlines()[0][:300])
-                timed = {}
-        for impl in ("wrn_fast", "cudnn"):
-            r = rows[impl]
-            if impl in timed:
-                tm = timed[impl]
-                r.update(tm)
-                r["rounds"] = r.pop("reps")
-                r["status"] = STATUS_OK
-                r["tflops"] = flops_fwd / (tm["median_ms"] * 1e-3) / 1e12
-                pk = t.peak_tflops()
-                r["pct_peak"] = 100.0 * r["tflops"] / pk if pk else None
-                if interp:
-                    r["note"] = "CPU: Triton interpreter / CPU conv, not a performance figure"
-            r["roofline_ms"] = t.roofline.get((q, spec)) if impl == "wrn_fast" else None
-            r["roofline_source"] = t.roofline_source
-            if r["status"] == STATUS_OK and r["roofline_ms"]:
-                r["ratio_vs_roofline"] = r["median_ms"] / r["roofline_ms"]
-        if "wrn_fast" in timed and "cudnn" in timed:
-            rows["wrn_fast"]["ratio_vs_cudnn"] = timed["wrn_fast"]["median_ms"] / timed["cudnn"]["median_ms"]
-        for impl in ("wrn_fast", "cudnn"):
-            t.add(rows[impl])
-    del sets, refs
-    gc.collect()
-    if dev.type == "cuda":
-        torch.cuda.empty_cache()
 
 
 # ----------------------------------------------------------------------------- model and MFU rows
@@ -356,6 +128,8 @@ def mfu_rows(t: "Table", name: str, depth: int, k: int, batch: int) -> None:
 
 
 class Table:
+    """One run of the table: the rows in priority order, each added to ``rec`` as it is measured."""
+
     def __init__(self, args, device: torch.device, rec: common.Recorder):
         self.args, self.device, self.rec = args, device, rec
         self.dtype = "bf16" if device.type == "cuda" else "fp32"
@@ -385,7 +159,6 @@ class Table:
                   else STATUS_ERROR, "reason": "; ".join(self.rec.peaks.get("notes") or []) or None})
 
     def layers(self) -> None:
-    
         name, depth, k, batch, res = TINY_LAYER_MODEL if self.args.tiny else LAYER_MODEL
         specs = wrn_cifar_convs(depth, k, batch, res)
         if self.args.tiny:  # two shapes keep the interpreter run at seconds: conv2 has every fusion
@@ -426,23 +199,10 @@ class Table:
 def warm(a, device: torch.device) -> None:
     """Each Triton path of the chosen sections once, untimed and unrecorded (compiles into the disk
     cache; the timed run then loads them)."""
-
     dt = common.DTYPES["bf16" if device.type == "cuda" else "fp32"]
     fmt = torch.channels_last if device.type == "cuda" else torch.contiguous_format
     if "layers" in a.only:
-        K = _kernels_module()
-        name, depth, k, batch, res = TINY_LAYER_MODEL if a.tiny else LAYER_MODEL
-        for spec in wrn_cifar_convs(depth, k, batch, res):
-        
-            p = a.dropout if ROLE_CONFIG[spec.role][1] else 0.0
-            s = _layer_sets(spec, dt, device, fmt, p, 1)[0]
-            if p > 0 and hasattr(K, "dropout_bits"):
-                s["keep_bits"] = K.dropout_bits(s["seed"], tuple(s["x"].shape), p)
-            t0 = time.monotonic()
-            for q, (fused, _) in _layer_fns(K, spec, p).items():
-                fused(s)
-            common.sync(device)
-            print(f"[warm] layer {spec.label}: {time.monotonic() - t0:.1f} s", flush=True)
+        warm_layers(a.tiny, a.dropout, device, dt, fmt)
     if "models" in a.only:
         import wrn_fast
 

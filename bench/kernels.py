@@ -21,15 +21,14 @@ bench.philox, the one reference of the mask, shared with the tests); the eager /
 compositions draw torch's RNG, so their validation call also returns the mask they drew (a
 separate call of the same function; the timed call does not).
 
-This module runs the benchmarks; the shapes are bench.shapes', the compositions and
-references bench.references'.
+This module holds the implementations of each op and the runner (plan, validate, time, record);
+the shapes are bench.shapes', the compositions and references bench.references', the input sets
+and validation bench.kernel_cases'.
 """
 from __future__ import annotations
 
 import gc
-import math
 import os
-from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -37,9 +36,8 @@ import torch.nn.functional as F
 
 from . import common
 from .common import STATUS_ERROR, STATUS_INVALID, STATUS_OK, STATUS_SKIPPED, Skip
-from .philox import keep_mask_nchw
-from .references import (combine_partials, eager_bn_act_conv, eager_bn_act_dropout, reference_bn_act_conv,
-                         reference_bn_act_dropout)
+from .kernel_cases import Case, make_case, step, validate
+from .references import combine_partials, eager_bn_act_conv, eager_bn_act_dropout
 from .shapes import KERNEL_MODELS, QUICK_KERNEL_MODELS, ROLE_CONFIG, ConvSpec, distinct_convs, model_convs
 
 
@@ -64,7 +62,7 @@ def _fused_conv_fn():
     return bn_act_conv
 
 
-def _fused_bn_act_fn(which: str, case: "Case"):
+def _fused_bn_act_fn(which: str, case: Case):
     """wrn_fast's bn_act_dropout, (x, scale, shift, act, negative_slope, dropout_p, seed) -> y.
 
     'ext': the op torch.ops.wrn_fast.bn_act_dropout (its kernel: C++ on CPU, Triton on CUDA).
@@ -98,146 +96,6 @@ def _compiled(fn, mode: Optional[str], device: torch.device):
         raise Skip(f"torch.compile unavailable: {type(e).__name__}: {e}")
 
 
-@dataclass
-class Case:
-    """One (op, shape, dtype, pass) with its input sets and the reference."""
-    op: str
-    spec: ConvSpec  # for bn_act_dropout: N, Cin(=C), H, W are the tensor
-    dtype: str
-    pass_: str
-    device: torch.device
-    p: float
-    source: str
-    sets: List[Dict[str, Optional[torch.Tensor]]] = field(default_factory=list)
-    seed_val: int = 0
-    flops: float = 0.0
-    bytes: float = 0.0
-
-
-def _make_case(op: str, spec: ConvSpec, dtype: str, pass_: str, device, p_drop: float, source: str,
-               memory_format) -> Case:
-    dt = common.DTYPES[dtype]
-    prologue, drop, has_res, stats = ROLE_CONFIG[spec.role] if op == "bn_act_conv" else (True, True, False, False)
-    p = p_drop if drop else 0.0
-    case = Case(op, spec, dtype, pass_, device, p, source)
-    es = torch.empty((), dtype=dt).element_size()
-    x_b = spec.N * spec.Cin * spec.H * spec.W * es
-    if op == "bn_act_conv":
-        y_b = spec.N * spec.Cout * spec.Ho * spec.Wo * es
-        w_b = spec.Cout * spec.Cin * spec.k * spec.k * es
-        fl = 2.0 * spec.N * spec.Ho * spec.Wo * spec.Cout * spec.Cin * spec.k * spec.k
-        fwd_b = x_b + w_b + y_b + (y_b if has_res else 0)
-        # backward (fused design): dgrad reads gy, w, x (act' recompute), writes gx;
-        # wgrad reads gy, x (prologue recompute), writes gw.
-        x_needs_grad = spec.role != "stem"
-        bwd_b = 2 * y_b + w_b + w_b + x_b + ((2 * x_b) if x_needs_grad else 0)
-        case.flops = fl if pass_ == "fwd" else fl * (3 if x_needs_grad else 2)
-        case.bytes = fwd_b if pass_ == "fwd" else fwd_b + bwd_b
-        set_bytes = x_b + (y_b * (3 if has_res else 2)) + w_b
-    else:
-        case.flops = 0.0
-        case.bytes = 2 * x_b if pass_ == "fwd" else 2 * x_b + 3 * x_b
-        set_bytes = 2 * x_b * (2 if pass_ != "fwd" else 1)
-    nbuf = common.n_buffers_for(set_bytes, device)
-    g = torch.Generator(device="cpu").manual_seed(1234)
-    need_grad = pass_ != "fwd"
-    case.seed_val = int(torch.randint(0, 2 ** 31 - 1, (1,), generator=g).item())
-    for _ in range(nbuf):
-        s: Dict[str, Optional[torch.Tensor]] = {}
-        x = torch.randn(spec.N, spec.Cin, spec.H, spec.W, generator=g).to(device=device, dtype=dt)
-        x = x.contiguous(memory_format=memory_format)
-        s["x"] = x.requires_grad_(need_grad and (op != "bn_act_conv" or spec.role != "stem"))
-        if prologue:
-            s["scale"] = (1.0 + 0.2 * torch.randn(spec.Cin, generator=g)).to(device).requires_grad_(need_grad)
-            s["shift"] = (0.2 * torch.randn(spec.Cin, generator=g)).to(device).requires_grad_(need_grad)
-        else:
-            s["scale"] = s["shift"] = None
-        if op == "bn_act_conv":
-            fan_out = spec.Cout * spec.k * spec.k
-            w = torch.randn(spec.Cout, spec.Cin, spec.k, spec.k, generator=g) * math.sqrt(2.0 / fan_out)
-            s["w"] = w.to(device=device, dtype=dt).contiguous(memory_format=memory_format).requires_grad_(need_grad)
-            if has_res:
-                r = torch.randn(spec.N, spec.Cout, spec.Ho, spec.Wo, generator=g).to(device=device, dtype=dt)
-                s["res"] = r.contiguous(memory_format=memory_format).requires_grad_(need_grad)
-            else:
-                s["res"] = None
-            oshape = (spec.N, spec.Cout, spec.Ho, spec.Wo)
-        else:
-            oshape = tuple(x.shape)
-        if need_grad:
-            s["gy"] = torch.randn(*oshape, generator=g).to(device=device, dtype=dt).contiguous(
-                memory_format=memory_format)
-        s["seed"] = torch.tensor([case.seed_val], dtype=torch.int64, device=device)
-        case.sets.append(s)
-    return case
-
-
-def _grad_inputs(s) -> List[Tuple[str, torch.Tensor]]:
-    return [(k, s[k]) for k in ("x", "w", "scale", "shift", "res") if s.get(k) is not None and s[k].requires_grad]
-
-
-def _reference(case: Case, keep: Optional[torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """High-precision outputs (and grads) for input set 0 with the given keep mask."""
-    s = case.sets[0]
-    spec = case.spec
-    rdt = torch.float64 if case.device.type == "cpu" else torch.float32
-    old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    try:
-        leaves = {k: (v.detach().to(rdt).requires_grad_(v.requires_grad) if v is not None and v.is_floating_point()
-                      else v) for k, v in s.items()}
-        if case.op == "bn_act_conv":
-            y = reference_bn_act_conv(leaves["x"], leaves["w"], leaves["scale"], leaves["shift"], leaves["res"], keep,
-                                      stride=spec.stride, pad=spec.pad, p=case.p, rdt=rdt)
-        else:
-            y = reference_bn_act_dropout(leaves["x"], leaves["scale"], leaves["shift"], keep, p=case.p, rdt=rdt)
-        out = {"y": y.detach()}
-        if case.op == "bn_act_conv" and ROLE_CONFIG[spec.role][3]:
-            var, mean = torch.var_mean(y.detach(), dim=(0, 2, 3), correction=0)
-            out["mean"], out["var"] = mean, var
-        if case.pass_ != "fwd":
-            names = [k for k, _ in _grad_inputs(s)]
-            grads = torch.autograd.grad(y, [leaves[k] for k in names], s["gy"].to(rdt))
-            for k, gr in zip(names, grads):
-                out["grad_" + k] = gr
-        return out
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
-
-
-def _errors(case: Case, outs: Dict[str, Optional[torch.Tensor]], ref: Dict[str, torch.Tensor]) -> Dict[str, float]:
-    errs = {}
-    for k, r in ref.items():
-        if k == "mean":
-            # normalised by the channel std: the mean can be ~0
-            o = outs.get("mean")
-            if o is None:
-                errs[k] = math.inf
-                continue
-            std = ref["var"].to(torch.float64).clamp_min(1e-30).sqrt()
-            d = (o.to(torch.float64).to(r.device) - r.to(torch.float64)) / std
-            errs[k] = float(d.abs().max().item())
-        else:
-            errs[k] = common.rel_err(outs.get(k), r)
-    return errs
-
-
-def _keep_rate_ok(keep: Optional[torch.Tensor], p: float, a_nonzero: Optional[torch.Tensor] = None) -> Optional[str]:
-    """None if the mask's keep rate is within 6 sigma of 1 - p, else the reason."""
-    if keep is None or p <= 0:
-        return None
-    k = keep if a_nonzero is None else keep[a_nonzero]
-    n = k.numel()
-    if n == 0:
-        return None
-    rate = k.float().mean().item()
-    sigma = math.sqrt(p * (1 - p) / n)
-    if abs(rate - (1 - p)) > 6 * sigma + 1e-6:
-        return f"dropout keep rate {rate:.4f}, expected {1 - p:.4f} +- {6 * sigma:.4f}"
-    return None
-
-
 class Impl:
     """An implementation: ``build(case)`` returns ``(run(set, return_mask) -> outs dict, mask_kind)``."""
 
@@ -247,19 +105,25 @@ class Impl:
 
 
 def _skip_compile_in_quick_cpu(case: Case) -> None:
-    if case.device.type == "cpu" and case.quick_compile is False:  # type: ignore[attr-defined]
+    if case.device.type == "cpu" and not case.quick_compile:
         raise Skip("torch.compile skipped in --quick on CPU (compile time exceeds the quick budget; "
                    "pass --compile)")
 
 
-def _conv_composition(fn):
+def _composition(fn) -> Callable:
+    """Builder of an eager / compiled composition (``references.eager_bn_act_conv`` or
+    ``eager_bn_act_dropout``, or torch.compile of it): its run returns the outputs and, for
+    validation, the dropout mask it drew ("own")."""
     def build(case: Case):
         spec = case.spec
-        stats = ROLE_CONFIG[spec.role][3]
 
         def run(s, return_mask=False):
+            if case.op != "bn_act_conv":
+                y, keep, nz = fn(s["x"], s["scale"], s["shift"], p=case.p, return_mask=return_mask)
+                return {"y": y, "keep": keep, "nz": nz}
             y, mean, var, keep, nz = fn(s["x"], s["w"], s["scale"], s["shift"], s["res"], stride=spec.stride,
-                                    pad=spec.pad, p=case.p, stats=stats, return_mask=return_mask)
+                                        pad=spec.pad, p=case.p, stats=ROLE_CONFIG[spec.role][3],
+                                        return_mask=return_mask)
             return {"y": y, "mean": mean, "var": var, "keep": keep, "nz": nz}
 
         return run, "own"
@@ -267,15 +131,10 @@ def _conv_composition(fn):
     return build
 
 
-def _build_eager_conv(case):
-    return _conv_composition(eager_bn_act_conv)(case)
-
-
-def _build_compile_conv(mode):
-    def build(case):
+def _compiled_composition(fn, mode: str) -> Callable:
+    def build(case: Case):
         _skip_compile_in_quick_cpu(case)
-        c = _compiled(eager_bn_act_conv, mode, case.device)
-        return _conv_composition(c)(case)
+        return _composition(_compiled(fn, mode, case.device))(case)
 
     return build
 
@@ -325,29 +184,6 @@ def _build_ext_then_conv(case: Case):
     return run, "philox"
 
 
-def _bad_composition(fn):
-    def build(case: Case):
-        def run(s, return_mask=False):
-            y, keep, nz = fn(s["x"], s["scale"], s["shift"], p=case.p, return_mask=return_mask)
-            return {"y": y, "keep": keep, "nz": nz}
-
-        return run, "own"
-
-    return build
-
-
-def _build_eager_bad(case):
-    return _bad_composition(eager_bn_act_dropout)(case)
-
-
-def _build_compile_bad(mode):
-    def build(case):
-        _skip_compile_in_quick_cpu(case)
-        return _bad_composition(_compiled(eager_bn_act_dropout, mode, case.device))(case)
-
-    return build
-
-
 def _build_fused_bad(which):
     def build(case: Case):
         if which == "triton":
@@ -369,62 +205,17 @@ TRITON_IMPLS = ("wrn_fast", "wrn_fast-triton")
 
 def implementations(op: str, compile_modes: Sequence[str]) -> List[Impl]:
     """The implementations timed for ``op``, eager first (the speedup baseline)."""
+    composition = eager_bn_act_conv if op == "bn_act_conv" else eager_bn_act_dropout
+    impls = [Impl("eager", _composition(composition))]
+    impls += [Impl(f"compile-{m}", _compiled_composition(composition, m)) for m in compile_modes]
     if op == "bn_act_conv":
-        impls = [Impl("eager", _build_eager_conv)]
-        impls += [Impl(f"compile-{m}", _build_compile_conv(m)) for m in compile_modes]
         impls += [Impl("wrn_fast", _build_fused_conv), Impl("wrn_fast-ext+conv2d", _build_ext_then_conv)]
     else:
-        impls = [Impl("eager", _build_eager_bad)]
-        impls += [Impl(f"compile-{m}", _build_compile_bad(m)) for m in compile_modes]
         impls += [Impl("wrn_fast-triton", _build_fused_bad("triton")), Impl("wrn_fast-ext", _build_fused_bad("ext"))]
     return impls
 
 
 # ----------------------------------------------------------------------------- running
-
-
-def _step(case: Case, run: Callable, s) -> object:
-    out = run(s)
-    if case.pass_ == "fwd":
-        return out["y"]
-    ins = [v for _, v in _grad_inputs(s)]
-    return torch.autograd.grad(out["y"], ins, s["gy"], allow_unused=True)
-
-
-def _validate(case: Case, run: Callable, mask_kind: str, ref_cache: Dict[str, object]) -> Tuple[Dict[str, float], Optional[str]]:
-    s = case.sets[0]
-    out = run(s, return_mask=True)
-    keep = None
-    why = None
-    if case.p > 0:
-        if mask_kind == "philox":
-            if "philox" not in ref_cache:
-                shape = tuple(s["x"].shape)
-                ref_cache["philox"] = keep_mask_nchw(case.seed_val, shape, case.p, case.device)
-            keep = ref_cache["philox"]
-        else:
-            keep = out.get("keep")
-            if keep is None:
-                return {}, "composition returned no dropout mask"
-            why = _keep_rate_ok(keep, case.p, out.get("nz"))
-    key = "ref_philox" if (case.p > 0 and mask_kind == "philox") else None
-    if key is not None and key in ref_cache:
-        ref = ref_cache[key]
-    else:
-        ref = _reference(case, keep)
-        if key is not None:
-            ref_cache[key] = ref
-    outs = {"y": out["y"], "mean": out.get("mean"), "var": out.get("var")}
-    if case.pass_ != "fwd":
-        names = [k for k, _ in _grad_inputs(s)]
-        grads = torch.autograd.grad(out["y"], [s[k] for k in names], s["gy"], allow_unused=True)
-        for k, gr in zip(names, grads):
-            outs["grad_" + k] = gr
-    if "count" in out:
-        exp = case.spec.N * case.spec.Ho * case.spec.Wo
-        if not bool((out["count"] == exp).all()):
-            why = f"statistics count {out['count'].flatten()[:4].tolist()} != N*Ho*Wo = {exp}"
-    return _errors(case, outs, ref), why
 
 
 def run_case(case: Case, impls: Sequence[Impl], rec, args, budget: common.Budget) -> None:
@@ -449,7 +240,7 @@ def run_case(case: Case, impls: Sequence[Impl], rec, args, budget: common.Budget
             continue
         try:
             run, mask_kind = impl.build(case)
-            errs, why = _validate(case, run, mask_kind, ref_cache)
+            errs, why = validate(case, run, mask_kind, ref_cache)
             r["errors"] = errs
             r["max_rel_err"] = max(errs.values()) if errs else None
             if why is not None or not errs or any(not (e <= tol) for e in errs.values()):
@@ -459,7 +250,7 @@ def run_case(case: Case, impls: Sequence[Impl], rec, args, budget: common.Budget
             interp = case.device.type == "cpu" and mask_kind == "philox" and impl.name in TRITON_IMPLS
             if interp:
                 r["note"] = "Triton interpreter on CPU: validated, timed once; not a performance figure"
-            t = common.time_fn(lambda i: _step(case, run, case.sets[i]), len(case.sets), case.device,
+            t = common.time_fn(lambda i: step(case, run, case.sets[i]), len(case.sets), case.device,
                                warmup=0 if interp else args.warmup, reps=1 if interp else args.reps,
                                min_warmup_s=args.min_warmup_s, max_s=args.max_time_per_entry)
             r.update(t)
@@ -526,6 +317,12 @@ def plan(args, device: torch.device) -> List[Tuple[str, ConvSpec, str, str, str]
     return items
 
 
+def _record_not_run(rec, entry: Dict[str, object], impls: Sequence[Impl], status: str, reason: str) -> None:
+    """One row per implementation of an entry that was not run (deadline, inputs not built)."""
+    for impl in impls:
+        rec.add(dict(entry, impl=impl.name, status=status, reason=reason))
+
+
 def run_kernels(args, device: torch.device, rec, budget: common.Budget) -> None:
     NO_TRITON["flag"] = bool(getattr(args, "no_triton", False))
     memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
@@ -542,22 +339,17 @@ def run_kernels(args, device: torch.device, rec, budget: common.Budget) -> None:
         modes = [m for m in args.compile_modes
                  if m != "max-autotune" or not args.max_autotune_sources or source in args.max_autotune_sources]
         impls = implementations(op, modes)
+        entry = {"section": "kernel", "op": op, "source": source, "shape": spec.as_dict(), "shape_label": spec.label,
+                 "dtype": common.dtype_label(dtype, device), "pass": pass_}
         if budget.expired():
-            for impl in impls:
-                rec.add({"section": "kernel", "op": op, "source": source, "shape": spec.as_dict(),
-                         "shape_label": spec.label, "dtype": common.dtype_label(dtype, device), "pass": pass_,
-                         "impl": impl.name, "status": STATUS_SKIPPED, "reason": "time budget exhausted (--budget-min)"})
+            _record_not_run(rec, entry, impls, STATUS_SKIPPED, "time budget exhausted (--budget-min)")
             continue
         try:
-            case = _make_case(op, spec, dtype, pass_, device, args.dropout, source, memory_format)
+            case = make_case(op, spec, dtype, pass_, device, args.dropout, source, memory_format)
         except Exception as e:  # noqa: BLE001 - e.g. out of memory for the input sets
-            for impl in impls:
-                rec.add({"section": "kernel", "op": op, "source": source, "shape": spec.as_dict(),
-                         "shape_label": spec.label, "dtype": common.dtype_label(dtype, device), "pass": pass_,
-                         "impl": impl.name, "status": STATUS_ERROR,
-                         "reason": f"inputs: {type(e).__name__}: {e}".splitlines()[0][:300]})
+            _record_not_run(rec, entry, impls, STATUS_ERROR, f"inputs: {type(e).__name__}: {e}".splitlines()[0][:300])
             continue
-        case.quick_compile = bool(args.compile) or not args.quick  # type: ignore[attr-defined]
+        case.quick_compile = bool(args.compile) or not args.quick
         run_case(case, impls, rec, args, budget)
         del case
         gc.collect()
