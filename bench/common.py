@@ -16,6 +16,7 @@ Validation
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Dict, List, Optional
 
@@ -90,6 +91,27 @@ def rel_err(out: Optional[torch.Tensor], ref: Optional[torch.Tensor]) -> float:
         return num
     return num / den
 
+
+
+@contextlib.contextmanager
+def tf32_off():
+    """TF32 off in cuBLAS and cuDNN inside the block (restored after): the float32 references that
+    GPU runs validate against."""
+    old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+def set_timing_backends(device: torch.device) -> None:
+    """On CUDA, what every timed run uses: TF32 on in cuBLAS and cuDNN (PyTorch's conv default; the
+    fp32 rows are labelled fp32(tf32)) and cudnn.benchmark (each shape's fastest algorithm)."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
 
 # ----------------------------------------------------------------------------- peaks
 

@@ -81,7 +81,8 @@ def _layer_sets(K, spec, dt, device, memory_format, p: float, n_sets: int):
     sets = []
     for _ in range(n_sets):
         s = {"x": torch.randn(spec.N, spec.Cin, spec.H, spec.W, generator=g),
-             "w": torch.randn(spec.Cout, spec.Cin, spec.k, spec.k, generator=g) * math.sqrt(2.0 / (spec.Cout * spec.k ** 2)),
+             "w": torch.randn(spec.Cout, spec.Cin, spec.k, spec.k, generator=g)
+             * math.sqrt(2.0 / (spec.Cout * spec.k ** 2)),
              "gy": torch.randn(spec.N, spec.Cout, spec.Ho, spec.Wo, generator=g),
              "res": torch.randn(spec.N, spec.Cout, spec.Ho, spec.Wo, generator=g),
              "scale": 1.0 + 0.2 * torch.randn(spec.Cin, generator=g),
@@ -142,9 +143,7 @@ def _layer_refs(spec, s, p: float, device) -> Dict[str, Dict[str, torch.Tensor]]
     prologue, _, has_res, _ = ROLE_CONFIG[spec.role]
     rdt = torch.float64 if device.type == "cpu" else torch.float32
     keep = keep_mask_nchw(int(s["seed"].item()), tuple(s["x"].shape), p, device) if p > 0 else None
-    old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    try:
+    with common.tf32_off():
         out = {}
         for impl in ("wrn_fast", "cudnn"):
             x = s["x"].detach().to(rdt).requires_grad_(True)
@@ -158,8 +157,6 @@ def _layer_refs(spec, s, p: float, device) -> Dict[str, Dict[str, torch.Tensor]]
             gx, gw = torch.autograd.grad(y, [x, w], s["gy"].to(rdt))
             out[impl] = {"fwd": y.detach(), "dgrad": gx, "wgrad": gw}
         return out
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
 def layer_rows(t: "Table", spec, source: str) -> None:

@@ -183,10 +183,7 @@ class Table:
                 mfu_rows(self, name, depth, k, batch)
 
     def run(self) -> None:
-        if self.device.type == "cuda":
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
-            torch.backends.cudnn.benchmark = True
+        common.set_timing_backends(self.device)
         self.peaks()
         if "layers" in self.args.only:
             self.layers()

@@ -112,10 +112,7 @@ def _reference(case: Case, keep: Optional[torch.Tensor]) -> Dict[str, torch.Tens
     s = case.sets[0]
     spec = case.spec
     rdt = torch.float64 if case.device.type == "cpu" else torch.float32
-    old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    try:
+    with common.tf32_off():
         leaves = {k: (v.detach().to(rdt).requires_grad_(v.requires_grad) if v is not None and v.is_floating_point()
                       else v) for k, v in s.items()}
         if case.op == "bn_act_conv":
@@ -133,8 +130,6 @@ def _reference(case: Case, keep: Optional[torch.Tensor]) -> Dict[str, torch.Tens
             for k, gr in zip(names, grads):
                 out["grad_" + k] = gr
         return out
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
 def _errors(case: Case, outs: Dict[str, Optional[torch.Tensor]], ref: Dict[str, torch.Tensor]) -> Dict[str, float]:

@@ -326,10 +326,7 @@ def _record_not_run(rec, entry: Dict[str, object], impls: Sequence[Impl], status
 def run_kernels(args, device: torch.device, rec, budget: common.Budget) -> None:
     NO_TRITON["flag"] = bool(getattr(args, "no_triton", False))
     memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
+    common.set_timing_backends(device)
     done = set()
     for op, spec, dtype, pass_, source in plan(args, device):
         key = (op, spec, dtype, pass_)

@@ -152,13 +152,8 @@ def _logit_check(models, device, dtype: str, data) -> Dict[str, float]:
     ref.eval()
     fast.eval()
     x = data[0][0]
-    old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    try:
-        with torch.no_grad():
-            r32 = ref(x.float()).double()
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+    with torch.no_grad(), common.tf32_off():
+        r32 = ref(x.float()).double()
     with torch.no_grad(), _autocast(device, dtype):
         lf = fast(x).double()
         lr = ref(x).double()
@@ -440,10 +435,7 @@ def max_batch(name: str, depth: int, k: int, args, device, rec, budget: common.B
 
 
 def run_models(args, device, rec, budget: common.Budget) -> None:
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
+    common.set_timing_backends(device)
     table = QUICK_MODELS if args.quick else MODELS
     names = [n for n in (args.models or list(table)) if n in table]
     if args.models and not names:

@@ -32,6 +32,25 @@ def _subtitle(run: Dict) -> str:
             f"{(env.get('git_commit') or 'nogit')[:8]}{'+dirty' if env.get('git_dirty') else ''} | {run['run_id']}")
 
 
+def _label_barh(ax, ticks: List[float], labels: List[str], xlabel: str, title: str) -> None:
+    """A horizontal bar chart's ratio line at 1.0, shape labels top-down, axis label, title, legend."""
+    ax.axvline(1.0, color="k", lw=0.8)
+    ax.set_yticks(ticks)
+    ax.set_yticklabels(labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel(xlabel)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8, loc="lower right")
+
+
+def _save(fig, out_dir: str, name: str) -> str:
+    path = os.path.join(out_dir, name)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_speedups(run: Dict, out_dir: str) -> List[str]:
     groups = defaultdict(list)
     for r in run["records"]:
@@ -55,18 +74,10 @@ def plot_speedups(run: Dict, out_dir: str) -> List[str]:
                     ys.append(shapes.index(f"{r.get('source', '')}: {r['shape_label']}") + j * bar_h)
                     xs.append(r["speedup_vs_eager"])
             ax.barh(ys, xs, height=bar_h, label=impl)
-        ax.axvline(1.0, color="k", lw=0.8)
-        ax.set_yticks([i + 0.4 - bar_h / 2 for i in range(len(shapes))])
-        ax.set_yticklabels(shapes, fontsize=7)
-        ax.invert_yaxis()
-        ax.set_xlabel("speedup vs eager PyTorch composition (median time ratio, higher is better)")
-        ax.set_title(f"{op} {dtype} {pass_}\n{_subtitle(run)}", fontsize=9)
-        ax.legend(fontsize=8, loc="lower right")
-        fig.tight_layout()
-        p = os.path.join(out_dir, f"{run['run_id']}_speedup_{_safe(op)}_{_safe(dtype)}_{_safe(pass_)}.png")
-        fig.savefig(p, dpi=110)
-        plt.close(fig)
-        paths.append(p)
+        _label_barh(ax, [i + 0.4 - bar_h / 2 for i in range(len(shapes))], shapes,
+                    "speedup vs eager PyTorch composition (median time ratio, higher is better)",
+                    f"{op} {dtype} {pass_}\n{_subtitle(run)}")
+        paths.append(_save(fig, out_dir, f"{run['run_id']}_speedup_{_safe(op)}_{_safe(dtype)}_{_safe(pass_)}.png"))
     return paths
 
 
@@ -91,11 +102,7 @@ def plot_throughput(run: Dict, out_dir: str) -> Optional[str]:
         ax.set_title(f"{mode} ({recs[0]['dtype']})", fontsize=10)
         ax.legend(fontsize=6)
     fig.suptitle(_subtitle(run), fontsize=8)
-    fig.tight_layout()
-    p = os.path.join(out_dir, f"{run['run_id']}_throughput.png")
-    fig.savefig(p, dpi=110)
-    plt.close(fig)
-    return p
+    return _save(fig, out_dir, f"{run['run_id']}_throughput.png")
 
 
 def plot_memory(run: Dict, out_dir: str) -> Optional[str]:
@@ -123,11 +130,7 @@ def plot_memory(run: Dict, out_dir: str) -> Optional[str]:
     ax.set_ylabel("peak training memory, GiB (state + step peak)")
     ax.set_title(_subtitle(run), fontsize=8)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    p = os.path.join(out_dir, f"{run['run_id']}_memory.png")
-    fig.savefig(p, dpi=110)
-    plt.close(fig)
-    return p
+    return _save(fig, out_dir, f"{run['run_id']}_memory.png")
 
 
 def plot_layers(run: Dict, out_dir: str) -> Optional[str]:
@@ -144,19 +147,10 @@ def plot_layers(run: Dict, out_dir: str) -> Optional[str]:
     roof = [(y, r["ratio_vs_roofline"]) for y, r in zip(ys, recs) if r.get("ratio_vs_roofline") is not None]
     if roof:
         ax.barh([y + 0.2 for y, _ in roof], [v for _, v in roof], height=0.4, label="time / roofline prediction")
-    ax.axvline(1.0, color="k", lw=0.8)
     ax.axvline(1.1, color="r", lw=0.6, ls="--", label="1.10 (forward target vs cuDNN)")
-    ax.set_yticks(ys)
-    ax.set_yticklabels(labels, fontsize=7)
-    ax.invert_yaxis()
-    ax.set_xlabel("median time ratio (lower is better)")
-    ax.set_title(f"fused conv per layer ({recs[0].get('dtype')}, {recs[0].get('source')})\n{_subtitle(run)}", fontsize=9)
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    p = os.path.join(out_dir, f"{run['run_id']}_layers.png")
-    fig.savefig(p, dpi=110)
-    plt.close(fig)
-    return p
+    _label_barh(ax, ys, labels, "median time ratio (lower is better)",
+                f"fused conv per layer ({recs[0].get('dtype')}, {recs[0].get('source')})\n{_subtitle(run)}")
+    return _save(fig, out_dir, f"{run['run_id']}_layers.png")
 
 
 def plot_run(json_path: str, out_dir: Optional[str] = None) -> List[str]:

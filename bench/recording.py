@@ -73,7 +73,8 @@ class Recorder:
             what = rec.get("op") or rec.get("model") or rec.get("what") or ""
             shape = rec.get("shape_label", "")
             tail = (f"{rec['median_ms']:.3f} ms" if rec.get("median_ms") is not None else rec.get("reason", ""))
-            print(f"[bench] {rec.get('section')} {what} {shape} {rec.get('dtype', '')} {rec.get('pass', rec.get('mode', ''))} "
+            kind = rec.get("pass", rec.get("mode", ""))
+            print(f"[bench] {rec.get('section')} {what} {shape} {rec.get('dtype', '')} {kind} "
                   f"{rec.get('impl')}: {rec.get('status')} {tail}", flush=True)
         if self.after_add is not None:
             self.after_add(rec)

@@ -4,7 +4,7 @@ high-precision reference with a given keep mask (the validation oracle; the fuse
 bench.philox's), the activations by name, the per-channel batch statistics, and the merge of
 the conv's partial statistics.
 
-Depends on torch and the specification (wrn_fast/reference.py) only, never on the fused ops it
+Depends on torch and the specification (the package wrn_fast/reference/) only, never on the fused ops it
 checks nor on tests/.
 """
 from __future__ import annotations
@@ -50,7 +50,7 @@ def eager_bn_act_conv(x, w, scale, shift, res, *, stride, pad, p, stats, return_
 
 
 def activation(z, act, slope=0.0):
-    """The activation named ``act`` of z: the specification's (wrn_fast/reference.py: "relu",
+    """The activation named ``act`` of z: the specification's (wrn_fast/reference/options.py: "relu",
     "leaky_relu" with ``slope``, "silu"), plus "identity" (the ops' BN without activation)."""
     return z if act == "identity" else apply_activation(z, act, slope)
 
