@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 import wrn_fast
 
-from _checks import needs_ext, rel_err
+from _checks import assert_state_dicts_close, needs_ext, randomize_batch_norm_, rel_err
 
 CFG = dict(depth=10, widen_factor=1, num_classes=4)
 BOTTLENECK_CFG = dict(layers=(1, 1, 1, 1), num_classes=4)
@@ -88,11 +88,7 @@ def test_sync_bn_two_gloo_ranks_equal_single_process_global_batch(tmp_path):
     for n, p in single.named_parameters():
         for r in (r0, r1):
             assert rel_err(r["grads"][n], p.grad, floor=1e-3 * floor_norm) < 2e-4, n
-    for n, b in single.named_buffers():
-        if b.is_floating_point():
-            assert rel_err(r0["buffers"][n], b, floor=1e-12) < 1e-4, n
-        else:
-            assert torch.equal(r0["buffers"][n], b), n
+    assert_state_dicts_close(r0["buffers"], dict(single.named_buffers()), 1e-4, floor=1e-12)
 
 
 @pytest.mark.parametrize("how", ["option", "convert_sync_batchnorm"])
@@ -104,12 +100,7 @@ def test_sync_bn_bottleneck_two_gloo_ranks_equal_single_process_global_batch(tmp
     if not dist.is_available():
         pytest.skip("torch.distributed unavailable")
     torch.manual_seed(0)
-    single = wrn_fast.WideResNetBottleneck(**BOTTLENECK_CFG).double()
-    with torch.no_grad():  # random BN affine: weight=1/bias=0 would hide a wrong formula
-        for m in single.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.3, 0.3)
+    single = randomize_batch_norm_(wrn_fast.WideResNetBottleneck(**BOTTLENECK_CFG).double())
     x = torch.randn(4, 3, 32, 32, dtype=torch.float64) + 0.3
     y = torch.randint(0, 4, (4,))
     r0, r1, logits = _two_ranks_and_single(tmp_path, single, x, y, how)
@@ -118,8 +109,4 @@ def test_sync_bn_bottleneck_two_gloo_ranks_equal_single_process_global_batch(tmp
     for n, p in single.named_parameters():
         for r in (r0, r1):
             assert rel_err(r["grads"][n], p.grad, floor=1e-12) < 1e-9, n
-    for n, b in single.named_buffers():
-        if b.is_floating_point():
-            assert rel_err(r0["buffers"][n], b, floor=1e-12) < 1e-10, n
-        else:
-            assert torch.equal(r0["buffers"][n], b), n
+    assert_state_dicts_close(r0["buffers"], dict(single.named_buffers()), 1e-10, floor=1e-12)
