@@ -189,6 +189,14 @@ def _check_common(x, weight_shape, scale, shift, stride, padding, act, dropout_p
     return kh, kw, pads, ho, wo, act_code
 
 
+def _check_with_weight(x, weight, scale, shift, stride, padding, act, dropout_p, seed, keep_bits):
+    """``_check_common`` for a launcher given the weight tensor (fwd, dgrad); returns
+    (KH, KW, pads, Ho, Wo, act_code, Cout)."""
+    checked = _check_common(x, weight.shape if isinstance(weight, torch.Tensor) else (), scale, shift, stride,
+                            padding, act, dropout_p, seed, keep_bits, weight=weight)
+    return (*checked, int(weight.shape[0]))
+
+
 def dropout_bits(seed, x_shape, dropout_p):
     """The dropout keep mask of an input of logical shape [N, C, H, W] as a bitmask:
     int32 [N*H*W, ceil(C/32)], bit c % 32 of word [(n*H + h)*W + w, c // 32] is

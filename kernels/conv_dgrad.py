@@ -13,7 +13,8 @@ import triton.language as tl
 from . import conv_config
 from ._common import act_grad, keep_from_bits, launch_device
 from .contract import output_memory_format
-from .conv_common import _check_common, _check_grad_y, _k_step, _mma, _needs_int64, _pixel_of_row, _prologue_args
+from .conv_common import (_check_grad_y, _check_with_weight, _k_step, _mma, _needs_int64, _pixel_of_row,
+                          _prologue_args)
 
 
 @triton.autotune(configs=conv_config.ALL_CONFIGS["dgrad"], key=conv_config.AUTOTUNE_KEY,
@@ -123,11 +124,9 @@ def bn_act_conv_dgrad(grad_y, weight, x, scale=None, shift=None, *, stride=1, pa
     Returns ``(grad_x, grad_scale, grad_shift)``; the last two are None without scale,
     else in scale's dtype. grad_x has x's dtype and memory format.
     """
-    kh, kw, (pt, pb, pl, pr), ho, wo, act_code = _check_common(
-        x, weight.shape if isinstance(weight, torch.Tensor) else (), scale, shift, stride, padding, act,
-        dropout_p, seed, keep_bits, weight=weight)
+    kh, kw, (pt, pb, pl, pr), ho, wo, act_code, cout = _check_with_weight(
+        x, weight, scale, shift, stride, padding, act, dropout_p, seed, keep_bits)
     nb, cin, h, w = x.shape
-    cout = weight.shape[0]
     dev = x.device
     _check_grad_y(grad_y, x, cout, ho, wo)
 

@@ -13,11 +13,12 @@ import triton.language as tl
 from . import conv_config
 from ._common import apply_act, keep_from_bits, launch_device
 from .contract import output_memory_format
-from .conv_common import (_check_common, _check_tensor, _k_step, _keep_mul, _mma, _needs_int64, _pixel_of_row,
-                          _prologue, _prologue_args, stats_rows)
+from .conv_common import (_check_tensor, _check_with_weight, _k_step, _keep_mul, _mma, _needs_int64,
+                          _pixel_of_row, _prologue, _prologue_args, stats_rows)
 
 
-@triton.autotune(configs=conv_config.ALL_CONFIGS["fwd"], key=conv_config.AUTOTUNE_KEY + ["HAS_BIAS", "HAS_RES", "STATS"],
+@triton.autotune(configs=conv_config.ALL_CONFIGS["fwd"],
+                 key=conv_config.AUTOTUNE_KEY + ["HAS_BIAS", "HAS_RES", "STATS"],
                  prune_configs_by=conv_config.prune_by("Cout"), cache_results=not conv_config.INTERPRET)
 @triton.jit
 def _fwd_kernel(
@@ -183,11 +184,9 @@ def bn_act_conv_fwd(x, weight, scale=None, shift=None, *, stride=1, padding=(1, 
     else None: per chunk of STATS_M output pixels, mean and sum of squared deviations of
     the stored y.
     """
-    kh, kw, (pt, pb, pl, pr), ho, wo, act_code = _check_common(
-        x, weight.shape if isinstance(weight, torch.Tensor) else (), scale, shift, stride, padding, act,
-        dropout_p, seed, keep_bits, weight=weight)
+    kh, kw, (pt, pb, pl, pr), ho, wo, act_code, cout = _check_with_weight(
+        x, weight, scale, shift, stride, padding, act, dropout_p, seed, keep_bits)
     nb, cin, h, w = x.shape
-    cout = weight.shape[0]
     dev = x.device
     if bias is not None:
         _check_tensor("bias", bias, dim=1, dtypes=(weight.dtype,), device=dev)
