@@ -15,7 +15,7 @@ import json
 import math
 import os
 import time
-from typing import TYPE_CHECKING, Dict, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -25,9 +25,6 @@ from .common import STATUS_ERROR, STATUS_INVALID, STATUS_OK, STATUS_SKIPPED, Ski
 from .philox import keep_mask_nchw
 from .references import reference_bn_act_conv
 from .shapes import ROLE_CONFIG, wrn_cifar_convs, wrn_cifar_named_convs
-
-if TYPE_CHECKING:
-    from .gpu_table import Table
 
 LAYER_MODEL = ("wrn-28-10", 28, 10, 128, 32)  # name, depth, k, batch, resolution
 TINY_LAYER_MODEL = ("wrn-10-1", 10, 1, 2, 8)  # --tiny: the same code paths at toy sizes
@@ -159,9 +156,10 @@ def _layer_refs(spec, s, p: float, device) -> Dict[str, Dict[str, torch.Tensor]]
         return out
 
 
-def layer_rows(t: "Table", spec, source: str) -> None:
+def layer_rows(t, spec, source: str) -> None:
     """The fwd / dgrad / wgrad rows of one convolution shape (fused and cuDNN, interleaved), added to
-    the table ``t`` (its device, dtype, budget, rounds, peaks and roofline)."""
+    the table ``t``: a gpu_table.Table (its device, dtype, budget, rounds, peaks and roofline), not
+    imported here: gpu_table imports this module."""
 
     dev, dt_name = t.device, t.dtype
     dt = common.DTYPES[dt_name]

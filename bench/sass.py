@@ -31,9 +31,9 @@ it reaches less).
 Results are cached on disk (key: sources of kernels/*.py and wrn_fast/ops, Triton
 version, this file's ANALYSIS_VERSION, the variant), so reruns cost nothing.
 
-Files: this module (variants, cache, the API, the CLI), ``sass_worker`` (the compiling
-subprocess), ``sass_analysis`` (SASS / ptxas text -> numbers), ``compile_harness`` (the stand-in
-driver).
+Files: this module (cache, the API, the CLI), ``sass_variant`` (the variant, paths; a leaf
+both this module and the worker import), ``sass_worker`` (the compiling subprocess),
+``sass_analysis`` (SASS / ptxas text -> numbers), ``compile_harness`` (the stand-in driver).
 
 CLI:
     python -m bench.sass --kind fwd --dtype bf16 --cin 160 --cout 160 --hw 32 --n 128 \\
@@ -55,47 +55,10 @@ from concurrent.futures import ThreadPoolExecutor
 from .sass_analysis import (FMA_PER_CLK, H100, TARGET_CEILING, analyze_sass, find_main_loop,  # noqa: F401
                             occupancy, parse_sass, verdict)
 from .compile_harness import install_stand_in_driver  # noqa: F401
+from .sass_variant import CACHE_DIR, CONV_KINDS, DTYPES, KINDS, ROOT, Variant  # noqa: F401
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ANALYSIS_VERSION = 7  # bump when the analysis below changes what it reports
-CACHE_DIR = os.environ.get("WRN_FAST_SASS_CACHE",
-                           os.path.join(os.path.expanduser("~"), ".cache", "wrn_fast", "sass"))
-KINDS = ("fwd", "dgrad", "wgrad", "bnad_fwd", "bnad_bwd")
-CONV_KINDS = ("fwd", "dgrad", "wgrad")
-DTYPES = ("bf16", "fp16", "fp32-tf32", "fp32-ieee")
 SHARD_JOBS = 16  # jobs per worker process
-
-
-@dataclasses.dataclass(frozen=True)
-class Variant:
-    """One compile-time variant. Shapes are the layer's: x [n, cin, hw, hw] (square),
-    weight [cout, cin, ksize, ksize], padding ksize // 2 (WRN's), stride."""
-    kind: str
-    dtype: str = "bf16"
-    n: int = 128
-    cin: int = 160
-    cout: int = 160
-    hw: int = 32
-    stride: int = 1
-    ksize: int = 3
-    act: str = "relu"          # "identity": no BN-act prologue (the stem)
-    dropout: float = 0.0
-    residual: bool = False     # fwd only
-    stats: bool = False        # fwd only
-
-    def __post_init__(self):
-        if self.kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
-        if self.act == "identity" and self.dropout:
-            raise ValueError("dropout needs the BN-act prologue (act != 'identity')")
-
-    def label(self):
-        extra = "".join([f"+drop{self.dropout:g}" if self.dropout else "", "+res" if self.residual else "",
-                         "+stats" if self.stats else ""])
-        return (f"{self.kind} {self.dtype} N{self.n} {self.cin}->{self.cout} {self.hw}x{self.hw} "
-                f"k{self.ksize}s{self.stride} {self.act}{extra}")
 
 
 def config_tuple(c):

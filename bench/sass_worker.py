@@ -12,7 +12,7 @@ import subprocess
 import sys
 import tempfile
 
-from .sass import CACHE_DIR, ROOT, Variant
+from .sass_variant import CACHE_DIR, ROOT, Variant
 from .sass_analysis import _parse_ptxas, analyze_sass, occupancy
 from .compile_harness import install_stand_in_driver, relax_device_checks
 
