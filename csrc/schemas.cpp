@@ -29,7 +29,9 @@ TORCH_LIBRARY(wrn_fast, m) {
   m.def(
       "bn_finalize_backward(Tensor? grad_scale, Tensor? grad_shift, Tensor mean, Tensor var, Tensor? weight, "
       "Tensor scale, float eps) -> (Tensor grad_mean, Tensor grad_var, Tensor grad_weight)");
-  m.def("channel_stats_backward(Tensor x, Tensor mean, Tensor? grad_mean, Tensor? grad_var) -> Tensor");
+  m.def(
+      "channel_stats_backward(Tensor x, Tensor mean, Tensor? grad_mean, Tensor? grad_var, Tensor? grad=None) "
+      "-> Tensor");
 
   // y = dropout(act(x * scale[c] + shift[c])) (CPU: bn_act_dropout.cpp; CUDA: Triton)
   m.def(

@@ -94,3 +94,45 @@ def test_opcheck_bn_backward_apply(device):
     torch.library.opcheck(op, (grad, x, a, b, c))
     torch.library.opcheck(op, (None, x.to(memory_format=torch.channels_last), a, b, c))
     torch.library.opcheck(op, (grad.detach().half(), x.detach().half(), a, b, c))
+
+
+@pytest.mark.usefixtures("poison_uninitialized_outputs")
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_channel_stats_backward_adds_a_gradient_in_the_same_pass(device, dtype, channels_last):
+    """channel_stats_backward(x, mean, grad_mean, grad_var, grad) = grad + d(mean, var)/dx
+    (the one C++ formula, used by bn_batch_act_conv's backward to add dgrad's grad_x) against
+    float64 autograd of torch's mean / biased var; grad=None is the statistics term alone;
+    x's dtype and memory format kept."""
+    torch.manual_seed(1)
+    sd = torch.float64 if dtype == torch.float64 else torch.float32
+    x = (torch.randn(3, 5, 4, 6, dtype=torch.float64) * 2 + 1).to(dtype)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    grad = torch.randn(x.shape, dtype=torch.float64).to(dtype)
+    grad_mean, grad_var = torch.randn(5, dtype=sd), torch.randn(5, dtype=sd)
+    x64 = x.double().requires_grad_()
+    mean64 = x64.mean(dim=(0, 2, 3))
+    var64 = x64.var(dim=(0, 2, 3), unbiased=False)
+    (stats_term,) = torch.autograd.grad((mean64 * grad_mean.double()).sum() + (var64 * grad_var.double()).sum(), x64)
+    mean = mean64.detach().to(sd)
+    dev = dict(device=device)
+    got = ext.channel_stats_backward(x.to(**dev), mean.to(**dev), grad_mean.to(**dev), grad_var.to(**dev),
+                                     grad=grad.to(**dev))
+    alone = ext.channel_stats_backward(x.to(**dev), mean.to(**dev), grad_mean.to(**dev), grad_var.to(**dev))
+    for out, ref in ((got, stats_term + grad.double()), (alone, stats_term)):
+        assert out.dtype == dtype and out.is_contiguous(memory_format=torch.channels_last) == channels_last
+        assert not out.isnan().any()
+        assert rel_err(out.cpu(), ref) < TOL[dtype]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck_channel_stats_backward(device):
+    x = torch.randn(2, 3, 4, 4, device=device)
+    grad = torch.randn(2, 3, 4, 4, device=device)
+    mean, gm, gv = (torch.randn(3, device=device) for _ in range(3))
+    op = torch.ops.wrn_fast.channel_stats_backward.default
+    torch.library.opcheck(op, (x, mean, gm, gv), {"grad": grad}, test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(op, (x.to(memory_format=torch.channels_last), mean, None, gv),
+                          test_utils=("test_schema", "test_faketensor"))

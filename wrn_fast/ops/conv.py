@@ -271,7 +271,8 @@ torch.library.register_autograd("wrn_fast::bn_act_conv_two_pass", _two_pass_back
 # backward reads x and writes g2, the sum reads g1 and g2 and writes grad_x. This op is
 # the conv and the statistics' backward in one autograd node: dgrad writes g1 (and the
 # grad_scale / grad_shift reductions), bn_finalize_backward turns those into the
-# coefficients, and one bn_backward_apply pass reads g1 and x and writes grad_x.
+# coefficients, and one channel_stats_backward pass (bn_backward_apply) reads g1 and x and
+# writes grad_x.
 
 @torch.library.custom_op("wrn_fast::bn_batch_act_conv", mutates_args=())
 def _bn_batch_act_conv_op(
@@ -327,23 +328,12 @@ def _bn_batch_backward(ctx, grad_y, grad_mean_p, grad_m2_p, grad_count_p, grad_a
         grad_mean, grad_var, grad_bn_w = torch.ops.wrn_fast.bn_finalize_backward.default(
             gsc, gsh, mean, var, bn_weight, scale, ctx.eps)
         if nig[0]:
-            b, c = _stats_backward_coefficients(grad_mean, grad_var, mean, x.numel() // max(1, x.shape[1]))
-            sd = torch.float64 if x.dtype == torch.float64 else torch.float32  # the op's coefficient dtype
-            gx = ext.bn_backward_apply(gx, x, torch.ones_like(b, dtype=sd), b.to(sd), c.to(sd))  # g1 + b*x + c
+            gx = ext.channel_stats_backward(x, mean, grad_mean, grad_var, grad=gx)  # g1 + b*x + c, one pass
             bump("bn_batch_act_conv_backward")
         g_bn_w = grad_bn_w.to(ctx.bn_dtypes[0]) if (nig[6] and ctx.bn_dtypes[0] is not None) else None
         g_bn_b = gsh.to(ctx.bn_dtypes[1]) if (nig[7] and ctx.bn_dtypes[1] is not None) else None
     gb, gr = _bias_residual_grads(ctx, grad_y, nig[9], nig[10])
     return (gx, gw, None, None, None, None, g_bn_w, g_bn_b, None, gb, gr) + (None,) * 10
-
-
-def _stats_backward_coefficients(grad_mean, grad_var, mean, n):
-    """(b, c) with b*x + c = the gradient w.r.t. x of mean = sum(x)/n and var = sum((x -
-    mean)^2)/n given grad_mean, grad_var: b = 2*grad_var/n, c = grad_mean/n - b*mean.
-    The Python copy of csrc/bn_backward_formula.h's stats_backward (its op,
-    channel_stats_backward, takes no gradient to add in the same pass)."""
-    b = grad_var * (2.0 / n)
-    return b, grad_mean / n - b * mean
 
 
 torch.library.register_autograd("wrn_fast::bn_batch_act_conv", _bn_batch_backward,

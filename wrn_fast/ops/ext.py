@@ -138,9 +138,14 @@ def _per_channel(v: Tensor, like: Tensor) -> Tensor:
     return v.view([1, -1] + [1] * (like.dim() - 2))
 
 
-def _stats_backward(x: Tensor, mean: Tensor, grad_mean: Optional[Tensor], grad_var: Optional[Tensor]) -> Tensor:
-    """grad_x of (mean, var) = statistics of x: the one C++ formula (csrc/bn_backward_formula.h)."""
-    return torch.ops.wrn_fast.channel_stats_backward.default(x, mean, grad_mean, grad_var)
+def channel_stats_backward(x: Tensor, mean: Tensor, grad_mean: Optional[Tensor], grad_var: Optional[Tensor],
+                           grad: Optional[Tensor] = None) -> Tensor:
+    """grad_x of (mean, var) = per-channel batch statistics of x, plus ``grad`` (x's gradient
+    from elsewhere, x's dtype and shape; None = 0) in the same pass over x:
+    ``grad + b[c] * x + c[c]`` with b = 2 grad_var / n, c = grad_mean / n - b * mean (n = x's
+    elements per channel). mean, grad_mean, grad_var: [C] in the statistics dtype (fp32, fp64
+    for fp64 x); None = 0. The one C++ formula (csrc/bn_backward_formula.h)."""
+    return torch.ops.wrn_fast.channel_stats_backward.default(x, mean, grad_mean, grad_var, grad)
 
 
 def _register() -> None:
@@ -155,11 +160,11 @@ def _register() -> None:
     def stats_setup(ctx, inputs, output):
         ctx.save_for_backward(inputs[0], output[0])
 
-    def channel_stats_backward(ctx, grad_mean, grad_var):
+    def stats_backward(ctx, grad_mean, grad_var):
         x, mean = ctx.saved_tensors
-        return _stats_backward(x, mean, grad_mean, grad_var) if ctx.needs_input_grad[0] else None
+        return channel_stats_backward(x, mean, grad_mean, grad_var) if ctx.needs_input_grad[0] else None
 
-    torch.library.register_autograd(lib + "channel_stats", channel_stats_backward, setup_context=stats_setup)
+    torch.library.register_autograd(lib + "channel_stats", stats_backward, setup_context=stats_setup)
 
     @torch.library.register_fake(lib + "merge_partial_stats")
     def _(x, mean_p, m2_p, count_p):
@@ -167,7 +172,7 @@ def _register() -> None:
 
     def merge_backward(ctx, grad_mean, grad_var):
         x, mean = ctx.saved_tensors
-        grad_x = _stats_backward(x, mean, grad_mean, grad_var) if ctx.needs_input_grad[0] else None
+        grad_x = channel_stats_backward(x, mean, grad_mean, grad_var) if ctx.needs_input_grad[0] else None
         return grad_x, None, None, None  # the partials are x's summaries, not independent inputs
 
     torch.library.register_autograd(lib + "merge_partial_stats", merge_backward, setup_context=stats_setup)
@@ -261,5 +266,5 @@ if _ext.ext_available():
 
 __all__: List[str] = [
     "channel_stats", "merge_partial_stats", "bn_finalize_partials", "bn_finalize", "bn_update_running_stats", "bn_backward_apply",
-    "batch_norm_act", "dropout_mask", "pack_mask", "unpack_mask",
+    "channel_stats_backward", "batch_norm_act", "dropout_mask", "pack_mask", "unpack_mask",
 ]
