@@ -2,7 +2,8 @@
 
   jit helpers   _mma (tl.dot with the interpreter's bf16 workaround), _prologue
                 (a = dropout(act(x*scale+shift)) with padding), _pixel_of_row
-                (GEMM row -> (n, h, w)), _k_step (K-loop step -> tap, channels)
+                (GEMM row -> (n, h, w)), _taps_inside (per-row padding bits of every
+                tap), _next_k_step (K-loop step over (tap, channel chunk))
   checks        _check_common (the arguments the launchers share), _check_grad_y,
                 max_batch (the int32 index bound), _check_tensor
   launch args   dropout_bits (the keep bitmask), _prologue_args (the scalars, bitmask
@@ -63,15 +64,34 @@ def _pixel_of_row(r, HW, W):
 
 
 @triton.jit
-def _k_step(ks, nkc, KW: tl.constexpr, rk, C, BLOCK_K: tl.constexpr):
-    """Step ``ks`` of a K loop over (tap, channel chunk), ``nkc`` = cdiv(C, BLOCK_K) chunks per
-    tap: (tap, first channel c0, kh, kw, channels c = c0 + rk, c < C)."""
-    tap = ks // nkc
-    c0 = (ks - tap * nkc) * BLOCK_K
-    kh = tap // KW
-    kw = tap - kh * KW
-    c = c0 + rk
-    return tap, c0, kh, kw, c, c < C
+def _taps_inside(h0, w0, row_ok, H, W, KH: tl.constexpr, KW: tl.constexpr, SIGN: tl.constexpr):
+    """Per row, an int32 bitmask of the taps whose pixel (h0 + SIGN*kh, w0 + SIGN*kw) lies
+    in the H x W image: bit kh*KW + kw (KH*KW <= 31); 0 where not ``row_ok``. Computed
+    once before a K loop over taps, so that each step tests one bit per row instead of
+    four bounds (the padding), see ``_next_k_step``."""
+    bits = tl.zeros_like(h0)
+    for kh in tl.static_range(KH):
+        h = h0 + SIGN * kh
+        h_ok = row_ok & (h >= 0) & (h < H)
+        for kw in tl.static_range(KW):
+            w = w0 + SIGN * kw
+            ok = h_ok & (w >= 0) & (w < W)
+            bits = bits | tl.where(ok, 1 << (kh * KW + kw), 0)
+    return bits
+
+
+@triton.jit
+def _next_k_step(c0, kh, kw, C, KW: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The K loops' step over (tap (kh, kw), channel chunk c0): the next chunk, else the
+    next tap's first. Scalar, loop-carried: no division by the chunk count per step."""
+    c0 = c0 + BLOCK_K
+    wrap = c0 >= C
+    c0 = tl.where(wrap, 0, c0)
+    kw = tl.where(wrap, kw + 1, kw)
+    row_end = kw == KW
+    kw = tl.where(row_end, 0, kw)
+    kh = tl.where(row_end, kh + 1, kh)
+    return c0, kh, kw
 
 
 # --------------------------------------------------------------------------- launcher helpers

@@ -56,10 +56,11 @@ _CONFIGS_16 = {
     "fwd": [_cfg(128, 256, 64, 3, 8), _cfg(128, 128, 64, 3, 8), _cfg(128, 128, 32, 4, 8), _cfg(128, 256, 32, 4, 8),
             _cfg(256, 64, 64, 3, 8), _cfg(256, 32, 64, 3, 8), _cfg(256, 64, 32, 4, 8), _cfg(256, 32, 32, 4, 8),
             _cfg(128, 64, 64, 3, 4), _cfg(64, 128, 64, 3, 4), _cfg(64, 64, 64, 4, 4), _cfg(128, 32, 64, 4, 4),
-            _cfg(64, 32, 64, 4, 4)],
+            _cfg(64, 32, 64, 4, 4), _cfg(256, 32, 32, 4, 4), _cfg(512, 16, 32, 3, 4)],
     "wgrad": [_cfg(256, 128, 64, 3, 8), _cfg(128, 128, 64, 3, 8), _cfg(128, 128, 32, 4, 8), _cfg(64, 128, 64, 3, 4),
               _cfg(128, 64, 64, 3, 4), _cfg(128, 32, 64, 4, 4), _cfg(64, 64, 64, 4, 4), _cfg(64, 32, 64, 4, 4),
-              _cfg(32, 64, 64, 4, 4)],
+              _cfg(32, 64, 64, 4, 4), _cfg(64, 64, 128, 3, 4), _cfg(64, 32, 128, 3, 4), _cfg(128, 16, 128, 3, 4),
+              _cfg(64, 16, 128, 3, 4)],
 }
 _CONFIGS_16["dgrad"] = list(_CONFIGS_16["fwd"])
 _CONFIGS_32 = {
@@ -93,14 +94,19 @@ def default_config(kind: str, dtype: torch.dtype, cin: int, cout: int, *, dropou
     (issue ceiling x share of the tile that falls inside Cout), e.g. fwd Cout = 320 takes
     128x256 (1.0 x 62.5%) over 128x128 (0.65 x 83%). 32..127 channels: a plain K loop
     (dgrad's always; the forward's without the BN-act ``prologue``, as in the two-pass
-    path) takes 256 rows on 8 warps, which spreads its per-row address math over more
-    tensor work (bf16, N=128, issue ceiling 64 -> 256 rows: fwd 0.58 -> 0.92 at 64
-    channels, 0.33 -> 0.48 at 32; dgrad 0.62 -> 0.90, 0.34 -> 0.49; no spills), with
-    BLOCK_K = 32 when the K side (Cin for fwd, Cout for dgrad) has <= 32 channels per tap
-    (a 64-deep K step would be half masked: useful ceiling 0.245 -> 0.36); with the
-    prologue (whose cost per element does not shrink with more rows) and for wgrad:
-    64x64x64 on 4 warps from 64 channels, else 64x32x64 (a wgrad without prologue over
-    Cout >= 128: 128x32x64). fp32 (TF32 or exact) / fp64:
+    path), whose per-row address and padding math is hoisted out of the loop (a step adds
+    a uniform offset and tests a tap bit per row, see conv_fwd / conv_dgrad), takes 256
+    rows: 64 channels 256x64x64 on 8 warps (bf16 sm_90a issue ceiling 1.00), 32 channels
+    256x32x32 on 4 warps (0.80-0.84; on 8 warps 0.54-0.58: the per-iteration fixed cost of
+    the pipelined loop is spread over half the rows), BLOCK_K = 32 when the K side (Cin
+    for fwd, Cout for dgrad) has <= 32 channels per tap (a 64-deep K step would be half
+    masked). dgrad with Cin = 16: a 16-wide tile, 512x16x32 on 4 warps (0.54; the former
+    64x32x64 reached 0.47 on a half-masked tile). wgrad without the prologue (the two-pass
+    path, 3x3 stride 1: pointers advanced by 128 pixels per K step): 64x64x128 from 64
+    channels (0.90), 64x32x128 at 32 (0.66, wgmma's 64 rows over Cout = 32), Cin = 16
+    16-wide: 128x16x128 (0.64) under Cout >= 128, else 64x16x128. With the prologue
+    (whose cost per element does not shrink with more rows) and for the other wgrads:
+    64x64x64 on 4 warps from 64 channels, else 64x32x64. fp32 (TF32 or exact) / fp64:
     smaller, spill-free tiles, 64 wide when that fills >= 80% of N. ``dropout`` is
     accepted for the variants' sake; the bitmask costs the same under every tile.
     """
@@ -127,10 +133,14 @@ def default_config(kind: str, dtype: torch.dtype, cin: int, cout: int, *, dropou
     if plain_loop and n >= 32:
         k_side = cin if kind == "fwd" else cout  # channels per tap along K
         if k_side <= 32:  # BLOCK_K = 64 would leave half of each K step masked
-            return (256, 64 if n >= 64 else 32, 32, 4, 8)
+            return (256, 64, 32, 4, 8) if n >= 64 else (256, 32, 32, 4, 4)
         return (256, 64 if n >= 64 else 32, 64, 3, 8)
-    if kind == "wgrad" and not prologue and cout >= 128 and n < 64:
-        return (128, 32, 64, 4, 4)  # Cin = 16 under a wide Cout (two-pass path): 0.34 -> 0.55 (64 rows -> 128)
+    if kind == "dgrad" and n <= 16:
+        return (512, 16, 32, 3, 4)  # Cin = 16: a 16-wide tile (a 32-wide one is half masked)
+    if kind == "wgrad" and not prologue:  # the two-pass path (3x3 stride 1): 128 pixels per K step
+        if n <= 16:
+            return (128 if cout >= 128 else 64, 16, 128, 3, 4)
+        return (64, 64 if n >= 64 else 32, 128, 3, 4)
     if n >= 64:
         return (64, 64, 64, 4, 4)
     return (64, 32, 64, 4, 4)
@@ -194,6 +204,19 @@ _CONFIGS_16_ALL = [c for k in _CONFIGS_16 for c in _CONFIGS_16[k]]
 # by Triton itself).
 AUTOTUNE_KEY = ["Cin", "Cout", "H", "W", "Ho", "Wo", "KH", "KW", "STRIDE", "PT", "PL", "ACT", "HAS_AFFINE",
                 "HAS_DROPOUT", "IS_FP64", "IN_PREC"]  # (wgrad's POW2_OUT is a function of Ho, Wo)
+
+
+def even_k(c_name):
+    """Heuristic of the fwd / dgrad kernels: EVEN_K = the K loop's channels per tap (Cin
+    for fwd, Cout for dgrad) are a multiple of BLOCK_K, so no step needs a channel mask
+    (one select fewer per row and step)."""
+    return lambda args: args[c_name] % args["BLOCK_K"] == 0
+
+
+def even_rows(args):
+    """Heuristic of the wgrad kernel: EVEN_R = its split-K chunk and the N*Ho*Wo rows are
+    multiples of BLOCK_K, so no K step needs a row mask."""
+    return args["M"] % args["BLOCK_K"] == 0 and args["K_CHUNK"] % args["BLOCK_K"] == 0
 
 
 def launch(kernel, grid, args, consts, kind, dtype, cin, cout, dropout):

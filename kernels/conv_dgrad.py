@@ -13,13 +13,14 @@ import triton.language as tl
 from . import conv_config
 from ._common import act_grad, keep_from_bits, launch_device
 from .contract import output_memory_format
-from .conv_common import (_check_grad_y, _check_with_weight, _k_step, _mma, _needs_int64, _pixel_of_row,
-                          _prologue_args)
+from .conv_common import (_check_grad_y, _check_with_weight, _mma, _needs_int64, _next_k_step, _pixel_of_row,
+                          _prologue_args, _taps_inside)
 
 
 @triton.autotune(configs=conv_config.ALL_CONFIGS["dgrad"], key=conv_config.AUTOTUNE_KEY,
                  prune_configs_by=conv_config.prune_by("Cin"), reset_to_zero=["psc_ptr", "psh_ptr"],
                  cache_results=not conv_config.INTERPRET)
+@triton.heuristics({"EVEN_K": conv_config.even_k("Cout")})
 @triton.jit
 def _dgrad_kernel(
     gy_ptr,         # [N, Cout, Ho, Wo] any strides (sgn, sgc, sgh, sgw)
@@ -39,7 +40,7 @@ def _dgrad_kernel(
     KH: tl.constexpr, KW: tl.constexpr, STRIDE: tl.constexpr, PT: tl.constexpr, PL: tl.constexpr,
     ACT: tl.constexpr, HAS_AFFINE: tl.constexpr, HAS_DROPOUT: tl.constexpr, OFFS_64: tl.constexpr,
     GX_LIKE_X: tl.constexpr, IS_FP64: tl.constexpr, IN_PREC: tl.constexpr, UPCAST: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -57,27 +58,37 @@ def _dgrad_kernel(
     else:
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
 
-    nkc = tl.cdiv(Cout, BLOCK_K)
-    for ks in range(0, KH * KW * nkc):
-        tap, _, kh, kw, co, co_ok = _k_step(ks, nkc, KW, rk, Cout, BLOCK_K)
-        ohn = ih + PT - kh
-        own = iw + PL - kw
+    if STRIDE == 1:
+        # Per row, once: the offset of tap (0, 0)'s output pixel (ih + PT, iw + PL) and
+        # which taps' pixels (ih + PT - kh, iw + PL - kw) lie in the output; a step
+        # subtracts the tap's (uniform) offset and tests one bit per row.
+        g_base = g_row + (ih + PT) * sgh + (iw + PL) * sgw
+        taps_in = _taps_inside(ih + PT, iw + PL, m_ok, Ho, Wo, KH, KW, -1)
+    c0 = tl.full([], 0, tl.int32)
+    kh = tl.full([], 0, tl.int32)
+    kw = tl.full([], 0, tl.int32)
+    for ks in range(0, KH * KW * tl.cdiv(Cout, BLOCK_K)):
+        tap = kh * KW + kw
+        co = c0 + rk
+        co_ok = tl.full([BLOCK_K], 1, tl.int1) if EVEN_K else co < Cout
         if STRIDE == 1:
-            oh = ohn
-            ow = own
-            r_ok = m_ok & (oh >= 0) & (oh < Ho) & (ow >= 0) & (ow < Wo)
+            r_ok = (taps_in & (1 << tap)) != 0
+            g_off = g_base - (kh * sgh + kw * sgw - c0 * sgc)
         else:
+            ohn = ih + PT - kh
+            own = iw + PL - kw
             pos = (ohn >= 0) & (own >= 0)
             ohn = tl.where(pos, ohn, 0)
             own = tl.where(pos, own, 0)
             oh = ohn // STRIDE
             ow = own // STRIDE
             r_ok = m_ok & pos & (oh * STRIDE == ohn) & (ow * STRIDE == own) & (oh < Ho) & (ow < Wo)
-        g = tl.load(gy_ptr + (g_row + oh * sgh + ow * sgw)[:, None] + co[None, :] * sgc,
-                    mask=r_ok[:, None] & co_ok[None, :], other=0.0)
+            g_off = g_row + oh * sgh + ow * sgw + c0 * sgc
+        g = tl.load(gy_ptr + g_off[:, None] + rk[None, :] * sgc, mask=r_ok[:, None] & co_ok[None, :], other=0.0)
         w = tl.load(w_ptr + (tap * Cout + co)[:, None] * Cin + rn[None, :],
                     mask=co_ok[:, None] & n_ok[None, :], other=0.0)
         acc = _mma(g, w, acc, IN_PREC, UPCAST)
+        c0, kh, kw = _next_k_step(c0, kh, kw, Cout, KW, BLOCK_K)
 
     out_mask = m_ok[:, None] & n_ok[None, :]
     gx_off = (nb64 * sdn + ih * sdh + iw * sdw)[:, None] + rn[None, :] * sdc

@@ -12,14 +12,15 @@ import triton.language as tl
 
 from . import conv_config
 from ._common import apply_act, keep_from_bits, launch_device
-from .contract import output_memory_format
-from .conv_common import (_check_tensor, _check_with_weight, _k_step, _keep_mul, _mma, _needs_int64,
-                          _pixel_of_row, _prologue, _prologue_args, stats_rows)
+from .contract import output_memory_format, stats_dtype
+from .conv_common import (_check_tensor, _check_with_weight, _keep_mul, _mma, _needs_int64, _next_k_step,
+                          _pixel_of_row, _prologue, _prologue_args, _taps_inside, stats_rows)
 
 
 @triton.autotune(configs=conv_config.ALL_CONFIGS["fwd"],
                  key=conv_config.AUTOTUNE_KEY + ["HAS_BIAS", "HAS_RES", "STATS"],
                  prune_configs_by=conv_config.prune_by("Cout"), cache_results=not conv_config.INTERPRET)
+@triton.heuristics({"EVEN_K": conv_config.even_k("Cin")})
 @triton.jit
 def _fwd_kernel(
     x_ptr,          # [N, Cin, H, W] any strides (sxn, sxc, sxh, sxw)
@@ -30,9 +31,9 @@ def _fwd_kernel(
     res_ptr,        # [N, Cout, Ho, Wo] any strides (HAS_RES)
     y_ptr,          # [N, Cout, Ho, Wo] strides (syn, syc, syh, syw)
     bits_ptr,       # int32 [N*H*W, CW] dropout keep bits (HAS_DROPOUT)
-    mean_ptr,       # fp32 [P, Cout] (STATS)
-    m2_ptr,         # fp32 [P, Cout] (STATS)
-    cnt_ptr,        # fp32 [P] (STATS)
+    mean_ptr,       # [P, Cout] (STATS), the statistics dtype: fp32, fp64 for fp64 y
+    m2_ptr,         # [P, Cout] (STATS), the statistics dtype
+    cnt_ptr,        # [P] (STATS), the statistics dtype
     Nb, Cin, H, W, Cout, Ho, Wo, M, P, CW,
     sxn, sxc, sxh, sxw,
     srn, src, srh, srw,
@@ -42,7 +43,7 @@ def _fwd_kernel(
     ACT: tl.constexpr, HAS_AFFINE: tl.constexpr, HAS_DROPOUT: tl.constexpr, HAS_BIAS: tl.constexpr,
     HAS_RES: tl.constexpr, STATS: tl.constexpr, STATS_ROWS: tl.constexpr, FLAT_K: tl.constexpr,
     OFFS_64: tl.constexpr, IS_FP64: tl.constexpr, IN_PREC: tl.constexpr, UPCAST: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     # BLOCK_N >= 256 with statistics and no dropout: two accumulators of BLOCK_N / 2
     # columns (two wgmma chains sharing the prologue's A operand), so that the epilogue
@@ -103,13 +104,25 @@ def _fwd_kernel(
                              other=0.0)
                 acc1 = _mma(a, w1, acc1, IN_PREC, UPCAST)
     else:
-        nkc = tl.cdiv(Cin, BLOCK_K)
-        for ks in range(0, KH * KW * nkc):
-            tap, c0, kh, kw, c, c_ok = _k_step(ks, nkc, KW, rk, Cin, BLOCK_K)
-            ih = oh * STRIDE - PT + kh
-            iw = ow * STRIDE - PL + kw
-            r_ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-            xv = tl.load(x_ptr + (x_row + ih * sxh + iw * sxw)[:, None] + c[None, :] * sxc,
+        # Per row, once: the offset of tap (0, 0)'s pixel and which taps fall inside the
+        # image; a step adds the tap's (uniform) offset and tests one bit per row
+        # (sm_90a, bf16 32->32 256x32x32: 177 -> ? instructions per iteration).
+        ih0 = oh * STRIDE - PT
+        iw0 = ow * STRIDE - PL
+        x_base = x_row + ih0 * sxh + iw0 * sxw
+        taps_in = _taps_inside(ih0, iw0, m_ok, H, W, KH, KW, 1)
+        if HAS_DROPOUT:
+            bits_base = ((nb * H + ih0) * W + iw0) * CW
+        c0 = tl.full([], 0, tl.int32)
+        kh = tl.full([], 0, tl.int32)
+        kw = tl.full([], 0, tl.int32)
+        for ks in range(0, KH * KW * tl.cdiv(Cin, BLOCK_K)):
+            tap = kh * KW + kw
+            c = c0 + rk
+            c_ok = tl.full([BLOCK_K], 1, tl.int1) if EVEN_K else c < Cin
+            r_ok = (taps_in & (1 << tap)) != 0
+            # the step's uniform offset (tap, first channel) added per row, the lanes' rk*sxc after
+            xv = tl.load(x_ptr + (x_base + (kh * sxh + kw * sxw + c0 * sxc))[:, None] + rk[None, :] * sxc,
                          mask=r_ok[:, None] & c_ok[None, :], other=0.0)
             w_rows = (tap * Cin + c)[:, None] * Cout
             w0 = tl.load(w_ptr + w_rows + rn0[None, :], mask=c_ok[:, None] & n_ok0[None, :], other=0.0)
@@ -117,7 +130,7 @@ def _fwd_kernel(
                 sc = tl.load(scale_ptr + c, mask=c_ok, other=0.0).to(acc0.dtype)
                 sh = tl.load(shift_ptr + c, mask=c_ok, other=0.0).to(acc0.dtype)
                 if HAS_DROPOUT:
-                    keep = keep_from_bits(bits_ptr, ((nb * H + ih) * W + iw) * CW, r_ok, c0, rk, CW, BLOCK_K)
+                    keep = keep_from_bits(bits_ptr, bits_base + (kh * W + kw) * CW, r_ok, c0, rk, CW, BLOCK_K)
                     m = tl.where(keep, keep_mul, 0.0)
                 else:
                     m = tl.where(r_ok, 1.0, 0.0)[:, None]
@@ -129,6 +142,7 @@ def _fwd_kernel(
             if BH < BLOCK_N:
                 w1 = tl.load(w_ptr + w_rows + rn1[None, :], mask=c_ok[:, None] & n_ok1[None, :], other=0.0)
                 acc1 = _mma(a, w1, acc1, IN_PREC, UPCAST)
+            c0, kh, kw = _next_k_step(c0, kh, kw, Cin, KW, BLOCK_K)
 
     nb64 = (nb.to(tl.int64) if OFFS_64 else nb)
     _fwd_epilogue(acc0, rn0, n_ok0, m_ok, nb64, oh, ow, pid_m, pid_n == 0, bias_ptr, res_ptr, y_ptr,
@@ -157,7 +171,7 @@ def _fwd_epilogue(acc, rn, n_ok, m_ok, nb64, oh, ow, pid_m, write_count, bias_pt
     yv = acc.to(y_ptr.dtype.element_ty)
     tl.store(y_ptr + (nb64 * syn + oh * syh + ow * syw)[:, None] + rn[None, :] * syc, yv, mask=out_mask)
     if STATS:
-        v = yv.to(tl.float32)
+        v = yv.to(mean_ptr.dtype.element_ty)  # the statistics dtype
         chunk = tl.arange(0, BLOCK_M) // STATS_ROWS
         for j in tl.static_range(BLOCK_M // STATS_ROWS):
             valid = m_ok & (chunk == j)
@@ -180,9 +194,9 @@ def bn_act_conv_fwd(x, weight, scale=None, shift=None, *, stride=1, padding=(1, 
 
     The dropout mask is ``keep_bits`` (``dropout_bits(seed, x.shape, dropout_p)``, made
     here from ``seed`` when not given). Returns ``(y, stats)``; ``stats = (mean_p [P, Cout],
-    m2_p [P, Cout], count_p [P])`` (fp32, P = stats_rows(N*Ho*Wo)) when ``compute_stats``
-    else None: per chunk of STATS_M output pixels, mean and sum of squared deviations of
-    the stored y.
+    m2_p [P, Cout], count_p [P])`` (``stats_dtype(x.dtype)``: fp32, fp64 for fp64 x;
+    P = stats_rows(N*Ho*Wo)) when ``compute_stats`` else None: per chunk of STATS_M output
+    pixels, mean and sum of squared deviations of the stored y.
     """
     kh, kw, (pt, pb, pl, pr), ho, wo, act_code, cout = _check_with_weight(
         x, weight, scale, shift, stride, padding, act, dropout_p, seed, keep_bits)
@@ -203,9 +217,10 @@ def bn_act_conv_fwd(x, weight, scale=None, shift=None, *, stride=1, padding=(1, 
     m_rows = nb * ho * wo
     P = stats_rows(m_rows) if compute_stats else 0
     if compute_stats:
-        mean_p = torch.empty((P, cout), device=dev, dtype=torch.float32)
-        m2_p = torch.empty((P, cout), device=dev, dtype=torch.float32)
-        cnt_p = torch.empty((P,), device=dev, dtype=torch.float32)
+        sd = stats_dtype(x.dtype)
+        mean_p = torch.empty((P, cout), device=dev, dtype=sd)
+        m2_p = torch.empty((P, cout), device=dev, dtype=sd)
+        cnt_p = torch.empty((P,), device=dev, dtype=sd)
     else:
         mean_p = m2_p = cnt_p = y  # never written (STATS=False)
     if y.numel() == 0:

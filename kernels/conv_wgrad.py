@@ -16,6 +16,7 @@ from .conv_common import (_check_common, _check_grad_y, _is_pow2, _keep_mul, _mm
 
 @triton.autotune(configs=conv_config.ALL_CONFIGS["wgrad"], key=conv_config.AUTOTUNE_KEY + ["K_CHUNK"],
                  prune_configs_by=conv_config.prune_by("Cin"), cache_results=not conv_config.INTERPRET)
+@triton.heuristics({"EVEN_R": conv_config.even_rows})
 @triton.jit
 def _wgrad_kernel(
     gy_ptr,         # [N, Cout, Ho, Wo] any strides (sgn, sgc, sgh, sgw)
@@ -30,7 +31,7 @@ def _wgrad_kernel(
     slope, inv_keep, keep_mul,
     KH: tl.constexpr, KW: tl.constexpr, STRIDE: tl.constexpr, PT: tl.constexpr, PL: tl.constexpr,
     ACT: tl.constexpr, HAS_AFFINE: tl.constexpr, HAS_DROPOUT: tl.constexpr, POW2_OUT: tl.constexpr,
-    OFFS_64: tl.constexpr,
+    LINEAR: tl.constexpr, OFFS_64: tl.constexpr, EVEN_R: tl.constexpr,
     IS_FP64: tl.constexpr, IN_PREC: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -57,27 +58,47 @@ def _wgrad_kernel(
     HoWo = Ho * Wo
     k_lo = pid_k * K_CHUNK
     k_hi = tl.minimum(k_lo + K_CHUNK, M)
+    if LINEAR:
+        # gy and x dense over pixels with the same (n, h, w) order, stride 1, Ho = H,
+        # Wo = W: a pixel's offsets are linear in its row r, and tap (kh, kw) shifts x
+        # by a constant: loop-carried pointers advance by BLOCK_K pixels per step
+        # (sm_90a, bf16 32->32 64x32x64: 186 -> ? instructions per iteration).
+        k_lo_w = k_lo.to(tl.int64) if OFFS_64 else k_lo
+        g_ptrs = gy_ptr + (k_lo_w * sgw + rk * sgw)[None, :] + rco[:, None] * sgc
+        x_ptrs = x_ptr + (k_lo_w * sxw + ((kh - PT) * sxh + (kw - PL) * sxw) + rk * sxw)[:, None] + rc[None, :] * sxc
+        pix_tap = (kh - PT) * W + (kw - PL)
     for r0 in range(k_lo, k_hi, BLOCK_K):
         r = r0 + rk
-        r_ok = r < k_hi
-        rr = tl.where(r_ok, r, 0)
-        if POW2_OUT:  # Ho, Wo powers of two (every WRN shape): shifts, not integer divisions
-            nb = rr >> LOG2_HOWO
-            oh = (rr >> LOG2_WO) & (Ho - 1)
-            ow = rr & (Wo - 1)
+        # EVEN_R: the chunk and M are multiples of BLOCK_K, no row mask
+        r_ok = tl.full([BLOCK_K], 1, tl.int1) if EVEN_R else r < k_hi
+        if LINEAR:
+            oh = (r >> LOG2_WO) & (Ho - 1)
+            ow = r & (Wo - 1)
+            pix = r + pix_tap
         else:
-            nb, oh, ow = _pixel_of_row(rr, HoWo, Wo)
-        nb64 = (nb.to(tl.int64) if OFFS_64 else nb)
-        g = tl.load(gy_ptr + (nb64 * sgn + oh * sgh + ow * sgw)[None, :] + rco[:, None] * sgc,
-                    mask=co_ok[:, None] & r_ok[None, :], other=0.0)
+            rr = tl.where(r_ok, r, 0)
+            if POW2_OUT:  # Ho, Wo powers of two (every WRN shape): shifts, not integer divisions
+                nb = rr >> LOG2_HOWO
+                oh = (rr >> LOG2_WO) & (Ho - 1)
+                ow = rr & (Wo - 1)
+            else:
+                nb, oh, ow = _pixel_of_row(rr, HoWo, Wo)
+            nb64 = (nb.to(tl.int64) if OFFS_64 else nb)
+            g_ptrs = gy_ptr + (nb64 * sgn + oh * sgh + ow * sgw)[None, :] + rco[:, None] * sgc
+            x_ptrs = x_ptr + (nb64 * sxn + (oh * STRIDE - PT + kh) * sxh + (ow * STRIDE - PL + kw) * sxw)[:, None] \
+                + rc[None, :] * sxc
+            pix = (nb * H + oh * STRIDE - PT + kh) * W + ow * STRIDE - PL + kw
+        g = tl.load(g_ptrs, mask=co_ok[:, None] & r_ok[None, :], other=0.0)
         ih = oh * STRIDE - PT + kh
         iw = ow * STRIDE - PL + kw
         sp_ok = r_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        xv = tl.load(x_ptr + (nb64 * sxn + ih * sxh + iw * sxw)[:, None] + rc[None, :] * sxc,
-                     mask=sp_ok[:, None] & c_ok[None, :], other=0.0)
+        xv = tl.load(x_ptrs, mask=sp_ok[:, None] & c_ok[None, :], other=0.0)
+        if LINEAR:
+            g_ptrs += BLOCK_K * sgw
+            x_ptrs += BLOCK_K * sxw
         if HAS_AFFINE:
             if HAS_DROPOUT:
-                keep = keep_from_bits(bits_ptr, ((nb * H + ih) * W + iw) * CW, sp_ok, cb * BLOCK_N,
+                keep = keep_from_bits(bits_ptr, pix * CW, sp_ok, cb * BLOCK_N,
                                       tl.arange(0, BLOCK_N), CW, BLOCK_N)
                 m = tl.where(keep, keep_mul, 0.0)
             else:
@@ -93,6 +114,16 @@ def _wgrad_kernel(
     base = part_ptr + pid_k.to(tl.int64) * Cout * KK
     ptrs = base + rco[:, None] * KK + rc[None, :] * (KH * KW) + tap
     tl.store(ptrs, acc, mask=co_ok[:, None] & c_ok[None, :])
+
+
+def _pixels_linear(grad_y, x, stride, ho, wo):
+    """Whether pixel (n, h, w) of grad_y and of x sits at r * (stride of w), r = (n*H + h)*W + w,
+    in both (dense pixels, e.g. channels_last contiguous) and the conv keeps the spatial
+    size at stride 1: the wgrad kernel's LINEAR offsets."""
+    def dense(t):
+        sn, _, sh, sw = t.stride()
+        return sh == t.shape[3] * sw and sn == t.shape[2] * sh
+    return stride == 1 and tuple(x.shape[2:]) == (ho, wo) and dense(grad_y) and dense(x)
 
 
 def bn_act_conv_wgrad(grad_y, x, scale=None, shift=None, *, weight_shape, stride=1, padding=(1, 1, 1, 1),
@@ -121,6 +152,7 @@ def bn_act_conv_wgrad(grad_y, x, scale=None, shift=None, *, weight_shape, stride
     chunk = triton.cdiv(triton.cdiv(m_rows, split), 64) * 64
     split = triton.cdiv(m_rows, chunk)
 
+    pow2_out = _is_pow2(ho) and _is_pow2(wo)
     with launch_device(x):
         part = torch.empty((split, cout, cin * kh * kw), device=dev, dtype=acc_dtype)
         sc, sh, slope, p, inv_keep, bits, cw, in_prec, upcast = _prologue_args(
@@ -134,7 +166,8 @@ def bn_act_conv_wgrad(grad_y, x, scale=None, shift=None, *, weight_shape, stride
             slope, inv_keep, _keep_mul(act, inv_keep),
         ), dict(
             KH=kh, KW=kw, STRIDE=stride, PT=pt, PL=pl,
-            ACT=act_code, HAS_AFFINE=scale is not None, HAS_DROPOUT=p > 0, POW2_OUT=_is_pow2(ho) and _is_pow2(wo),
+            ACT=act_code, HAS_AFFINE=scale is not None, HAS_DROPOUT=p > 0, POW2_OUT=pow2_out,
+            LINEAR=pow2_out and _pixels_linear(grad_y, x, stride, ho, wo),
             OFFS_64=_needs_int64(grad_y, x),
             IS_FP64=x.dtype == torch.float64, IN_PREC=in_prec, UPCAST=upcast,
         ), "wgrad", x.dtype, cin, cout, p > 0)

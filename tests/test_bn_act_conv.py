@@ -107,6 +107,9 @@ CASES = {
     "all-silu3x3-drop-bias-res-cl": (1, 20, 20, 9, 9, 3, 1, (1, 1, 1, 1), "silu", "cl", 0.3, True, True),
     # Cin > 32: a second dropout-bitmask word per pixel (K chunks and wgrad tiles at c0 = 32)
     "relu3x3-cin40-drop-res-cl": (1, 40, 36, 5, 5, 3, 1, (1, 1, 1, 1), "relu", "cl", 0.3, False, True),
+    # channels a multiple of BLOCK_K (fwd / dgrad EVEN_K: no channel mask) and power-of-two
+    # spatial sizes at stride 1 in channels_last (wgrad's LINEAR pixel offsets, EVEN_R rows)
+    "relu3x3-c32-pow2-drop-res-cl": (2, 32, 32, 8, 4, 3, 1, (1, 1, 1, 1), "relu", "cl", 0.3, False, True),
 }
 FP64_CASES = ["relu3x3-s1-res-cl", "leaky3x3-s2-tfsame-drop-n1-cl", "stem-cin3-relu-s2-tfsame-drop",
               "all-silu3x3-drop-bias-res-cl", "plain1x1-s2-res-noncontig"]
@@ -591,7 +594,8 @@ def test_default_config_heuristic(kind, dtype, monkeypatch):
                     assert n / (triton.cdiv(n, bn) * bn) >= 0.8, (n, cfg)
             else:
                 k_side = cin if kind == "fwd" else cout
-                assert cfg[2] == (32 if kind == "dgrad" and n >= 32 and k_side <= 32 else 64), (kind, cin, cout, cfg)
+                short_k = kind == "dgrad" and (n >= 32 and k_side <= 32 or n <= 16)  # 32-deep steps
+                assert cfg[2] == (32 if short_k else 64), (kind, cin, cout, cfg)
                 if n >= 128 and cout >= 128:
                     assert cfg in [c for c, _ in K._WIDE_16[kind]], (n, cfg)
     assert K.default_config("fwd", torch.float32, 160, 160)[1] == 64
@@ -601,12 +605,14 @@ def test_default_config_heuristic(kind, dtype, monkeypatch):
     assert K.default_config("wgrad", torch.bfloat16, 640, 640)[:2] == (256, 128)
     # plain K loops (dgrad; fwd / wgrad without the prologue, the two-pass path): 256 rows
     assert K.default_config("fwd", torch.bfloat16, 64, 64, prologue=False) == (256, 64, 64, 3, 8)
-    assert K.default_config("fwd", torch.bfloat16, 32, 32, prologue=False) == (256, 32, 32, 4, 8)
+    assert K.default_config("fwd", torch.bfloat16, 32, 32, prologue=False) == (256, 32, 32, 4, 4)
     assert K.default_config("fwd", torch.bfloat16, 64, 32, prologue=False) == (256, 32, 64, 3, 8)
-    assert K.default_config("dgrad", torch.bfloat16, 32, 32) == (256, 32, 32, 4, 8)
+    assert K.default_config("dgrad", torch.bfloat16, 32, 32) == (256, 32, 32, 4, 4)
+    assert K.default_config("dgrad", torch.bfloat16, 16, 160) == (512, 16, 32, 3, 4)   # 16-wide for Cin = 16
     assert K.default_config("fwd", torch.bfloat16, 32, 32) == (64, 32, 64, 4, 4)
     assert K.default_config("dgrad", torch.float16, 64, 64) == (256, 64, 64, 3, 8)
-    assert K.default_config("wgrad", torch.bfloat16, 16, 160, prologue=False) == (128, 32, 64, 4, 4)
+    assert K.default_config("wgrad", torch.bfloat16, 16, 160, prologue=False) == (128, 16, 128, 3, 4)
+    assert K.default_config("wgrad", torch.bfloat16, 32, 32, prologue=False) == (64, 32, 128, 3, 4)
     with pytest.raises(ValueError, match="kind must be"):
         K.default_config("bwd", torch.bfloat16, 16, 16)
 
