@@ -33,8 +33,9 @@ launcher from the strides of every tensor the kernel touches:
 Backward reduces grad_scale / grad_shift without atomics: a grid of (P, column
 blocks) programs, each looping over row tiles P apart and writing one fp32
 partial row, then the [P, C] partials are summed (P is a few hundred at most).
-grad_scale / grad_shift are returned in scale's dtype (float32; accumulated in fp64
-when x is fp64). Float scalars (negative_slope, p, 1/(1-p)) reach the kernels as fp32.
+grad_scale / grad_shift are returned in scale's dtype (the statistics dtype: float32,
+float64 for fp64 x, as the C++ kernel; accumulated in fp64 when x is fp64). Float
+scalars (negative_slope, p, 1/(1-p)) reach the kernels as fp32.
 """
 import math
 import os
@@ -44,7 +45,7 @@ import triton
 import triton.language as tl
 
 from ._common import _f32, act_grad, apply_act, dropout_keep, launch_device
-from .contract import MAX_INDEX, IndexRangeError, check_activation, output_memory_format
+from .contract import MAX_INDEX, IndexRangeError, check_activation, output_memory_format, stats_dtype
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -330,6 +331,9 @@ def _check_common(x, scale, shift, act, negative_slope, dropout_p, seed, what):
             raise ValueError(f"{what}: {name} must be on x's device {x.device}, got {t.device}")
     if scale.dtype != shift.dtype:
         raise TypeError(f"{what}: scale and shift must have the same dtype, got {scale.dtype} and {shift.dtype}")
+    if scale.dtype != stats_dtype(x.dtype):  # the C++ kernel's rule too (csrc/bn_act_dropout.h)
+        raise TypeError(f"{what}: scale and shift must be {stats_dtype(x.dtype)} for {x.dtype} x (the statistics "
+                        f"dtype), got {scale.dtype}")
     check_activation(act, f"{what}: act")
     if not isinstance(negative_slope, (int, float)) or not math.isfinite(negative_slope):
         raise ValueError(f"{what}: negative_slope must be a finite float, got {negative_slope!r}")
@@ -381,7 +385,7 @@ def bn_act_dropout_fwd(x, scale, shift, *, act="relu", negative_slope=0.0, dropo
     """y = dropout(act(x * scale[c] + shift[c])) (see the module docstring).
 
     x: [N, C, H, W] or [N, C], float16/bfloat16/float32/float64, any strides.
-    scale, shift: [C] float32 (or float64). seed: int64 [1] on x's device, needed when dropout_p > 0.
+    scale, shift: [C] float32 (float64 for float64 x). seed: int64 [1] on x's device, needed when dropout_p > 0.
     out: optional preallocated output (x's shape and dtype, any strides); by default y is
     allocated in x's memory format (channels_last in -> channels_last out).
     """
@@ -418,7 +422,7 @@ def bn_act_dropout_bwd(grad_y, x, scale, shift, *, act="relu", negative_slope=0.
 
     grad_y: x's shape, any floating dtype and strides (expanded grads are fine).
     grad_x has x's dtype and memory format (or is written into ``grad_x_out``);
-    grad_scale / grad_shift have scale's dtype (float32), reduced in fp32 (fp64 for fp64 x).
+    grad_scale / grad_shift have scale's dtype (float32, float64 for float64 x), reduced in that dtype.
     """
     _check_common(x, scale, shift, act, negative_slope, dropout_p, seed, "bn_act_dropout_bwd")
     if not isinstance(grad_y, torch.Tensor):

@@ -10,6 +10,7 @@ read them from here, so each rule exists once:
   output_memory_format           channels_last in -> channels_last out
   dropout_bits_shape             shape of the convolutions' dropout keep bitmask
   max_index_elements             the kernels' int32 index bound (IndexRangeError)
+  stats_dtype                    dtype of BN statistics, scale / shift for x's dtype
 """
 from typing import Tuple
 
@@ -78,6 +79,13 @@ def dropout_bits_shape(x_shape) -> Tuple[int, int]:
     (one word per pixel and 32 channels; see kernels/_common.py)."""
     n, c, h, w = (int(v) for v in x_shape)
     return n * h * w, (c + 31) // 32
+
+
+def stats_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Per-channel BN statistics (mean, var, the convs' partials), scale / shift and the
+    BN backward coefficients of data of ``dtype``: float32, float64 for float64 data (as
+    nn.BatchNorm2d computes them; the C++ kernels' stats_dtype, csrc/common.h)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def output_memory_format(x: torch.Tensor) -> torch.memory_format:

@@ -505,6 +505,9 @@ def test_bad_inputs_raise_clear_errors():
         (lambda: fwd(x, s, b.view(1, C)), r"shift must have shape \[C\]"),
         (lambda: fwd(x, s.half(), b), r"scale dtype must be float32 or float64, got torch.float16"),
         (lambda: fwd(x, s, b.double()), r"scale and shift must have the same dtype"),
+        # the statistics dtype, as the C++ kernel: float32 for float32 x, float64 only for float64 x
+        (lambda: fwd(x, s.double(), b.double()), r"scale and shift must be torch.float32 for torch.float32 x"),
+        (lambda: fwd(x.double(), s, b), r"scale and shift must be torch.float64 for torch.float64 x"),
         (lambda: fwd(x, s.to("meta"), b), r"scale must be on x's device"),
         (lambda: fwd(x, s, b, act="gelu"), r"act must be one of .* got 'gelu'"),
         (lambda: fwd(x, s, b, act="leaky_relu", negative_slope=float("nan")), r"negative_slope must be a finite"),
@@ -525,6 +528,17 @@ def test_bad_inputs_raise_clear_errors():
         with pytest.raises((ValueError, TypeError), match=pattern):
             fn()
     assert wrn_fast.counters() == {}  # nothing was launched
+
+
+@needs_ext
+def test_cpp_kernel_has_the_same_scale_dtype_rule():
+    """The op's C++ kernel (CPU tensors) rejects what the Triton launcher rejects: scale /
+    shift must be the statistics dtype of x (float64 for float64 x, else float32)."""
+    x = make_x("nchw", torch.float32)
+    s, b = torch.ones(x.shape[1]), torch.zeros(x.shape[1])
+    for x_dtype, wrong, expected in ((torch.float32, torch.float64, "Float"), (torch.float64, torch.float32, "Double")):
+        with pytest.raises(RuntimeError, match=rf"bn_act_dropout: scale must be {expected}, got"):
+            torch.ops.wrn_fast.bn_act_dropout(x.to(x_dtype), s.to(wrong), b.to(wrong), "relu", 0.0, 0.0, None)
 
 
 

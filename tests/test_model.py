@@ -134,6 +134,28 @@ def test_fast_matches_reference_triton_backend(cfg):
     assert c.get("bn_act_conv_wgrad", 0) >= 2 * n_convs
 
 
+@pytest.mark.parametrize("cfg", TRITON_CONFIGS[:2], ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
+@needs_ext
+def test_float64_training_on_the_triton_backend_is_exact(cfg):
+    """float64 on the Triton backend: the convs' partial statistics, every BN's mean / var /
+    scale / shift and the statistics backward stay float64 (fp32 partials made the last
+    BN's bn_act_dropout reject its fp32 scale, and would cost ~1e-7). Logits, loss, every
+    gradient, the running statistics after two SGD steps and eval logits within 1e-12 of the
+    float64 reference (measured <= 2e-14; an fp32 rounding anywhere shows as >= 1e-9). relu /
+    silu and no dropout: the Triton kernels take leaky_relu's slope and 1/(1-p) as fp32
+    scalars (kernels/bn_act_dropout.py), ~1e-9 off in float64."""
+    pytest.importorskip("triton")
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("CPU tensors on the Triton backend need the interpreter (GPU: tests/test_model_gpu.py)")
+    wrn_fast.reset_counters()
+    fast, ref = make_pair(**cfg)
+    compare_training(fast.double(), ref.double(), "triton", shape=(2, 3, 8, 8), steps=2, tol=(1e-12, 1e-12))
+    c = wrn_fast.counters()
+    n_convs = sum(isinstance(m, torch.nn.Conv2d) for m in fast.modules())
+    assert c.get("bn_act_conv_fwd", 0) >= 2 * n_convs
+    assert c.get("bn_batch_act_conv_backward", 0) > 0  # the fused BN statistics backward ran in fp64
+
+
 def _autograd_node_names(t):
     """name() of every node of the backward graph behind ``t``, each node once."""
     seen, stack, names = set(), [t.grad_fn], []

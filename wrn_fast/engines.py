@@ -56,7 +56,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import ops
-from .ops import bn_act, ext
+from .ops import bn_act, ext, stats_dtype
 
 __all__ = ["Feature", "Activation", "Description", "CpuEngine", "TritonEngine", "engine_class"]
 
@@ -93,11 +93,6 @@ class Description(NamedTuple):
     conv: str                # a conv with its input's BN-act
     bn_act: str              # a BN-act with no conv after it
     conv_bn_act_eval: str    # conv_bn_act in eval mode
-
-
-def stats_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Statistics, scale / shift: fp32, or fp64 for fp64 data (as nn.BatchNorm2d computes them)."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 class _RunningUpdate(NamedTuple):

@@ -18,7 +18,10 @@ Tensors are logical NCHW ``[N, C, H, W]``; memory may be contiguous NCHW,
 channels_last, or any strided view (kernels take strides). Outputs of the fused
 convolution are channels_last when the input is channels_last, else contiguous.
 
-Per-channel BN statistics are fp32 ``mean`` and biased ``var`` of shape ``[C]``.
+Per-channel BN statistics are ``mean`` and biased ``var`` of shape ``[C]``; they, the
+convolutions' partial statistics, ``scale`` / ``shift`` and the BN backward coefficients
+are fp32, or fp64 for fp64 x (``stats_dtype``): one rule that the C++ and Triton kernels
+check (an fp64 x with fp32 scale is an error, not a silent loss of precision).
 A BatchNorm in training mode is split into differentiable pieces:
 
     mean, var      = stats of its input x      (emitted by x's producer, or channel_stats)
@@ -52,7 +55,7 @@ import torch
 # that kernels/ never imports from above it); re-exported here under their old names.
 from wrn_fast.kernels.contract import (  # noqa: F401
     ACT_CODES, IndexRangeError, check_activation, conv_out_shape, dropout_bits_shape, norm_padding, out_hw,
-    output_memory_format)
+    output_memory_format, stats_dtype)
 
 
 def empty_like_output(x: torch.Tensor) -> torch.Tensor:

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from .._counters import bump
-from . import check_activation, conv_out_shape, dropout_bits_shape, norm_padding, output_memory_format
+from . import check_activation, conv_out_shape, dropout_bits_shape, norm_padding, output_memory_format, stats_dtype
 
 __all__ = ["BatchBN", "bn_act_conv"]
 
@@ -76,8 +76,8 @@ def _one_pass_fwd(x, weight, scale, shift, bias, residual, seed, keep_bits, stri
 def _with_stats(y, stats, cout):
     """(y, mean_p, m2_p, count_p); empty statistics tensors when none were computed."""
     if stats is None:
-        e = y.new_empty((0, cout), dtype=torch.float32)
-        return y, e, e.clone(), y.new_empty((0,), dtype=torch.float32)
+        e = y.new_empty((0, cout), dtype=stats_dtype(y.dtype))
+        return y, e, e.clone(), y.new_empty((0,), dtype=stats_dtype(y.dtype))
     return y, stats[0], stats[1], stats[2]
 
 
@@ -91,8 +91,8 @@ def _fake_fwd(x, weight, stride, padding, compute_stats):
     n, cout, ho, wo = conv_out_shape(x.shape, weight.shape, stride, padding)
     y = torch.empty((n, cout, ho, wo), dtype=x.dtype, device=x.device, memory_format=output_memory_format(x))
     p = _k().stats_rows(n * ho * wo) if compute_stats else 0
-    f32 = dict(dtype=torch.float32, device=x.device)
-    return y, torch.empty((p, cout), **f32), torch.empty((p, cout), **f32), torch.empty((p,), **f32)
+    sd = dict(dtype=stats_dtype(x.dtype), device=x.device)
+    return y, torch.empty((p, cout), **sd), torch.empty((p, cout), **sd), torch.empty((p,), **sd)
 
 
 # --------------------------------------------------------------------------- backward op

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from .. import _ext
 from . import bn_act as _bn_act  # noqa: F401 -- registers bn_act_dropout's fake, autograd and CUDA kernels
-from . import check_activation, empty_like_output
+from . import check_activation, empty_like_output, stats_dtype
 
 
 def _ops():
@@ -126,10 +126,6 @@ def unpack_mask(packed: Tensor, numel: int) -> Tensor:
 
 
 # ------------------------------------------------- fake kernels and autograd
-def _stats_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def _reduce_to_channels(t: Tensor) -> Tensor:
     return t.sum(dim=[d for d in range(t.dim()) if d != 1])
 
@@ -154,7 +150,7 @@ def _register() -> None:
     @torch.library.register_fake(lib + "channel_stats")
     def _(x):
         torch._check(x.dim() >= 2, lambda: f"wrn_fast::channel_stats: x must have rank >= 2, got {x.dim()}")
-        dtype = _stats_dtype(x.dtype)
+        dtype = stats_dtype(x.dtype)
         return x.new_empty((x.shape[1],), dtype=dtype), x.new_empty((x.shape[1],), dtype=dtype)
 
     def stats_setup(ctx, inputs, output):
@@ -231,7 +227,7 @@ def _register() -> None:
 
     @torch.library.register_fake(lib + "batch_norm_act")
     def _(x, weight, bias, eps, act, negative_slope, dropout_p, seed):
-        dtype = _stats_dtype(x.dtype)
+        dtype = stats_dtype(x.dtype)
         return empty_like_output(x), x.new_empty((x.shape[1],), dtype=dtype), x.new_empty((x.shape[1],), dtype=dtype)
     # (its autograd is the C++ kernel registered for the Autograd key)
 
