@@ -150,17 +150,18 @@ def default_config(kind: str, dtype: torch.dtype, cin: int, cout: int, *, dropou
 # prologue costs a fixed number of instructions per element of the activation while the
 # tensor work per element scales with the GEMM's other side (Cout for the forward and
 # wgrad), so below this many output channels the fused prologue, not the tensor cores,
-# bounds the K loop. sm_90a SASS, bf16, N=128, WRN-28-2 widths (default tiles), issue
-# ceiling of the forward / wgrad K loop with the prologue -> without it (identity; the
-# forward then also takes 256-row tiles, see default_config):
-#   width 32 @ 32x32   fwd 0.17 -> 0.49   wgrad 0.25 -> 0.34
-#   width 64 @ 16x16   fwd 0.30 -> 0.94   wgrad 0.37 -> 0.64
-#   width 128 @ 8x8    fwd 0.65 -> 1.00   wgrad 0.73 -> 1.00
+# bounds the K loop. sm_90a SASS, bf16, N=960, WRN-28-2 widths (default tiles, K loops
+# with the hoisted address math), issue ceiling of the forward / wgrad K loop with the
+# prologue -> without it (identity; the forward then also takes 256-row tiles, the wgrad
+# 128-pixel steps, see default_config):
+#   width 32 @ 32x32   fwd 0.18 -> 0.84   wgrad 0.34 -> 0.66
+#   width 64 @ 16x16   fwd 0.39 -> 1.00   wgrad 0.42 -> 0.90
+#   width 128 @ 8x8    fwd 0.80 -> 1.00   wgrad 0.83 -> 1.00
 # dgrad keeps its fused epilogue (its K loop has no prologue). The price: one
 # elementwise pass (read x, write a: 4 bytes per bf16 element, ~0.9 ps at 4.3 TB/s) and
 # the activation a kept for wgrad. It pays where the tensor work per element of x is
 # large: a 3x3 stride-1 conv does 18*Cout FLOPs per element (Cout = 32: 0.73 ps at
-# 790 TFLOP/s, 4.3 ps at ceiling 0.17, 1.5-2.2 ps without the prologue); a 1x1 conv
+# 790 TFLOP/s, 4.1 ps at ceiling 0.18, 0.9 ps at 0.84 without the prologue); a 1x1 conv
 # (2*Cout) or a stride-2 conv (a quarter of that per element) loses more to the pass
 # than the prologue costs it.
 TWO_PASS_MAX_COUT = 128

@@ -149,7 +149,10 @@ def bn_act_conv_wgrad(grad_y, x, scale=None, shift=None, *, weight_shape, stride
     min_chunk = 64 if conv_config.INTERPRET else 512
     target = 4 if conv_config.INTERPRET else 4 * _num_sms(dev)
     split = max(1, min(triton.cdiv(target, tiles), triton.cdiv(m_rows, min_chunk)))
-    chunk = triton.cdiv(triton.cdiv(m_rows, split), 64) * 64
+    # chunks of whole K steps of every BLOCK_K (<= 256; the interpreter's 32): with M a
+    # multiple of BLOCK_K too, no step needs a row mask (EVEN_R)
+    step = 64 if conv_config.INTERPRET else 256
+    chunk = triton.cdiv(triton.cdiv(m_rows, split), step) * step
     split = triton.cdiv(m_rows, chunk)
 
     pow2_out = _is_pow2(ho) and _is_pow2(wo)
