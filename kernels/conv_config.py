@@ -56,7 +56,8 @@ _CONFIGS_16 = {
     "fwd": [_cfg(128, 256, 64, 3, 8), _cfg(128, 128, 64, 3, 8), _cfg(128, 128, 32, 4, 8), _cfg(128, 256, 32, 4, 8),
             _cfg(256, 64, 64, 3, 8), _cfg(256, 32, 64, 3, 8), _cfg(256, 64, 32, 4, 8), _cfg(256, 32, 32, 4, 8),
             _cfg(128, 64, 64, 3, 4), _cfg(64, 128, 64, 3, 4), _cfg(64, 64, 64, 4, 4), _cfg(128, 32, 64, 4, 4),
-            _cfg(64, 32, 64, 4, 4), _cfg(256, 32, 32, 4, 4), _cfg(512, 16, 32, 3, 4)],
+            _cfg(64, 32, 64, 4, 4), _cfg(256, 32, 32, 4, 4), _cfg(512, 16, 32, 3, 4), _cfg(128, 256, 16, 3, 8),
+            _cfg(128, 128, 16, 3, 8), _cfg(256, 32, 16, 4, 4), _cfg(64, 32, 16, 4, 4), _cfg(512, 16, 16, 3, 4)],
     "wgrad": [_cfg(256, 128, 64, 3, 8), _cfg(128, 128, 64, 3, 8), _cfg(128, 128, 32, 4, 8), _cfg(64, 128, 64, 3, 4),
               _cfg(128, 64, 64, 3, 4), _cfg(128, 32, 64, 4, 4), _cfg(64, 64, 64, 4, 4), _cfg(64, 32, 64, 4, 4),
               _cfg(32, 64, 64, 4, 4), _cfg(64, 64, 128, 3, 4), _cfg(64, 32, 128, 3, 4), _cfg(128, 16, 128, 3, 4),
@@ -104,8 +105,12 @@ def default_config(kind: str, dtype: torch.dtype, cin: int, cout: int, *, dropou
     64x32x64 reached 0.47 on a half-masked tile). wgrad without the prologue (the two-pass
     path, 3x3 stride 1: pointers advanced by 128 pixels per K step): 64x64x128 from 64
     channels (0.90), 64x32x128 at 32 (0.66, wgmma's 64 rows over Cout = 32), Cin = 16
-    16-wide: 128x16x128 (0.64) under Cout >= 128, else 64x16x128. With the prologue
-    (whose cost per element does not shrink with more rows) and for the other wgrads:
+    16-wide: 128x16x128 (0.64) under Cout >= 128, else 64x16x128, with the prologue too
+    (1x1 shortcut 16->160: 0.51, the former 64x32x64 0.35 on a half-masked tile). fwd / dgrad
+    with 16 channels per tap along K: BLOCK_K = 16 (fwd 16->160 3x3 128x256: 204 -> 84
+    instructions per iteration, ceiling 1.00 either way but 3/4 of the 64-deep step was
+    masked, i.e. 0.25 of useful work). With the
+    prologue (whose cost per element does not shrink with more rows) and for the other wgrads:
     64x64x64 on 4 warps from 64 channels, else 64x32x64. fp32 (TF32 or exact) / fp64:
     smaller, spill-free tiles, 64 wide when that fills >= 80% of N. ``dropout`` is
     accepted for the variants' sake; the bitmask costs the same under every tile.
@@ -124,6 +129,15 @@ def default_config(kind: str, dtype: torch.dtype, cin: int, cout: int, *, dropou
         if dtype == torch.float64:
             return (64, 32, 16, 3, 4)
         return (128, 64, 32, 3, 8) if n >= 64 and fill(n, 64) >= 0.8 else (64, 32, 32, 4, 4)
+    cfg = _tile_16(kind, cin, cout, n, prologue, fill)
+    k_side = cin if kind == "fwd" else cout  # channels per tap along K (fwd, dgrad)
+    if kind != "wgrad" and k_side <= 16 and (kind == "dgrad" or cin >= 16):  # (cin < 16: the stem's flat K)
+        cfg = (cfg[0], cfg[1], 16) + cfg[3:]  # a 64-deep K step would be 3/4 masked (Cin = 16: 0.25 useful)
+    return cfg
+
+
+def _tile_16(kind, cin, cout, n, prologue, fill):
+    """default_config's 16-bit tile before the K depth is fitted to 16 channels per tap."""
     if n >= 128 and (kind != "wgrad" or cout >= 128):
         def score(item):  # fwd: Cout along BLOCK_N; wgrad: Cout along BLOCK_M; dgrad: one tile
             (bm, bn, _, _, _), ceiling = item
@@ -137,9 +151,9 @@ def default_config(kind: str, dtype: torch.dtype, cin: int, cout: int, *, dropou
         return (256, 64 if n >= 64 else 32, 64, 3, 8)
     if kind == "dgrad" and n <= 16:
         return (512, 16, 32, 3, 4)  # Cin = 16: a 16-wide tile (a 32-wide one is half masked)
+    if kind == "wgrad" and n <= 16:  # Cin <= 16 (stem, first block's convs): 16 wide, 128 pixels per K step
+        return (128 if cout >= 128 else 64, 16, 128, 3, 4)
     if kind == "wgrad" and not prologue:  # the two-pass path (3x3 stride 1): 128 pixels per K step
-        if n <= 16:
-            return (128 if cout >= 128 else 64, 16, 128, 3, 4)
         return (64, 64 if n >= 64 else 32, 128, 3, 4)
     if n >= 64:
         return (64, 64, 64, 4, 4)

@@ -595,7 +595,9 @@ def test_default_config_heuristic(kind, dtype, monkeypatch):
             else:
                 k_side = cin if kind == "fwd" else cout
                 short_k = kind == "dgrad" and (n >= 32 and k_side <= 32 or n <= 16)  # 32-deep steps
-                assert cfg[2] == (32 if short_k else 64), (kind, cin, cout, cfg)
+                long_k = kind == "wgrad" and n <= 16  # 16-wide wgrad: 128 pixels per step
+                k16 = kind != "wgrad" and k_side <= 16  # 16 channels per tap: 16-deep steps
+                assert cfg[2] == (16 if k16 else 32 if short_k else 128 if long_k else 64), (kind, cin, cout, cfg)
                 if n >= 128 and cout >= 128:
                     assert cfg in [c for c, _ in K._WIDE_16[kind]], (n, cfg)
     assert K.default_config("fwd", torch.float32, 160, 160)[1] == 64
@@ -613,6 +615,9 @@ def test_default_config_heuristic(kind, dtype, monkeypatch):
     assert K.default_config("dgrad", torch.float16, 64, 64) == (256, 64, 64, 3, 8)
     assert K.default_config("wgrad", torch.bfloat16, 16, 160, prologue=False) == (128, 16, 128, 3, 4)
     assert K.default_config("wgrad", torch.bfloat16, 32, 32, prologue=False) == (64, 32, 128, 3, 4)
+    assert K.default_config("wgrad", torch.bfloat16, 16, 160) == (128, 16, 128, 3, 4)
+    assert K.default_config("fwd", torch.bfloat16, 16, 160, prologue=False) == (128, 256, 16, 3, 8)
+    assert K.default_config("fwd", torch.bfloat16, 3, 16, prologue=False)[2] == 64   # the stem's flat K
     with pytest.raises(ValueError, match="kind must be"):
         K.default_config("bwd", torch.bfloat16, 16, 16)
 
