@@ -61,7 +61,7 @@ _CONFIGS_16 = {
     "wgrad": [_cfg(256, 128, 64, 3, 8), _cfg(128, 128, 64, 3, 8), _cfg(128, 128, 32, 4, 8), _cfg(64, 128, 64, 3, 4),
               _cfg(128, 64, 64, 3, 4), _cfg(128, 32, 64, 4, 4), _cfg(64, 64, 64, 4, 4), _cfg(64, 32, 64, 4, 4),
               _cfg(32, 64, 64, 4, 4), _cfg(64, 64, 128, 3, 4), _cfg(64, 32, 128, 3, 4), _cfg(128, 16, 128, 3, 4),
-              _cfg(64, 16, 128, 3, 4)],
+              _cfg(64, 16, 128, 3, 4), _cfg(256, 64, 64, 3, 8)],
 }
 _CONFIGS_16["dgrad"] = list(_CONFIGS_16["fwd"])
 _CONFIGS_32 = {
@@ -81,19 +81,27 @@ ALL_CONFIGS = {k: _CONFIGS_16[k] + _CONFIGS_32[k] for k in ("fwd", "dgrad", "wgr
 # the tile (BLOCK_N = Cout for fwd, BLOCK_M = Cout for wgrad).
 _WIDE_16 = {
     "fwd": [((128, 256, 64, 3, 8), 1.0), ((128, 128, 64, 3, 8), 0.65)],
-    "wgrad": [((256, 128, 64, 3, 8), 1.0), ((128, 128, 64, 3, 8), 0.73)],
-    "dgrad": [((128, 128, 64, 3, 8), 1.0)],
+    "wgrad": [((256, 128, 64, 3, 8), 1.0), ((128, 128, 64, 3, 8), 0.73), ((256, 64, 64, 3, 8), 1.0)],
+    # dgrad (stride 1, hoisted plain loop): the 64-wide tiles fit Cin = 160 / 320 better
+    # (their score also counts the K steps' fill: Cout per tap over BLOCK_K)
+    "dgrad": [((128, 128, 64, 3, 8), 1.0), ((256, 64, 64, 3, 8), 1.0), ((256, 64, 32, 4, 8), 1.0)],
 }
 
 
 def default_config(kind: str, dtype: torch.dtype, cin: int, cout: int, *, dropout: bool = False,
-                   prologue: bool = True):
+                   prologue: bool = True, stride: int = 1):
     """The tile config used without autotuning: (BLOCK_M, BLOCK_N, BLOCK_K, num_stages, num_warps).
 
     A heuristic, not timed, read from the sm_90a SASS. 16-bit operands with 128 or more
     channels on the tiled sides: of the tiles in ``_WIDE_16``, the one with the highest
     (issue ceiling x share of the tile that falls inside Cout), e.g. fwd Cout = 320 takes
-    128x256 (1.0 x 62.5%) over 128x128 (0.65 x 83%). 32..127 channels: a plain K loop
+    128x256 (1.0 x 62.5%) over 128x128 (0.65 x 83%); dgrad at stride 1 also scores the K
+    steps' fill (Cout per tap over BLOCK_K): 160 channels take 256x64x32 (1.0 x 83% x 100%;
+    128x128x64: 62.5% x 83%), 320 256x64x64 (100% x 100%), 640 128x128x64; a strided dgrad
+    (its gather is not hoisted: 256x64x64 0.74) 128x128x64; wgrad scores Cin along N too:
+    160 and 320 channels take 256x64x64 (0.94 with dropout; 62.5% x 83% and 62.5% x 100%
+    of the tile useful, 256x128: 62.5% x 62.5%, 62.5% x 83%), 640 256x128x64 (83% x 100%).
+    32..127 channels: a plain K loop
     (dgrad's always; the forward's without the BN-act ``prologue``, as in the two-pass
     path), whose per-row address and padding math is hoisted out of the loop (a step adds
     a uniform offset and tests a tap bit per row, see conv_fwd / conv_dgrad), takes 256
@@ -129,19 +137,26 @@ def default_config(kind: str, dtype: torch.dtype, cin: int, cout: int, *, dropou
         if dtype == torch.float64:
             return (64, 32, 16, 3, 4)
         return (128, 64, 32, 3, 8) if n >= 64 and fill(n, 64) >= 0.8 else (64, 32, 32, 4, 4)
-    cfg = _tile_16(kind, cin, cout, n, prologue, fill)
+    cfg = _tile_16(kind, cin, cout, n, prologue, fill, stride)
     k_side = cin if kind == "fwd" else cout  # channels per tap along K (fwd, dgrad)
     if kind != "wgrad" and k_side <= 16 and (kind == "dgrad" or cin >= 16):  # (cin < 16: the stem's flat K)
         cfg = (cfg[0], cfg[1], 16) + cfg[3:]  # a 64-deep K step would be 3/4 masked (Cin = 16: 0.25 useful)
     return cfg
 
 
-def _tile_16(kind, cin, cout, n, prologue, fill):
+def _tile_16(kind, cin, cout, n, prologue, fill, stride):
     """default_config's 16-bit tile before the K depth is fitted to 16 channels per tap."""
     if n >= 128 and (kind != "wgrad" or cout >= 128):
-        def score(item):  # fwd: Cout along BLOCK_N; wgrad: Cout along BLOCK_M; dgrad: one tile
-            (bm, bn, _, _, _), ceiling = item
-            return ceiling * (fill(cout, bn) if kind == "fwd" else fill(cout, bm) if kind == "wgrad" else 1.0)
+        if kind == "dgrad" and stride > 1:  # the strided gather is not hoisted: 256x64 falls to 0.74 there
+            return _WIDE_16["dgrad"][0][0]
+
+        def score(item):  # fwd: Cout along BLOCK_N; wgrad: Cout along BLOCK_M; dgrad: Cin along N, Cout along K
+            (bm, bn, bk, _, _), ceiling = item
+            if kind == "dgrad":
+                return ceiling * fill(cin, bn) * fill(cout, bk)
+            if kind == "wgrad":  # Cout along M, Cin along N
+                return ceiling * fill(cout, bm) * fill(cin, bn)
+            return ceiling * fill(cout, bn)
         return max(_WIDE_16[kind], key=score)[0]
     plain_loop = kind == "dgrad" or (kind == "fwd" and not prologue)
     if plain_loop and n >= 32:
@@ -241,15 +256,16 @@ def launch(kernel, grid, args, consts, kind, dtype, cin, cout, dropout):
         kernel[grid](*args, **consts)
         return
     bm, bn, bk, stages, warps = default_config(kind, dtype, cin, cout, dropout=dropout,
-                                               prologue=bool(consts.get("HAS_AFFINE", True)))
+                                               prologue=bool(consts.get("HAS_AFFINE", True)),
+                                               stride=int(consts.get("STRIDE", 1)))
     kernel.fn[grid](*args, **consts, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_stages=stages, num_warps=warps)
 
 
-def min_block_m(kind, dtype, cin, cout, dropout):
+def min_block_m(kind, dtype, cin, cout, dropout, stride=1):
     """The smallest BLOCK_M a launch of ``kind`` may use (sizes per-M-tile partials)."""
     if AUTOTUNE and _GPU_TILES:
         return min(c.kwargs["BLOCK_M"] for c in _configs_for(kind))
-    return default_config(kind, dtype, cin, cout, dropout=dropout)[0]
+    return default_config(kind, dtype, cin, cout, dropout=dropout, stride=stride)[0]
 
 
 def _dot_modes(dtype, allow_tf32):

@@ -147,7 +147,7 @@ def bn_act_conv_dgrad(grad_y, weight, x, scale=None, shift=None, *, stride=1, pa
     acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     m_rows = nb * h * w
     p_on = float(dropout_p) > 0
-    pm = triton.cdiv(m_rows, conv_config.min_block_m("dgrad", x.dtype, cin, cout, p_on)) if has_affine else 0
+    pm = triton.cdiv(m_rows, conv_config.min_block_m("dgrad", x.dtype, cin, cout, p_on, stride)) if has_affine else 0
     if grad_x.numel() == 0:
         z = torch.zeros(cin, device=dev, dtype=scale.dtype) if has_affine else None
         return grad_x, z, (z.clone() if has_affine else None)

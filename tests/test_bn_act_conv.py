@@ -597,7 +597,9 @@ def test_default_config_heuristic(kind, dtype, monkeypatch):
                 short_k = kind == "dgrad" and (n >= 32 and k_side <= 32 or n <= 16)  # 32-deep steps
                 long_k = kind == "wgrad" and n <= 16  # 16-wide wgrad: 128 pixels per step
                 k16 = kind != "wgrad" and k_side <= 16  # 16 channels per tap: 16-deep steps
-                assert cfg[2] == (16 if k16 else 32 if short_k else 128 if long_k else 64), (kind, cin, cout, cfg)
+                wide_dgrad = kind == "dgrad" and n >= 128  # BLOCK_K 32 or 64, whichever fills Cout per tap
+                if not wide_dgrad:
+                    assert cfg[2] == (16 if k16 else 32 if short_k else 128 if long_k else 64), (kind, cin, cout, cfg)
                 if n >= 128 and cout >= 128:
                     assert cfg in [c for c, _ in K._WIDE_16[kind]], (n, cfg)
     assert K.default_config("fwd", torch.float32, 160, 160)[1] == 64
@@ -605,12 +607,18 @@ def test_default_config_heuristic(kind, dtype, monkeypatch):
     assert K.default_config("fwd", torch.bfloat16, 320, 320)[:2] == (128, 256)   # 1.0 x 62.5% > 0.65 x 83%
     assert K.default_config("fwd", torch.bfloat16, 128, 128)[:2] == (128, 128)   # 0.65 x 100% > 1.0 x 50%
     assert K.default_config("wgrad", torch.bfloat16, 640, 640)[:2] == (256, 128)
+    assert K.default_config("wgrad", torch.bfloat16, 160, 160)[:2] == (256, 64)   # 1.0 x 52% > 1.0 x 39%
     # plain K loops (dgrad; fwd / wgrad without the prologue, the two-pass path): 256 rows
     assert K.default_config("fwd", torch.bfloat16, 64, 64, prologue=False) == (256, 64, 64, 3, 8)
     assert K.default_config("fwd", torch.bfloat16, 32, 32, prologue=False) == (256, 32, 32, 4, 4)
     assert K.default_config("fwd", torch.bfloat16, 64, 32, prologue=False) == (256, 32, 64, 3, 8)
     assert K.default_config("dgrad", torch.bfloat16, 32, 32) == (256, 32, 32, 4, 4)
     assert K.default_config("dgrad", torch.bfloat16, 16, 160) == (512, 16, 32, 3, 4)   # 16-wide for Cin = 16
+    # dgrad by ceiling x fill of Cin (N) and of Cout per tap (K); strided: 128x128x64
+    assert K.default_config("dgrad", torch.bfloat16, 160, 160) == (256, 64, 32, 4, 8)
+    assert K.default_config("dgrad", torch.bfloat16, 320, 320) == (256, 64, 64, 3, 8)
+    assert K.default_config("dgrad", torch.bfloat16, 640, 640) == (128, 128, 64, 3, 8)
+    assert K.default_config("dgrad", torch.bfloat16, 160, 320, stride=2) == (128, 128, 64, 3, 8)
     assert K.default_config("fwd", torch.bfloat16, 32, 32) == (64, 32, 64, 4, 4)
     assert K.default_config("dgrad", torch.float16, 64, 64) == (256, 64, 64, 3, 8)
     assert K.default_config("wgrad", torch.bfloat16, 16, 160, prologue=False) == (128, 16, 128, 3, 4)

@@ -148,7 +148,7 @@ def test_two_pass_layers_compile_and_count_the_split_kernels():
     def kernels(two_pass):
         layer.two_pass = two_pass
         saved = {"eager": {}, "fused": {}}
-        ks = roofline._conv_kernels(layer, "bf16", 2, lambda v: (1.0, v.label()), 132, True, saved, {}, True)
+        ks = roofline._conv_kernels(layer, "bf16", 2, lambda v: (1.0, 1.0, v.label()), 132, True, saved, {}, True)
         return ks, saved["fused"]
     e_in = 128 * 32 * 32 * 32
     ks1, saved1 = kernels(False)
@@ -157,3 +157,15 @@ def test_two_pass_layers_compile_and_count_the_split_kernels():
     assert sum(k.bytes for k in ks2 if k.what.startswith("two-pass: bn_act_dropout fwd")) == 2 * e_in * 2
     assert saved2["g1.b0.conv2.a"] == e_in * 2 and "g1.b0.bn2.bits" not in saved2 and "g1.b0.bn2.bits" in saved1
     assert not any(k.what.startswith("two-pass") for k in ks1)
+
+
+def test_roofline_counts_masked_tile_lanes_as_lost_work():
+    """The roofline's useful ceiling is the SASS ceiling x the share of the tile inside the
+    GEMM: a 32-wide tile over 16 channels does half useful work, a 64-deep K step over 16
+    channels per tap a quarter, and a tile that fits counts whole."""
+    from bench import roofline
+    from bench.sass import Variant
+    assert roofline.tile_fill(Variant("dgrad", "bf16", 128, 16, 160, 32), (64, 32, 64)) == 0.5 * (160 / 192)
+    assert roofline.tile_fill(Variant("fwd", "bf16", 128, 16, 160, 32), (128, 256, 64)) == (160 / 256) * 0.25
+    assert roofline.tile_fill(Variant("fwd", "bf16", 128, 3, 16, 32), (64, 32, 32)) == 0.5 * 27 / 32  # flat K
+    assert roofline.tile_fill(Variant("wgrad", "bf16", 128, 64, 64, 16), (64, 64, 128)) == 1.0
