@@ -314,7 +314,8 @@ def tile_fill(v, config):
     """Share of a tile's tensor-core FMAs inside the GEMM of variant ``v`` under ``config``
     (BLOCK_M, BLOCK_N, BLOCK_K, ...): fwd M = N*Ho*Wo, N = Cout, K = Cin per tap (the flat
     kh*kw*Cin below 16 channels, the stem); dgrad M = N*H*W, N = Cin, K = Cout per tap;
-    wgrad M = Cout, N = Cin (its K, the pixels, comes in whole chunks)."""
+    wgrad M = Cout, N = Cin (kh*kw*Cin below 16 channels; its K, the pixels, comes in whole
+    chunks)."""
     bm, bn, bk = config[:3]
 
     def fill(size, block):
@@ -326,6 +327,8 @@ def tile_fill(v, config):
         return fill(v.n * ho * ho, bm) * fill(v.cout, bn) * k
     if v.kind == "dgrad":
         return fill(v.n * v.hw * v.hw, bm) * fill(v.cin, bn) * fill(v.cout, bk)
+    if v.cin < 16:  # the stem's wgrad: N = (tap, c) flattened
+        return fill(v.cout, bm) * fill(v.ksize * v.ksize * v.cin, bn)
     return fill(v.cout, bm) * fill(v.cin, bn)
 
 

@@ -166,7 +166,9 @@ def _tile_16(kind, cin, cout, n, prologue, fill, stride):
         return (256, 64 if n >= 64 else 32, 64, 3, 8)
     if kind == "dgrad" and n <= 16:
         return (512, 16, 32, 3, 4)  # Cin = 16: a 16-wide tile (a 32-wide one is half masked)
-    if kind == "wgrad" and n <= 16:  # Cin <= 16 (stem, first block's convs): 16 wide, 128 pixels per K step
+    if kind == "wgrad" and n < 16:  # the stem: N = (tap, c) flattened (27 columns at 3x3, Cin = 3)
+        return (64, 32, 128, 3, 4)
+    if kind == "wgrad" and n <= 16:  # Cin = 16 (first block's convs): 16 wide, 128 pixels per K step
         return (128 if cout >= 128 else 64, 16, 128, 3, 4)
     if kind == "wgrad" and not prologue:  # the two-pass path (3x3 stride 1): 128 pixels per K step
         return (64, 64 if n >= 64 else 32, 128, 3, 4)

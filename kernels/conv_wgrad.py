@@ -1,8 +1,9 @@
 """Gradient w.r.t. the weight of BN-act-dropout -> conv2d, ``a`` recomputed from x.
 
   gw[co,c,kh,kw] = sum_{n,oh,ow} gy[n,co,oh,ow] * a[n,c,oh*s-pt+kh,ow*s-pl+kw]
-  GEMM M = Cout, N = Cin (one tap per program column), K = N*Ho*Wo with split-K
-  (partials in fp32 / fp64, summed by the launcher).
+  GEMM M = Cout, N = Cin (one tap per program column; below 16 channels, the stem, N =
+  (tap, c) flattened), K = N*Ho*Wo with split-K (partials in fp32 / fp64, summed by the
+  launcher).
 """
 import torch
 import triton
@@ -31,7 +32,7 @@ def _wgrad_kernel(
     slope, inv_keep, keep_mul,
     KH: tl.constexpr, KW: tl.constexpr, STRIDE: tl.constexpr, PT: tl.constexpr, PL: tl.constexpr,
     ACT: tl.constexpr, HAS_AFFINE: tl.constexpr, HAS_DROPOUT: tl.constexpr, POW2_OUT: tl.constexpr,
-    LINEAR: tl.constexpr, OFFS_64: tl.constexpr, EVEN_R: tl.constexpr,
+    LINEAR: tl.constexpr, FLAT_N: tl.constexpr, OFFS_64: tl.constexpr, EVEN_R: tl.constexpr,
     IS_FP64: tl.constexpr, IN_PREC: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -58,62 +59,109 @@ def _wgrad_kernel(
     HoWo = Ho * Wo
     k_lo = pid_k * K_CHUNK
     k_hi = tl.minimum(k_lo + K_CHUNK, M)
-    if LINEAR:
-        # gy and x dense over pixels with the same (n, h, w) order, stride 1, Ho = H,
-        # Wo = W: a pixel's offsets are linear in its row r, and tap (kh, kw) shifts x
-        # by a constant: loop-carried pointers advance by BLOCK_K pixels per step
-        # (sm_90a, bf16 32->32 64x32x64: 186 -> ? instructions per iteration).
-        k_lo_w = k_lo.to(tl.int64) if OFFS_64 else k_lo
-        g_ptrs = gy_ptr + (k_lo_w * sgw + rk * sgw)[None, :] + rco[:, None] * sgc
-        x_ptrs = x_ptr + (k_lo_w * sxw + ((kh - PT) * sxh + (kw - PL) * sxw) + rk * sxw)[:, None] + rc[None, :] * sxc
-        pix_tap = (kh - PT) * W + (kw - PL)
-    for r0 in range(k_lo, k_hi, BLOCK_K):
-        r = r0 + rk
-        # EVEN_R: the chunk and M are multiples of BLOCK_K, no row mask
-        r_ok = tl.full([BLOCK_K], 1, tl.int1) if EVEN_R else r < k_hi
-        if LINEAR:
-            oh = (r >> LOG2_WO) & (Ho - 1)
-            ow = r & (Wo - 1)
-            pix = r + pix_tap
-        else:
+    if FLAT_N:
+        # Cin < 16 (the stem): the GEMM's N is (tap, c) flattened, KH*KW*Cin columns gathered
+        # per element (one tap per program would leave 3 of 16 columns useful at Cin = 3)
+        kf = pid_t * BLOCK_N + tl.arange(0, BLOCK_N)
+        kf_ok = kf < KH * KW * Cin
+        ftap = kf // Cin
+        fc = kf - ftap * Cin
+        fkh = ftap // KW
+        fkw = ftap - fkh * KW
+        if HAS_AFFINE:
+            fsc = tl.load(scale_ptr + fc, mask=kf_ok, other=0.0).to(acc.dtype)
+            fsh = tl.load(shift_ptr + fc, mask=kf_ok, other=0.0).to(acc.dtype)
+        for r0 in range(k_lo, k_hi, BLOCK_K):
+            r = r0 + rk
+            r_ok = r < k_hi
             rr = tl.where(r_ok, r, 0)
-            if POW2_OUT:  # Ho, Wo powers of two (every WRN shape): shifts, not integer divisions
+            if POW2_OUT:
                 nb = rr >> LOG2_HOWO
                 oh = (rr >> LOG2_WO) & (Ho - 1)
                 ow = rr & (Wo - 1)
             else:
                 nb, oh, ow = _pixel_of_row(rr, HoWo, Wo)
             nb64 = (nb.to(tl.int64) if OFFS_64 else nb)
-            g_ptrs = gy_ptr + (nb64 * sgn + oh * sgh + ow * sgw)[None, :] + rco[:, None] * sgc
-            x_ptrs = x_ptr + (nb64 * sxn + (oh * STRIDE - PT + kh) * sxh + (ow * STRIDE - PL + kw) * sxw)[:, None] \
-                + rc[None, :] * sxc
-            pix = (nb * H + oh * STRIDE - PT + kh) * W + ow * STRIDE - PL + kw
-        g = tl.load(g_ptrs, mask=co_ok[:, None] & r_ok[None, :], other=0.0)
-        ih = oh * STRIDE - PT + kh
-        iw = ow * STRIDE - PL + kw
-        sp_ok = r_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        xv = tl.load(x_ptrs, mask=sp_ok[:, None] & c_ok[None, :], other=0.0)
-        if LINEAR:
-            g_ptrs += BLOCK_K * sgw
-            x_ptrs += BLOCK_K * sxw
-        if HAS_AFFINE:
-            if HAS_DROPOUT:
-                keep = keep_from_bits(bits_ptr, pix * CW, sp_ok, cb * BLOCK_N,
-                                      tl.arange(0, BLOCK_N), CW, BLOCK_N)
-                m = tl.where(keep, keep_mul, 0.0)
+            g = tl.load(gy_ptr + (nb64 * sgn + oh * sgh + ow * sgw)[None, :] + rco[:, None] * sgc,
+                        mask=co_ok[:, None] & r_ok[None, :], other=0.0)
+            ih = oh[:, None] * STRIDE - PT + fkh[None, :]
+            iw = ow[:, None] * STRIDE - PL + fkw[None, :]
+            inb = r_ok[:, None] & kf_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            xv = tl.load(x_ptr + (nb64 * sxn)[:, None] + fc[None, :] * sxc + ih * sxh + iw * sxw, mask=inb,
+                         other=0.0)
+            if HAS_AFFINE:
+                if HAS_DROPOUT:  # a word per element
+                    wd = tl.load(bits_ptr + ((nb[:, None] * H + ih) * W + iw) * CW + fc[None, :] // 32, mask=inb,
+                                 other=0)
+                    m = tl.where(inb & (((wd >> (fc[None, :] % 32)) & 1) != 0), keep_mul, 0.0)
+                else:
+                    m = tl.where(inb, 1.0, 0.0)
+                a = _prologue(xv.to(acc.dtype), fsc[None, :], fsh[None, :], m, slope, inv_keep, ACT, HAS_DROPOUT)
+                a = a.to(g.dtype)
             else:
-                m = tl.where(sp_ok, 1.0, 0.0)[:, None]
-            a = _prologue(xv.to(acc.dtype), sc.to(acc.dtype)[None, :], sh.to(acc.dtype)[None, :], m, slope,
-                          inv_keep, ACT, HAS_DROPOUT)
-            a = a.to(g.dtype)
-        else:
-            a = xv
-        acc = _mma(g, a, acc, IN_PREC, UPCAST)
+                a = xv
+            acc = _mma(g, a, acc, IN_PREC, UPCAST)
+    else:
+        if LINEAR:
+            # gy and x dense over pixels with the same (n, h, w) order, stride 1, Ho = H,
+            # Wo = W: a pixel's offsets are linear in its row r, and tap (kh, kw) shifts x
+            # by a constant: loop-carried pointers advance by BLOCK_K pixels per step
+            # (sm_90a, bf16 32->32 64x32x64: 186 -> ? instructions per iteration).
+            k_lo_w = k_lo.to(tl.int64) if OFFS_64 else k_lo
+            g_ptrs = gy_ptr + (k_lo_w * sgw + rk * sgw)[None, :] + rco[:, None] * sgc
+            x_ptrs = x_ptr + (k_lo_w * sxw + ((kh - PT) * sxh + (kw - PL) * sxw) + rk * sxw)[:, None] + rc[None, :] * sxc
+            pix_tap = (kh - PT) * W + (kw - PL)
+        for r0 in range(k_lo, k_hi, BLOCK_K):
+            r = r0 + rk
+            # EVEN_R: the chunk and M are multiples of BLOCK_K, no row mask
+            r_ok = tl.full([BLOCK_K], 1, tl.int1) if EVEN_R else r < k_hi
+            if LINEAR:
+                oh = (r >> LOG2_WO) & (Ho - 1)
+                ow = r & (Wo - 1)
+                pix = r + pix_tap
+            else:
+                rr = tl.where(r_ok, r, 0)
+                if POW2_OUT:  # Ho, Wo powers of two (every WRN shape): shifts, not integer divisions
+                    nb = rr >> LOG2_HOWO
+                    oh = (rr >> LOG2_WO) & (Ho - 1)
+                    ow = rr & (Wo - 1)
+                else:
+                    nb, oh, ow = _pixel_of_row(rr, HoWo, Wo)
+                nb64 = (nb.to(tl.int64) if OFFS_64 else nb)
+                g_ptrs = gy_ptr + (nb64 * sgn + oh * sgh + ow * sgw)[None, :] + rco[:, None] * sgc
+                x_ptrs = x_ptr + (nb64 * sxn + (oh * STRIDE - PT + kh) * sxh + (ow * STRIDE - PL + kw) * sxw)[:, None] \
+                    + rc[None, :] * sxc
+                pix = (nb * H + oh * STRIDE - PT + kh) * W + ow * STRIDE - PL + kw
+            g = tl.load(g_ptrs, mask=co_ok[:, None] & r_ok[None, :], other=0.0)
+            ih = oh * STRIDE - PT + kh
+            iw = ow * STRIDE - PL + kw
+            sp_ok = r_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            xv = tl.load(x_ptrs, mask=sp_ok[:, None] & c_ok[None, :], other=0.0)
+            if LINEAR:
+                g_ptrs += BLOCK_K * sgw
+                x_ptrs += BLOCK_K * sxw
+            if HAS_AFFINE:
+                if HAS_DROPOUT:
+                    keep = keep_from_bits(bits_ptr, pix * CW, sp_ok, cb * BLOCK_N,
+                                          tl.arange(0, BLOCK_N), CW, BLOCK_N)
+                    m = tl.where(keep, keep_mul, 0.0)
+                else:
+                    m = tl.where(sp_ok, 1.0, 0.0)[:, None]
+                a = _prologue(xv.to(acc.dtype), sc.to(acc.dtype)[None, :], sh.to(acc.dtype)[None, :], m, slope,
+                              inv_keep, ACT, HAS_DROPOUT)
+                a = a.to(g.dtype)
+            else:
+                a = xv
+            acc = _mma(g, a, acc, IN_PREC, UPCAST)
 
     KK = Cin * KH * KW
     base = part_ptr + pid_k.to(tl.int64) * Cout * KK
-    ptrs = base + rco[:, None] * KK + rc[None, :] * (KH * KW) + tap
-    tl.store(ptrs, acc, mask=co_ok[:, None] & c_ok[None, :])
+    if FLAT_N:
+        tl.store(base + rco[:, None] * KK + (fc * (KH * KW) + ftap)[None, :], acc,
+                 mask=co_ok[:, None] & kf_ok[None, :])
+    else:
+        ptrs = base + rco[:, None] * KK + rc[None, :] * (KH * KW) + tap
+        tl.store(ptrs, acc, mask=co_ok[:, None] & c_ok[None, :])
 
 
 def _pixels_linear(grad_y, x, stride, ho, wo):
@@ -160,8 +208,10 @@ def bn_act_conv_wgrad(grad_y, x, scale=None, shift=None, *, weight_shape, stride
         part = torch.empty((split, cout, cin * kh * kw), device=dev, dtype=acc_dtype)
         sc, sh, slope, p, inv_keep, bits, cw, in_prec, upcast = _prologue_args(
             x, scale, shift, negative_slope, dropout_p, seed, keep_bits, allow_tf32)
+        flat_n = cin < 16  # the stem: (tap, channel) columns flattened
         grid = lambda META: (triton.cdiv(cout, META["BLOCK_M"]),  # noqa: E731
-                             kh * kw * triton.cdiv(cin, META["BLOCK_N"]), split)
+                             triton.cdiv(kh * kw * cin, META["BLOCK_N"]) if flat_n
+                             else kh * kw * triton.cdiv(cin, META["BLOCK_N"]), split)
         conv_config.launch(_wgrad_kernel, grid, (
             grad_y, x, sc, sh, bits, part,
             nb, cin, h, w, cout, ho, wo, m_rows, chunk, cw, (ho * wo).bit_length() - 1, wo.bit_length() - 1,
@@ -170,7 +220,7 @@ def bn_act_conv_wgrad(grad_y, x, scale=None, shift=None, *, weight_shape, stride
         ), dict(
             KH=kh, KW=kw, STRIDE=stride, PT=pt, PL=pl,
             ACT=act_code, HAS_AFFINE=scale is not None, HAS_DROPOUT=p > 0, POW2_OUT=pow2_out,
-            LINEAR=pow2_out and _pixels_linear(grad_y, x, stride, ho, wo),
+            LINEAR=pow2_out and _pixels_linear(grad_y, x, stride, ho, wo), FLAT_N=flat_n,
             OFFS_64=_needs_int64(grad_y, x),
             IS_FP64=x.dtype == torch.float64, IN_PREC=in_prec, UPCAST=upcast,
         ), "wgrad", x.dtype, cin, cout, p > 0)

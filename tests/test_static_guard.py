@@ -169,3 +169,4 @@ def test_roofline_counts_masked_tile_lanes_as_lost_work():
     assert roofline.tile_fill(Variant("fwd", "bf16", 128, 16, 160, 32), (128, 256, 64)) == (160 / 256) * 0.25
     assert roofline.tile_fill(Variant("fwd", "bf16", 128, 3, 16, 32), (64, 32, 32)) == 0.5 * 27 / 32  # flat K
     assert roofline.tile_fill(Variant("wgrad", "bf16", 128, 64, 64, 16), (64, 64, 128)) == 1.0
+    assert roofline.tile_fill(Variant("wgrad", "bf16", 128, 3, 16, 32), (64, 32, 128)) == 0.25 * 27 / 32
