@@ -461,7 +461,8 @@ def report(models, dtype, devices, static_path, peak_override, bw_override):
                 details.append(_layer_table(model, dev, ks, peak, bw, summ, missing))
     L += ["", "Speedup = eager step time / wrn_fast step time, both lower bounds as defined above. Memory ratio = "
           "wrn_fast / eager activation bytes kept for backward. The SASS-ceiling-alone column is the model of the "
-          "reports before tile_fill (a masked tile lane counted as useful work). The two sensitivity columns: wrn_fast with every "
+          "reports before tile_fill (a masked tile lane counted as useful work). The two sensitivity columns: "
+          "wrn_fast with every "
           "fused conv at issue ceiling 1 (the best its memory traffic allows), and eager with cuDNN at 70% of the "
           "tensor-core peak instead of 100%."]
     for dtl in details:
@@ -478,8 +479,9 @@ def _layer_table(model, dev, ks, peak, bw, summ, missing):
          f"{summ['eager']['flops'] / 1e12:.2f} TFLOP per step.", ""]
     if missing:
         L += [f"Not in the static report (ceiling 1 assumed): {', '.join(sorted({v.label() for v in missing}))}", ""]
-    L += ["| layer | route | GFLOP (fwd) | eager fwd ms | eager bwd ms | fused fwd ms | fused bwd ms | fused conv useful "
-          "ceilings fwd / dgrad / wgrad (SASS ceiling x tile_fill) |", "|---|---|---|---|---|---|---|---|"]
+    L += ["| layer | route | GFLOP (fwd) | eager fwd ms | eager bwd ms | fused fwd ms | fused bwd ms | "
+          "fused conv useful ceilings fwd / dgrad / wgrad (SASS ceiling x tile_fill) |",
+          "|---|---|---|---|---|---|---|---|"]
     order = []
     for k in ks:
         if k.layer not in order:

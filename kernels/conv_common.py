@@ -81,9 +81,25 @@ def _taps_inside(h0, w0, row_ok, H, W, KH: tl.constexpr, KW: tl.constexpr, SIGN:
 
 
 @triton.jit
+def _k_step_start():
+    """(c0, kh, kw) of the first K step: int32 zeros, carried through the loop."""
+    return tl.full([], 0, tl.int32), tl.full([], 0, tl.int32), tl.full([], 0, tl.int32)
+
+
+@triton.jit
+def _k_step_channels(c0, kh, kw, rk, C, KW: tl.constexpr, EVEN_K: tl.constexpr):
+    """The K step at (tap (kh, kw), first channel c0): (tap index, channels c0 + rk, their
+    mask; all true when EVEN_K, C a multiple of BLOCK_K)."""
+    c = c0 + rk
+    c_ok = tl.full(rk.shape, 1, tl.int1) if EVEN_K else c < C
+    return kh * KW + kw, c, c_ok
+
+
+@triton.jit
 def _next_k_step(c0, kh, kw, C, KW: tl.constexpr, BLOCK_K: tl.constexpr):
     """The K loops' step over (tap (kh, kw), channel chunk c0): the next chunk, else the
-    next tap's first. Scalar, loop-carried: no division by the chunk count per step."""
+    next tap's first. Scalar, loop-carried (from ``_k_step_start``): no division by the
+    chunk count per step."""
     c0 = c0 + BLOCK_K
     wrap = c0 >= C
     c0 = tl.where(wrap, 0, c0)

@@ -13,8 +13,8 @@ import triton.language as tl
 from . import conv_config
 from ._common import act_grad, keep_from_bits, launch_device
 from .contract import output_memory_format
-from .conv_common import (_check_grad_y, _check_with_weight, _mma, _needs_int64, _next_k_step, _pixel_of_row,
-                          _prologue_args, _taps_inside)
+from .conv_common import (_check_grad_y, _check_with_weight, _k_step_channels, _k_step_start, _mma, _needs_int64,
+                          _next_k_step, _pixel_of_row, _prologue_args, _taps_inside)
 
 
 @triton.autotune(configs=conv_config.ALL_CONFIGS["dgrad"], key=conv_config.AUTOTUNE_KEY,
@@ -64,13 +64,9 @@ def _dgrad_kernel(
         # subtracts the tap's (uniform) offset and tests one bit per row.
         g_base = g_row + (ih + PT) * sgh + (iw + PL) * sgw
         taps_in = _taps_inside(ih + PT, iw + PL, m_ok, Ho, Wo, KH, KW, -1)
-    c0 = tl.full([], 0, tl.int32)
-    kh = tl.full([], 0, tl.int32)
-    kw = tl.full([], 0, tl.int32)
+    c0, kh, kw = _k_step_start()
     for ks in range(0, KH * KW * tl.cdiv(Cout, BLOCK_K)):
-        tap = kh * KW + kw
-        co = c0 + rk
-        co_ok = tl.full([BLOCK_K], 1, tl.int1) if EVEN_K else co < Cout
+        tap, co, co_ok = _k_step_channels(c0, kh, kw, rk, Cout, KW, EVEN_K)
         if STRIDE == 1:
             r_ok = (taps_in & (1 << tap)) != 0
             g_off = g_base - (kh * sgh + kw * sgw - c0 * sgc)

@@ -13,8 +13,9 @@ import triton.language as tl
 from . import conv_config
 from ._common import apply_act, keep_from_bits, launch_device
 from .contract import output_memory_format, stats_dtype
-from .conv_common import (_check_tensor, _check_with_weight, _keep_mul, _mma, _needs_int64, _next_k_step,
-                          _pixel_of_row, _prologue, _prologue_args, _taps_inside, stats_rows)
+from .conv_common import (_check_tensor, _check_with_weight, _k_step_channels, _k_step_start, _keep_mul, _mma,
+                          _needs_int64, _next_k_step, _pixel_of_row, _prologue, _prologue_args, _taps_inside,
+                          stats_rows)
 
 
 @triton.autotune(configs=conv_config.ALL_CONFIGS["fwd"],
@@ -106,20 +107,16 @@ def _fwd_kernel(
     else:
         # Per row, once: the offset of tap (0, 0)'s pixel and which taps fall inside the
         # image; a step adds the tap's (uniform) offset and tests one bit per row
-        # (sm_90a, bf16 32->32 256x32x32: 177 -> ? instructions per iteration).
+        # (sm_90a, bf16 32->32 256x32x32 on 8 warps: 177 -> 110 instructions per iteration).
         ih0 = oh * STRIDE - PT
         iw0 = ow * STRIDE - PL
         x_base = x_row + ih0 * sxh + iw0 * sxw
         taps_in = _taps_inside(ih0, iw0, m_ok, H, W, KH, KW, 1)
         if HAS_DROPOUT:
             bits_base = ((nb * H + ih0) * W + iw0) * CW
-        c0 = tl.full([], 0, tl.int32)
-        kh = tl.full([], 0, tl.int32)
-        kw = tl.full([], 0, tl.int32)
+        c0, kh, kw = _k_step_start()
         for ks in range(0, KH * KW * tl.cdiv(Cin, BLOCK_K)):
-            tap = kh * KW + kw
-            c = c0 + rk
-            c_ok = tl.full([BLOCK_K], 1, tl.int1) if EVEN_K else c < Cin
+            tap, c, c_ok = _k_step_channels(c0, kh, kw, rk, Cin, KW, EVEN_K)
             r_ok = (taps_in & (1 << tap)) != 0
             # the step's uniform offset (tap, first channel) added per row, the lanes' rk*sxc after
             xv = tl.load(x_ptr + (x_base + (kh * sxh + kw * sxw + c0 * sxc))[:, None] + rk[None, :] * sxc,

