@@ -47,7 +47,7 @@ void reduce_pass(const Pointers<scalar_t>& P, const ChannelLayout& layout, doubl
   const int64_t channels = layout.channels;
   if (!layout.channels_last) {
     const int64_t inner = layout.inner(), outer = layout.outer();
-    at::parallel_for(0, channels, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, channels, 1, isa_dispatched([&](int64_t begin, int64_t end) {
       float mult[kMaskChunk];
       for (int64_t ch = begin; ch < end; ++ch) {
         const acc_t s = P.scale[ch], h = P.shift[ch];
@@ -74,14 +74,14 @@ void reduce_pass(const Pointers<scalar_t>& P, const ChannelLayout& layout, doubl
         sum_gz[ch] = total_gz;
         sum_gzx[ch] = total_gzx;
       }
-    });
+    }));
     return;
   }
   const int64_t rows = layout.outer(), spatial = layout.spatial;
   const int64_t block_rows = rows_per_block(rows);
   const int64_t blocks = (rows + block_rows - 1) / block_rows;
   std::vector<double> block_sums(blocks * 2 * channels, 0.0);
-  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, blocks, 1, isa_dispatched([&](int64_t begin, int64_t end) {
     std::vector<acc_t> sub(2 * channels);
     acc_t* __restrict sgz = sub.data();
     acc_t* __restrict sgzx = sub.data() + channels;
@@ -128,7 +128,7 @@ void reduce_pass(const Pointers<scalar_t>& P, const ChannelLayout& layout, doubl
         }
       }
     }
-  });
+  }));
   std::fill(sum_gz, sum_gz + channels, 0.0);
   std::fill(sum_gzx, sum_gzx + channels, 0.0);
   for (int64_t b = 0; b < blocks; ++b) {  // block order: reproducible
@@ -195,18 +195,6 @@ void apply_pass(const Pointers<scalar_t>& P, const ChannelLayout& layout, const 
       });
 }
 
-// A [C] vector (any floating dtype, or undefined = `fill`) as doubles.
-std::vector<double> as_doubles(const at::Tensor& t, int64_t channels, double fill) {
-  std::vector<double> out(channels, fill);
-  if (!t.defined()) return out;
-  const at::Tensor c = t.contiguous();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, c.scalar_type(), "as_doubles", [&] {
-    const scalar_t* p = c.const_data_ptr<scalar_t>();
-    for (int64_t i = 0; i < channels; ++i) out[i] = static_cast<double>(p[i]);
-  });
-  return out;
-}
-
 }  // namespace
 
 composite::AffineGrads batch_norm_act_backward(const at::Tensor& grad_y, const at::Tensor& x_in,
@@ -243,9 +231,7 @@ composite::AffineGrads batch_norm_act_backward(const at::Tensor& grad_y, const a
     const std::vector<double> m = as_doubles(mean, channels, 0), v = as_doubles(var, channels, 0),
                               w = as_doubles(weight, channels, 1), s = as_doubles(scale_c, channels, 0),
                               gm = as_doubles(grad_mean, channels, 0), gv = as_doubles(grad_var, channels, 0);
-    const auto stats_options = mean.options();
-    at::Tensor grad_w = at::empty({channels}, stats_options.dtype(at::kDouble));
-    double* gw = grad_w.mutable_data_ptr<double>();
+    std::vector<double> gw(channels);
     std::vector<acc_t> coef_b(channels), coef_c(channels);
     for (int64_t c = 0; c < channels; ++c) {
       const auto f = formula::bn_finalize_backward<double>(sum_gzx[c], sum_gz[c], m[c], v[c], w[c], s[c], eps);
@@ -260,13 +246,9 @@ composite::AffineGrads batch_norm_act_backward(const at::Tensor& grad_y, const a
             P, layout, coef_b.data(), coef_c.data(), grad_x.mutable_data_ptr<scalar_t>());
       });
     }
-    if (weight.defined() && need_weight) out.grad_weight = grad_w.to(weight.scalar_type());
+    if (weight.defined() && need_weight) out.grad_weight = doubles_as_tensor(gw.data(), channels, weight.options());
   });
-  if (bias.defined() && need_bias) {
-    at::Tensor gb = at::empty({channels}, bias.options().dtype(at::kDouble));
-    std::copy(sum_gz.begin(), sum_gz.end(), gb.mutable_data_ptr<double>());
-    out.grad_bias = gb.to(bias.scalar_type());
-  }
+  if (bias.defined() && need_bias) out.grad_bias = doubles_as_tensor(sum_gz.data(), channels, bias.options());
   out.grad_x = grad_x;
   return out;
 }

@@ -152,7 +152,7 @@ void bn_act_dropout_bwd_kernel(const BnActDropoutArgs& args, const at::Tensor& g
     // One channel per task; each (n, c) plane is summed in acc_t (bwd_run), the
     // planes are added in double.
     const int64_t inner = layout.inner(), outer = layout.outer();
-    at::parallel_for(0, channels, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, channels, 1, cpu::isa_dispatched([&](int64_t begin, int64_t end) {
       float mult[kChunk];
       for (int64_t ch = begin; ch < end; ++ch) {
         const acc_t s = sc[ch], h = sh[ch];
@@ -177,7 +177,7 @@ void bn_act_dropout_bwd_kernel(const BnActDropoutArgs& args, const at::Tensor& g
         g_scale[ch] = static_cast<acc_t>(sum_gx);
         g_shift[ch] = static_cast<acc_t>(sum_g);
       }
-    });
+    }));
     return;
   }
   // Channels-last rows of C: size-determined blocks of rows; within a block,
@@ -186,7 +186,7 @@ void bn_act_dropout_bwd_kernel(const BnActDropoutArgs& args, const at::Tensor& g
   const int64_t block_rows = cpu::rows_per_block(rows);
   const int64_t blocks = (rows + block_rows - 1) / block_rows;
   std::vector<double> block_gx(blocks * channels, 0.0), block_g(blocks * channels, 0.0);
-  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, blocks, 1, cpu::isa_dispatched([&](int64_t begin, int64_t end) {
     std::vector<acc_t> part_gx_v(channels), part_g_v(channels);
     acc_t* __restrict part_gx = part_gx_v.data();
     acc_t* __restrict part_g = part_g_v.data();
@@ -222,7 +222,7 @@ void bn_act_dropout_bwd_kernel(const BnActDropoutArgs& args, const at::Tensor& g
         }
       }
     }
-  });
+  }));
   for (int64_t ch = 0; ch < channels; ++ch) {
     double sum_gx = 0, sum_g = 0;
     for (int64_t b = 0; b < blocks; ++b) {

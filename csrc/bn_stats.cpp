@@ -61,7 +61,7 @@ void channel_stats_cpu_kernel(const at::Tensor& x, const ChannelLayout& layout, 
   }
   if (!layout.channels_last) {
     const int64_t inner = layout.inner(), outer = layout.outer();
-    at::parallel_for(0, channels, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, channels, 1, cpu::isa_dispatched([&](int64_t begin, int64_t end) {
       for (int64_t c = begin; c < end; ++c) {
         double count = 0, mean = 0, m2 = 0;
         for (int64_t o = 0; o < outer; ++o) {
@@ -75,7 +75,7 @@ void channel_stats_cpu_kernel(const at::Tensor& x, const ChannelLayout& layout, 
         }
         write(c, count, mean, m2);
       }
-    });
+    }));
     return;
   }
   // Channels-last rows of C, one pass: each block of rows (sized by the shape only)
@@ -88,7 +88,7 @@ void channel_stats_cpu_kernel(const at::Tensor& x, const ChannelLayout& layout, 
   const int64_t block_rows = cpu::rows_per_block(rows);
   const int64_t blocks = (rows + block_rows - 1) / block_rows;
   std::vector<double> block_mean(blocks * channels), block_m2(blocks * channels), block_count(blocks);
-  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, blocks, 1, cpu::isa_dispatched([&](int64_t begin, int64_t end) {
     std::vector<acc_t> shift_v(channels), s1_v(channels), s2_v(channels);
     std::vector<double> d1_v(channels), d2_v(channels);
     acc_t* __restrict shift = shift_v.data();
@@ -127,7 +127,7 @@ void channel_stats_cpu_kernel(const at::Tensor& x, const ChannelLayout& layout, 
       }
       block_count[b] = length;
     }
-  });
+  }));
   // serial unless there is much to merge: a second parallel region costs more than it saves
   const int64_t merge_grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(blocks, 1));
   at::parallel_for(0, channels, merge_grain, [&](int64_t begin, int64_t end) {
@@ -215,9 +215,10 @@ void bn_update_running_stats_cpu(at::Tensor running_mean, at::Tensor running_var
   if (count == 0) return;  // like nn.BatchNorm2d on an empty batch: only the counter moves
   const double factor = momentum.has_value() ? *momentum : 1.0 / static_cast<double>(batches);
   const double bessel = static_cast<double>(count) / static_cast<double>(count - 1);
-  const at::Tensor mean_c = mean.contiguous().to(at::kDouble), var_c = var.contiguous().to(at::kDouble);
-  const double* m = mean_c.const_data_ptr<double>();
-  const double* v = var_c.const_data_ptr<double>();
+  const std::vector<double> mean_d = cpu::as_doubles(mean, mean.size(0), 0.0);
+  const std::vector<double> var_d = cpu::as_doubles(var, mean.size(0), 0.0);
+  const double* m = mean_d.data();
+  const double* v = var_d.data();
   // The buffers may be strided views; index them through their own strides.
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, running_mean.scalar_type(), "bn_update_running_stats", [&] {
     scalar_t* rm = running_mean.mutable_data_ptr<scalar_t>();

@@ -1,11 +1,14 @@
 // CPU loop skeletons over a ChannelLayout, shared by the CPU kernels. Work is
 // split by sizes only (never by thread count) so results are reproducible.
 #pragma once
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <type_traits>
+#include <vector>
 
 #include "common.h"
 
@@ -13,6 +16,50 @@ namespace wrn_fast {
 namespace cpu {
 
 constexpr int64_t kGrainElements = 32768;  // elements per parallel task, roughly
+
+// Runtime ISA dispatch of the vectorised loops. The extension is built for the
+// baseline x86-64 (SSE2: 4 floats a vector); `with_isa(body)` runs `body` compiled
+// for AVX2 (8 floats) on CPUs that have it. `flatten` inlines the body (a lambda)
+// and everything it calls into the AVX2 copy, where the vectoriser then uses ymm
+// registers; the baseline copy is the same code. No FMA: the elementwise results
+// are bit-identical on both paths; reductions (`omp simd reduction`) may sum in a
+// different order (lane count), fixed per machine, so results stay reproducible.
+// Call it inside a parallel region around a whole block of work (one check per block).
+namespace detail {
+template <typename Body>
+__attribute__((flatten)) void run_baseline(const Body& body) {
+  body();
+}
+#if defined(__GNUC__) && defined(__x86_64__)
+#define WRN_FAST_HAVE_AVX2_LOOPS 1
+template <typename Body>
+__attribute__((target("avx2"), flatten)) void run_avx2(const Body& body) {
+  body();
+}
+inline bool cpu_has_avx2() {
+  static const bool has = __builtin_cpu_supports("avx2");
+  return has;
+}
+#endif
+}  // namespace detail
+
+template <typename Body>
+inline void with_isa(const Body& body) {
+#ifdef WRN_FAST_HAVE_AVX2_LOOPS
+  if (detail::cpu_has_avx2()) {
+    detail::run_avx2(body);
+    return;
+  }
+#endif
+  detail::run_baseline(body);
+}
+
+// A parallel_for body `f(begin, end)` run through with_isa:
+//   at::parallel_for(0, n, grain, isa_dispatched([&](int64_t begin, int64_t end) { ... }));
+template <typename RangeBody>
+inline auto isa_dispatched(const RangeBody& f) {
+  return [&f](int64_t begin, int64_t end) { with_isa([&] { f(begin, end); }); };
+}
 
 // Elementwise walk: `body(memory_index, channel, logical_index, count)` is called
 // for each contiguous run of `count` elements; within a run the memory index and
@@ -26,22 +73,22 @@ void for_each_run(const ChannelLayout& layout, const PlaneBody& plane_body, cons
   if (!layout.channels_last) {
     const int64_t inner = layout.inner();
     const int64_t grain = std::max<int64_t>(1, kGrainElements / inner);
-    at::parallel_for(0, layout.outer() * channels, grain, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, layout.outer() * channels, grain, isa_dispatched([&](int64_t begin, int64_t end) {
       for (int64_t plane = begin; plane < end; ++plane) {
         // memory index == logical index for NCHW
         plane_body(plane * inner, plane % channels, inner);
       }
-    });
+    }));
   } else {
     const int64_t spatial = layout.spatial;
     const int64_t grain = std::max<int64_t>(1, kGrainElements / channels);
-    at::parallel_for(0, layout.outer(), grain, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, layout.outer(), grain, isa_dispatched([&](int64_t begin, int64_t end) {
       for (int64_t row = begin; row < end; ++row) {
         const int64_t n = row / spatial, s = row - n * spatial;
         // logical index of channel c in this row: (n*C + c)*S + s = first + c*S
         row_body(row * channels, n * channels * spatial + s, spatial);
       }
-    });
+    }));
   }
 }
 
@@ -118,6 +165,29 @@ void dispatch_act_dropout(int act, bool use_dropout, const F& f) {
     case kSilu: with_act(std::integral_constant<int, kSilu>()); break;
     default: with_act(std::integral_constant<int, kIdentity>()); break;
   }
+}
+
+// A [C] vector (any floating dtype, any stride; undefined = `fill`) as doubles, read
+// in place: no tensor copy or dtype conversion op on the per-BN path.
+inline std::vector<double> as_doubles(const at::Tensor& t, int64_t channels, double fill) {
+  std::vector<double> out(channels, fill);
+  if (!t.defined()) return out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.scalar_type(), "as_doubles", [&] {
+    const scalar_t* p = t.const_data_ptr<scalar_t>();
+    const int64_t stride = t.stride(0);
+    for (int64_t i = 0; i < channels; ++i) out[i] = static_cast<double>(p[i * stride]);
+  });
+  return out;
+}
+
+// `values` (double) as a new [C] tensor with `options` (its dtype): one allocation, no .to().
+inline at::Tensor doubles_as_tensor(const double* values, int64_t channels, const at::TensorOptions& options) {
+  at::Tensor out = at::empty({channels}, options);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "doubles_as_tensor", [&] {
+    scalar_t* p = out.mutable_data_ptr<scalar_t>();
+    for (int64_t i = 0; i < channels; ++i) p[i] = static_cast<scalar_t>(values[i]);
+  });
+  return out;
 }
 
 // Splits `rows` into blocks for a per-channel reduction over channels-last rows:
