@@ -1,6 +1,6 @@
 """CPU benchmark of the default training job and a small-shape set (issue 18).
 
-    python -m bench.cpu_job [--rounds 15] [--rows job,small] [--out bench/results]
+    python -m bench.cpu_job [--rounds 30] [--rows job,small] [--out bench/results]
 
 The default job (``python -m wrn_fast train``) is digits: WRN-16-2, one input channel,
 16x16 images, batch 64, dropout 0, with batches as ``wrn_fast.data`` makes them
@@ -16,6 +16,13 @@ and one eval forward under no_grad of:
 All three start from the same weights; the logits of each are checked against the
 reference before timing (relative L2 error, fp32 <= 1e-4). Results: a JSON and a
 markdown table under ``--out`` with the device, versions, commit and command.
+
+Besides each implementation's wall-clock quantiles, every row reports two paired
+measures against the reference, which are far less sensitive to other tenants of a
+shared machine than a ratio of medians: the quantiles (p10 / median / p90) of the
+per-round ratio reference time / implementation time (both timed in the same round,
+back to back), and the median of the same per-round ratio in process CPU time
+(``time.process_time``: the work done, excluding time spent waiting for a core).
 """
 from __future__ import annotations
 
@@ -94,18 +101,43 @@ def _bench_row(label, cfg, batch, channels, size, nhwc, rounds, max_s):
                 model(xs[i])
         return step
 
+    warmup = 3
     out = []
     for mode, make in (("train", train_step), ("infer", eval_step)):
         for m in params.values():
             m.train(mode == "train")
-        times = common.time_interleaved({k: make(k) for k in models}, len(xs), torch.device("cpu"),
-                                        warmup=3, rounds=rounds, max_s=max_s)
+        samples = {k: [] for k in models}  # (wall ms, cpu ms) of every call, warmup included
+        times = common.time_interleaved({k: _recorded(make(k), samples[k]) for k in models}, len(xs),
+                                        torch.device("cpu"), warmup=warmup, rounds=rounds, max_s=max_s)
         base = times["reference"]["median_ms"]
+        ref_samples = samples["reference"][warmup:]
         for name, t in times.items():
+            mine = samples[name][warmup:]
+            wall_ratio = [r[0] / s[0] for r, s in zip(ref_samples, mine)]
+            cpu_ratio = [r[1] / s[1] for r, s in zip(ref_samples, mine)]
             out.append(dict(row=label, mode=mode, impl=name, batch=batch, **t,
                             speedup_vs_reference=base / t["median_ms"],
+                            paired_speedup=_quantiles(wall_ratio),
+                            cpu_median_ms=_quantiles([s[1] for s in mine])["median"],
+                            paired_cpu_speedup=_quantiles(cpu_ratio),
                             logits_rel_err=errors[name]))
     return out
+
+
+def _quantiles(values):
+    q = common.summarize(values)
+    return {"p10": q["p10_ms"], "median": q["median_ms"], "p90": q["p90_ms"]}
+
+
+def _recorded(step, samples):
+    """``step`` that also appends its own (wall ms, process CPU ms) to ``samples``: the
+    interleaved timer calls every implementation once a round, so the i-th samples of
+    two implementations are from the same round."""
+    def timed(i):
+        w0, c0 = time.perf_counter(), time.process_time()
+        step(i)
+        samples.append(((time.perf_counter() - w0) * 1e3, (time.process_time() - c0) * 1e3))
+    return timed
 
 
 def _markdown(env, rows):
@@ -114,21 +146,27 @@ def _markdown(env, rows):
              f"- torch {torch.__version__}, python {sys.version.split()[0]}",
              f"- commit {env.get('git', {}).get('commit')} (dirty: {env.get('git', {}).get('dirty')})",
              f"- command: `{env.get('command')}`", "",
-             "Ratios are of medians (speed: higher is faster).", "",
-             "| row | mode | impl | median ms | p10 | p90 | reps | vs reference | vs reference-compile |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "Speed ratios (higher is faster): 'vs reference' and 'vs reference-compile' are ratios of wall "
+             "medians; 'paired' is the p10 / median / p90 of the per-round ratio reference / impl (same round, "
+             "back to back); 'CPU paired' the median of that ratio in process CPU time.", "",
+             "| row | mode | impl | median ms | p10 | p90 | reps | vs reference | paired p10 / med / p90 "
+             "| CPU ms | CPU paired | vs reference-compile |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     comp = {(r["row"], r["mode"]): r["median_ms"] for r in rows if r["impl"] == "reference-compile"}
     for r in rows:
         vs_c = comp[(r["row"], r["mode"])] / r["median_ms"]
+        pw, pc = r["paired_speedup"], r["paired_cpu_speedup"]
         lines.append(f"| {r['row']} | {r['mode']} | {r['impl']} | {r['median_ms']:.2f} | {r['p10_ms']:.2f} | "
-                     f"{r['p90_ms']:.2f} | {r['reps']} | {r['speedup_vs_reference']:.3f} | {vs_c:.3f} |")
+                     f"{r['p90_ms']:.2f} | {r['reps']} | {r['speedup_vs_reference']:.3f} | "
+                     f"{pw['p10']:.3f} / {pw['median']:.3f} / {pw['p90']:.3f} | {r['cpu_median_ms']:.2f} | "
+                     f"{pc['median']:.3f} | {vs_c:.3f} |")
     return "\n".join(lines) + "\n"
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rows", default="job,small", help="comma list of: " + ", ".join(ROWS))
-    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--max-s", type=float, default=60.0, help="cap of each timed phase (seconds)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--out", default=common.DEFAULT_OUT)

@@ -222,10 +222,20 @@ class CpuEngine(_Engine):
                 "on weights packed once (fp32; else conv2d + C++ bn_act_dropout); every other eval conv also "
                 "oneDNN on packed weights, the residual add as conv2's post-op")
         if sync_bn:  # statistics must exist as tensors to be all-gathered
-            return Description("C++ channel_stats -> all_gather -> bn_finalize -> bn_act_dropout + torch conv2d",
+            return Description("C++ channel_stats -> all_gather -> bn_finalize -> bn_act_dropout + torch conv2d "
+                               "(channels-last activations)",
                                "C++ bn_act_dropout", fold)
-        return Description("C++ batch_norm_act (stats + BN-act-dropout, one C++ autograd node) + torch conv2d",
+        return Description("C++ batch_norm_act (stats + BN-act-dropout, one C++ autograd node; AVX2 loops where "
+                           "the CPU has AVX2) + torch conv2d (oneDNN), activations channels-last (NHWC)",
                            "C++ batch_norm_act", fold)
+
+    def prepare(self, x):
+        # NHWC activations throughout: oneDNN's convolutions and the C++ BN loops are
+        # faster channels-last at every WRN shape measured (bench/cpu_job.py); for one
+        # input channel (wrn_fast.data's batches) the input already is.
+        if x.dim() == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
 
     def _local_stats(self, feature):
         return ext.channel_stats(feature.tensor)
