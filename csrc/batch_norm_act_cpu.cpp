@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "bn_backward_formula.h"
@@ -93,12 +94,18 @@ void reduce_pass(const Pointers<scalar_t>& P, const ChannelLayout& layout, doubl
       for (int64_t r0 = b * block_rows; r0 < row_end; r0 += kSubRows) {
         const int64_t r1 = std::min(row_end, r0 + kSubRows);
         std::fill(sub.begin(), sub.end(), acc_t(0));
+        int64_t c_scalar = 0;  // fp32 identity / relu: the first channels register-blocked, the rest below
+        if constexpr (std::is_same_v<scalar_t, float> && !DROP && (ACT == kIdentity || ACT == kRelu)) {
+          grad_sums_blocked<ACT == kRelu>(P.x + r0 * channels, P.g + r0 * channels, r1 - r0, channels, P.scale,
+                                          P.shift, sgz, sgzx);
+          c_scalar = blocked_channels(channels);
+        }
         for (int64_t r = r0; r < r1; ++r) {
           const scalar_t* __restrict xr = P.x + r * channels;
           const scalar_t* __restrict gr = P.g + r * channels;
           if constexpr (!DROP) {
 #pragma omp simd
-            for (int64_t c = 0; c < channels; ++c) {
+            for (int64_t c = c_scalar; c < channels; ++c) {
               const acc_t xv = static_cast<acc_t>(xr[c]);
               const acc_t gz = grad_z<ACT, false>(static_cast<acc_t>(gr[c]), xv, P.scale[c], P.shift[c], nullptr, c,
                                                   P.slope);

@@ -8,6 +8,7 @@
 
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "bn_stats.h"
@@ -106,10 +107,15 @@ void channel_stats_cpu_kernel(const at::Tensor& x, const ChannelLayout& layout, 
         const int64_t r1 = std::min(row_end, r0 + kSubRows);
         std::fill(s1, s1 + channels, acc_t(0));
         std::fill(s2, s2 + channels, acc_t(0));
+        int64_t c_scalar = 0;  // fp32: the first channels register-blocked, the rest below
+        if constexpr (std::is_same_v<scalar_t, float>) {
+          cpu::shifted_sums_blocked(data + r0 * channels, r1 - r0, channels, shift, s1, s2);
+          c_scalar = cpu::blocked_channels(channels);
+        }
         for (int64_t r = r0; r < r1; ++r) {
           const scalar_t* __restrict row = data + r * channels;
 #pragma omp simd
-          for (int64_t c = 0; c < channels; ++c) {
+          for (int64_t c = c_scalar; c < channels; ++c) {
             const acc_t d = static_cast<acc_t>(row[c]) - shift[c];
             s1[c] += d;
             s2[c] += d * d;
