@@ -240,6 +240,20 @@ class CpuEngine(_Engine):
     def _local_stats(self, feature):
         return ext.channel_stats(feature.tensor)
 
+    def bn_affine(self, feature, bn):
+        if self._uses_batch_stats(bn) or torch.is_grad_enabled():
+            return super().bn_affine(feature, bn)
+        # eval without autograd: the running statistics' scale / shift, computed once per BN and
+        # reused until a statistic, the weight, the bias or eps changes (as _packed's weights)
+        key = (bn.eps,) + tuple(_version_key(t) for t in (bn.running_mean, bn.running_var, bn.weight, bn.bias))
+        cached = _AFFINE.get(bn)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        affine = super().bn_affine(feature, bn)
+        if None not in key:
+            _AFFINE[bn] = (key, affine)
+        return affine
+
     def _batch_affine(self, feature, bn):
         # Only the bottleneck's bn3 / downsample BN need a bare affine; the usual path is bn_act.
         mean, var = ext.channel_stats(feature.tensor)
@@ -352,6 +366,9 @@ def _version_key(t: Optional[torch.Tensor]):
 
 # conv module -> (key, packed (folded) weight, (folded) bias); weak: the cache dies with the model
 _PACKED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+# BN module -> (key, (scale, shift)) from its running statistics (eval, no autograd)
+_AFFINE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 # wrn_fast activation -> oneDNN post-op name of mkldnn._convolution_pointwise
 _ONEDNN_ACTS = {"relu": "relu", "leaky_relu": "leaky_relu", "silu": "swish"}
