@@ -190,7 +190,7 @@ __attribute__((always_inline)) inline f32x8 load8(const float* p) {
   std::memcpy(&v, p, sizeof v);
   return v;
 }
-__attribute__((always_inline)) inline void store8(float* p, f32x8 v) { std::memcpy(p, &v, sizeof v); }
+__attribute__((always_inline)) inline void store8(float* p, const f32x8& v) { std::memcpy(p, &v, sizeof v); }
 }  // namespace detail
 
 // s1[c] = sum_r (x[r][c] - shift[c]), s2[c] = sum_r (x[r][c] - shift[c])^2 over `rows` rows of
