@@ -191,6 +191,14 @@ __attribute__((always_inline)) inline f32x8 load8(const float* p) {
   return v;
 }
 __attribute__((always_inline)) inline void store8(float* p, const f32x8& v) { std::memcpy(p, &v, sizeof v); }
+// one 16-channel block's two sums (lo: channels 0-7, hi: 8-15) to a[0:16] and b[0:16]
+__attribute__((always_inline)) inline void store_block(float* a, const f32x8& a_lo, const f32x8& a_hi, float* b,
+                                                       const f32x8& b_lo, const f32x8& b_hi) {
+  store8(a, a_lo);
+  store8(a + 8, a_hi);
+  store8(b, b_lo);
+  store8(b + 8, b_hi);
+}
 }  // namespace detail
 
 // s1[c] = sum_r (x[r][c] - shift[c]), s2[c] = sum_r (x[r][c] - shift[c])^2 over `rows` rows of
@@ -210,10 +218,7 @@ __attribute__((always_inline)) inline void shifted_sums_blocked(const float* __r
       s2a += da * da;
       s2b += db * db;
     }
-    detail::store8(s1 + c0, s1a);
-    detail::store8(s1 + c0 + 8, s1b);
-    detail::store8(s2 + c0, s2a);
-    detail::store8(s2 + c0 + 8, s2b);
+    detail::store_block(s1 + c0, s1a, s1b, s2 + c0, s2a, s2b);
   }
 }
 
@@ -244,10 +249,7 @@ __attribute__((always_inline)) inline void grad_sums_blocked(const float* __rest
       gzxa += ga * xa;
       gzxb += gb * xb;
     }
-    detail::store8(sgz + c0, gza);
-    detail::store8(sgz + c0 + 8, gzb);
-    detail::store8(sgzx + c0, gzxa);
-    detail::store8(sgzx + c0 + 8, gzxb);
+    detail::store_block(sgz + c0, gza, gzb, sgzx + c0, gzxa, gzxb);
   }
 }
 
