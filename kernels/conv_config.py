@@ -58,12 +58,17 @@ _CONFIGS_16 = {
             _cfg(128, 64, 64, 3, 4), _cfg(64, 128, 64, 3, 4), _cfg(64, 64, 64, 4, 4), _cfg(128, 32, 64, 4, 4),
             _cfg(64, 32, 64, 4, 4), _cfg(256, 32, 32, 4, 4), _cfg(512, 16, 32, 3, 4), _cfg(128, 256, 16, 3, 8),
             _cfg(128, 128, 16, 3, 8), _cfg(256, 32, 16, 4, 4), _cfg(64, 32, 16, 4, 4), _cfg(512, 16, 16, 3, 4)],
-    "wgrad": [_cfg(256, 128, 64, 3, 8), _cfg(128, 128, 64, 3, 8), _cfg(128, 128, 32, 4, 8), _cfg(64, 128, 64, 3, 4),
+    "wgrad": [_cfg(320, 64, 64, 3, 8), _cfg(256, 32, 128, 3, 8), _cfg(256, 128, 64, 3, 8), _cfg(128, 128, 64, 3, 8), _cfg(128, 128, 32, 4, 8), _cfg(64, 128, 64, 3, 4),
               _cfg(128, 64, 64, 3, 4), _cfg(128, 32, 64, 4, 4), _cfg(64, 64, 64, 4, 4), _cfg(64, 32, 64, 4, 4),
               _cfg(32, 64, 64, 4, 4), _cfg(64, 64, 128, 3, 4), _cfg(64, 32, 128, 3, 4), _cfg(128, 16, 128, 3, 4),
               _cfg(64, 16, 128, 3, 4), _cfg(256, 64, 64, 3, 8)],
 }
 _CONFIGS_16["dgrad"] = list(_CONFIGS_16["fwd"])
+# Tiles whose side is a sum of two powers of two, two accumulators (the forward's
+# BLOCK_N = 128 + 32 over Cout = 160 / 320, the dgrad's over Cin = 160; the wgrad's
+# BLOCK_M = 256 + 64 over Cout = 320 / 640, in its list above).
+_CONFIGS_16["fwd"] += [_cfg(128, 160, 64, 3, 8), _cfg(128, 160, 32, 4, 8), _cfg(128, 160, 16, 3, 8)]
+_CONFIGS_16["dgrad"] += [_cfg(128, 160, 64, 3, 8), _cfg(128, 160, 32, 4, 8)]
 _CONFIGS_32 = {
     "fwd": [_cfg(128, 64, 32, 3, 8), _cfg(64, 128, 32, 3, 8), _cfg(64, 64, 32, 3, 4), _cfg(128, 32, 32, 3, 4),
             _cfg(64, 32, 32, 4, 4)],
@@ -76,16 +81,34 @@ ALL_CONFIGS = {k: _CONFIGS_16[k] + _CONFIGS_32[k] for k in ("fwd", "dgrad", "wgr
 
 
 # 16-bit tiles the default chooses between, with the issue ceiling their K loop reaches
-# in the sm_90a SASS (WRN-28-10 shapes, ReLU prologue, no dropout): the prologue costs
-# instructions per element of the x operand, so the ceiling grows with the other side of
-# the tile (BLOCK_N = Cout for fwd, BLOCK_M = Cout for wgrad).
+# in the sm_90a SASS (WRN-28-10 shapes, ReLU prologue; without dropout, with dropout):
+# the prologue costs instructions per element of the x operand, so the ceiling grows
+# with the other side of the tile (BLOCK_N = Cout for fwd, BLOCK_M = Cout for wgrad).
+# Non-power-of-two sides run as two accumulators (see the kernels): fwd 128x160 fills
+# Cout = 160 / 320 (a 256-wide tile: 62.5%), wgrad 320 rows fill Cout = 320 / 640.
 _WIDE_16 = {
-    "fwd": [((128, 256, 64, 3, 8), 1.0), ((128, 128, 64, 3, 8), 0.65)],
-    "wgrad": [((256, 128, 64, 3, 8), 1.0), ((128, 128, 64, 3, 8), 0.73), ((256, 64, 64, 3, 8), 1.0)],
+    "fwd": [((128, 256, 64, 3, 8), (1.0, 1.0)), ((128, 128, 64, 3, 8), (0.65, 0.65)),
+            ((128, 160, 64, 3, 8), (0.79, 0.65)), ((128, 160, 32, 4, 8), (0.68, 0.57))],
+    "wgrad": [((256, 128, 64, 3, 8), (1.0, 1.0)), ((128, 128, 64, 3, 8), (0.73, 0.73)),
+              ((256, 64, 64, 3, 8), (1.0, 0.94)), ((320, 64, 64, 3, 8), (1.0, 1.0)),
+              ((256, 32, 128, 3, 8), (1.0, 0.74))],
     # dgrad (stride 1, hoisted plain loop): the 64-wide tiles fit Cin = 160 / 320 better
     # (their score also counts the K steps' fill: Cout per tap over BLOCK_K)
-    "dgrad": [((128, 128, 64, 3, 8), 1.0), ((256, 64, 64, 3, 8), 1.0), ((256, 64, 32, 4, 8), 1.0)],
+    # 128x160 (128 + 32 columns): Cin = 160 fills it; with dropout its epilogue spills
+    # (20 B), so it is not taken there (ceiling 0)
+    "dgrad": [((128, 128, 64, 3, 8), (1.0, 1.0)), ((256, 64, 64, 3, 8), (1.0, 1.0)),
+              ((256, 64, 32, 4, 8), (1.0, 1.0)), ((128, 160, 32, 4, 8), (1.0, 0.0))],
+    # strided dgrad (its gather is not hoisted: 256x64x64 falls to 0.74 there); 128x160
+    # with dropout not compiled for it (no WRN layer has one)
+    "dgrad_strided": [((128, 128, 64, 3, 8), (1.0, 1.0)), ((128, 160, 64, 3, 8), (1.0, 0.0))],
 }
+
+
+# The forward at 16 channels per tap (BLOCK_K = 16, the first group's 16 -> 160 convs),
+# (BLOCK_M, BLOCK_N) -> issue ceiling (without the prologue, the two-pass path; with a
+# ReLU prologue): 128x160 fills Cout = 160 but its shorter K step leaves the prologue's
+# cost per element exposed (0.50); 128x256 is 62.5% useful either way.
+_FWD_K16 = {(128, 256): (1.0, 0.96), (128, 160): (0.91, 0.50)}
 
 
 def default_config(kind: str, dtype: torch.dtype, cin: int, cout: int, *, dropout: bool = False,
@@ -94,13 +117,17 @@ def default_config(kind: str, dtype: torch.dtype, cin: int, cout: int, *, dropou
 
     A heuristic, not timed, read from the sm_90a SASS. 16-bit operands with 128 or more
     channels on the tiled sides: of the tiles in ``_WIDE_16``, the one with the highest
-    (issue ceiling x share of the tile that falls inside Cout), e.g. fwd Cout = 320 takes
-    128x256 (1.0 x 62.5%) over 128x128 (0.65 x 83%); dgrad at stride 1 also scores the K
-    steps' fill (Cout per tap over BLOCK_K): 160 channels take 256x64x32 (1.0 x 83% x 100%;
-    128x128x64: 62.5% x 83%), 320 256x64x64 (100% x 100%), 640 128x128x64; a strided dgrad
-    (its gather is not hoisted: 256x64x64 0.74) 128x128x64; wgrad scores Cin along N too:
-    160 and 320 channels take 256x64x64 (0.94 with dropout; 62.5% x 83% and 62.5% x 100%
-    of the tile useful, 256x128: 62.5% x 62.5%, 62.5% x 83%), 640 256x128x64 (83% x 100%).
+    (issue ceiling, without / with dropout, x share of the tile that falls inside the GEMM),
+    e.g. fwd (Cout along N, Cin per tap along K): 160 channels take 128x160x32 (0.68 / 0.57
+    x 100%; 128x256x64: 1.0 x 62.5% x 83%), 320 128x160x64 (0.79 / 0.65 x 100%; 128x256:
+    62.5%), 640 128x256x64 (83%; 128x160: 0.79 / 0.65), 128 128x128x64 (0.65 x 100%); dgrad at stride 1 also scores the K
+    steps' fill (Cout per tap over BLOCK_K): 160 channels take 128x160x32 (1.0 x 100%; with
+    dropout its epilogue spills: 256x64x32, 1.0 x 83% x 100%), 320 256x64x64 (100% x 100%),
+    640 128x128x64; a strided dgrad (its gather is not hoisted: 256x64x64 0.74) 128x160x64
+    over Cin = 160 / 320 (100% / 100%; 128x128: 62.5% / 83%), else 128x128x64; wgrad (Cout along M, Cin along
+    N): 320 and 640 channels take 320x64x64 (1.0 / 1.0 x 100%; 256x64: 62.5% / 83%), 160
+    256x32x128 without dropout (1.0 x 62.5% x 100%), 256x64x64 with it (0.94 x 62.5% x 83%;
+    256x32x128: 0.74).
     32..127 channels: a plain K loop
     (dgrad's always; the forward's without the BN-act ``prologue``, as in the two-pass
     path), whose per-row address and padding math is hoisted out of the loop (a step adds
@@ -120,8 +147,8 @@ def default_config(kind: str, dtype: torch.dtype, cin: int, cout: int, *, dropou
     masked, i.e. 0.25 of useful work). With the
     prologue (whose cost per element does not shrink with more rows) and for the other wgrads:
     64x64x64 on 4 warps from 64 channels, else 64x32x64. fp32 (TF32 or exact) / fp64:
-    smaller, spill-free tiles, 64 wide when that fills >= 80% of N. ``dropout`` is
-    accepted for the variants' sake; the bitmask costs the same under every tile.
+    smaller, spill-free tiles, 64 wide when that fills >= 80% of N. ``dropout``: whether
+    the layer has dropout (its bitmask costs more under some tiles than others).
     """
     if kind not in ("fwd", "dgrad", "wgrad"):
         raise ValueError(f"kind must be 'fwd', 'dgrad' or 'wgrad', got {kind!r}")
@@ -137,27 +164,29 @@ def default_config(kind: str, dtype: torch.dtype, cin: int, cout: int, *, dropou
         if dtype == torch.float64:
             return (64, 32, 16, 3, 4)
         return (128, 64, 32, 3, 8) if n >= 64 and fill(n, 64) >= 0.8 else (64, 32, 32, 4, 4)
-    cfg = _tile_16(kind, cin, cout, n, prologue, fill, stride)
+    cfg = _tile_16(kind, cin, cout, n, prologue, fill, stride, dropout)
     k_side = cin if kind == "fwd" else cout  # channels per tap along K (fwd, dgrad)
     if kind != "wgrad" and k_side <= 16 and (kind == "dgrad" or cin >= 16):  # (cin < 16: the stem's flat K)
         cfg = (cfg[0], cfg[1], 16) + cfg[3:]  # a 64-deep K step would be 3/4 masked (Cin = 16: 0.25 useful)
     return cfg
 
 
-def _tile_16(kind, cin, cout, n, prologue, fill, stride):
+def _tile_16(kind, cin, cout, n, prologue, fill, stride, dropout):
     """default_config's 16-bit tile before the K depth is fitted to 16 channels per tap."""
     if n >= 128 and (kind != "wgrad" or cout >= 128):
-        if kind == "dgrad" and stride > 1:  # the strided gather is not hoisted: 256x64 falls to 0.74 there
-            return _WIDE_16["dgrad"][0][0]
+        table = _WIDE_16["dgrad_strided" if kind == "dgrad" and stride > 1 else kind]
 
-        def score(item):  # fwd: Cout along BLOCK_N; wgrad: Cout along BLOCK_M; dgrad: Cin along N, Cout along K
-            (bm, bn, bk, _, _), ceiling = item
+        def score(item):  # fwd: Cout along N, Cin along K; wgrad: Cout along M, Cin along N; dgrad: Cin along N, Cout along K
+            (bm, bn, bk, _, _), ceilings = item
+            ceiling = ceilings[1 if dropout else 0]
             if kind == "dgrad":
                 return ceiling * fill(cin, bn) * fill(cout, bk)
-            if kind == "wgrad":  # Cout along M, Cin along N
+            if kind == "wgrad":
                 return ceiling * fill(cout, bm) * fill(cin, bn)
-            return ceiling * fill(cout, bn)
-        return max(_WIDE_16[kind], key=score)[0]
+            if cin <= 16:  # BLOCK_K = 16 below
+                return _FWD_K16.get((bm, bn), (0.0, 0.0))[1 if prologue else 0] * fill(cout, bn)
+            return ceiling * fill(cout, bn) * fill(cin, bk)
+        return max(table, key=score)[0]
     plain_loop = kind == "dgrad" or (kind == "fwd" and not prologue)
     if plain_loop and n >= 32:
         k_side = cin if kind == "fwd" else cout  # channels per tap along K

@@ -42,21 +42,31 @@ def _dgrad_kernel(
     GX_LIKE_X: tl.constexpr, IS_FP64: tl.constexpr, IN_PREC: tl.constexpr, UPCAST: tl.constexpr,
     EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
+    # BLOCK_N columns (Cin) as one accumulator, or, when BLOCK_N is not a power of two, as
+    # two (BN0 + BN1, e.g. 160 = 128 + 32: two wgmma chains sharing the grad_y operand),
+    # so that Cin = 160 fills the tile; both parts start at multiples of 32 columns
+    # (BLOCK_N and BN1 multiples of 32: the epilogue's dropout words).
+    BN0: tl.constexpr = BLOCK_N if (BLOCK_N & (BLOCK_N - 1)) == 0 else BLOCK_N - (BLOCK_N & (~BLOCK_N + 1))
+    BN1: tl.constexpr = BLOCK_N - BN0 if BN0 < BLOCK_N else BLOCK_N  # (unused when BN0 == BLOCK_N)
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)   # input pixels (n, ih, iw)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)   # input channels c
+    rn = pid_n * BLOCK_N + tl.arange(0, BN0)       # input channels c
+    rn1 = pid_n * BLOCK_N + BN0 + tl.arange(0, BN1)
     rk = tl.arange(0, BLOCK_K)                     # output channels co (within a tap)
     m_ok = rm < M
     n_ok = rn < Cin
+    n_ok1 = rn1 < Cin
     rmc = tl.where(m_ok, rm, 0)
     nb, ih, iw = _pixel_of_row(rmc, H * W, W)
     nb64 = (nb.to(tl.int64) if OFFS_64 else nb)
     g_row = nb64 * sgn
     if IS_FP64:
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float64)
+        acc = tl.zeros((BLOCK_M, BN0), dtype=tl.float64)
+        acc1 = tl.zeros((BLOCK_M, BN1), dtype=tl.float64)
     else:
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        acc = tl.zeros((BLOCK_M, BN0), dtype=tl.float32)
+        acc1 = tl.zeros((BLOCK_M, BN1), dtype=tl.float32)
 
     if STRIDE == 1:
         # Per row, once: the offset of tap (0, 0)'s output pixel (ih + PT, iw + PL) and
@@ -81,11 +91,31 @@ def _dgrad_kernel(
             r_ok = m_ok & pos & (oh * STRIDE == ohn) & (ow * STRIDE == own) & (oh < Ho) & (ow < Wo)
             g_off = g_row + oh * sgh + ow * sgw + c0 * sgc
         g = tl.load(gy_ptr + g_off[:, None] + rk[None, :] * sgc, mask=r_ok[:, None] & co_ok[None, :], other=0.0)
-        w = tl.load(w_ptr + (tap * Cout + co)[:, None] * Cin + rn[None, :],
-                    mask=co_ok[:, None] & n_ok[None, :], other=0.0)
+        w_rows = (tap * Cout + co)[:, None] * Cin
+        w = tl.load(w_ptr + w_rows + rn[None, :], mask=co_ok[:, None] & n_ok[None, :], other=0.0)
         acc = _mma(g, w, acc, IN_PREC, UPCAST)
+        if BN0 < BLOCK_N:
+            w1 = tl.load(w_ptr + w_rows + rn1[None, :], mask=co_ok[:, None] & n_ok1[None, :], other=0.0)
+            acc1 = _mma(g, w1, acc1, IN_PREC, UPCAST)
         c0, kh, kw = _next_k_step(c0, kh, kw, Cout, KW, BLOCK_K)
 
+    col0 = pid_n * BLOCK_N
+    _dgrad_epilogue(acc, rn, n_ok, col0, m_ok, rmc, nb64, ih, iw, pid_m, x_ptr, scale_ptr, shift_ptr, bits_ptr,
+                    gx_ptr, psc_ptr, psh_ptr, Cin, CW, sxn, sxc, sxh, sxw, sdn, sdc, sdh, sdw, slope, inv_keep,
+                    ACT, HAS_AFFINE, HAS_DROPOUT, GX_LIKE_X, BN0)
+    if BN0 < BLOCK_N:
+        _dgrad_epilogue(acc1, rn1, n_ok1, col0 + BN0, m_ok, rmc, nb64, ih, iw, pid_m, x_ptr, scale_ptr, shift_ptr,
+                        bits_ptr, gx_ptr, psc_ptr, psh_ptr, Cin, CW, sxn, sxc, sxh, sxw, sdn, sdc, sdh, sdw, slope,
+                        inv_keep, ACT, HAS_AFFINE, HAS_DROPOUT, GX_LIKE_X, BN1)
+
+
+@triton.jit
+def _dgrad_epilogue(acc, rn, n_ok, col0, m_ok, rmc, nb64, ih, iw, pid_m, x_ptr, scale_ptr, shift_ptr, bits_ptr,
+                    gx_ptr, psc_ptr, psh_ptr, Cin, CW, sxn, sxc, sxh, sxw, sdn, sdc, sdh, sdw, slope, inv_keep,
+                    ACT: tl.constexpr, HAS_AFFINE: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+                    GX_LIKE_X: tl.constexpr, BLOCK_N: tl.constexpr):
+    """grad_x (through the BN-act-dropout when HAS_AFFINE) and the per-M-tile partial sums
+    of the BLOCK_N columns rn = col0 + [0, BLOCK_N) (col0 a multiple of min(BLOCK_N, 32))."""
     out_mask = m_ok[:, None] & n_ok[None, :]
     gx_off = (nb64 * sdn + ih * sdh + iw * sdw)[:, None] + rn[None, :] * sdc
     gx_ptrs = gx_ptr + gx_off
@@ -106,12 +136,11 @@ def _dgrad_kernel(
                 cols = tl.arange(0, BLOCK_N)
                 sel = 1 << (cols % 32)
                 for j in tl.static_range(BLOCK_N // 32):
-                    wj = tl.load(bits_ptr + rmc * CW + (pid_n * (BLOCK_N // 32) + j),
-                                 mask=m_ok & (pid_n * (BLOCK_N // 32) + j < CW), other=0)
+                    wj = tl.load(bits_ptr + rmc * CW + (col0 // 32 + j), mask=m_ok & (col0 // 32 + j < CW), other=0)
                     gz = tl.where((cols // 32 == j)[None, :] & ((wj[:, None] & sel[None, :]) == 0), 0.0, gz)
                 gz = gz * inv_keep
             else:
-                keep = keep_from_bits(bits_ptr, rmc * CW, m_ok, pid_n * BLOCK_N, tl.arange(0, BLOCK_N), CW, BLOCK_N)
+                keep = keep_from_bits(bits_ptr, rmc * CW, m_ok, col0, tl.arange(0, BLOCK_N), CW, BLOCK_N)
                 gz = tl.where(keep, gz * inv_keep, 0.0)
         # Out-of-range rows / channels need no select: acc is 0 there (masked operand
         # loads) and act'(z) is finite for the zero-loaded x, scale, shift (a non-finite

@@ -46,17 +46,23 @@ def _fwd_kernel(
     OFFS_64: tl.constexpr, IS_FP64: tl.constexpr, IN_PREC: tl.constexpr, UPCAST: tl.constexpr,
     EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    # BLOCK_N >= 256 with statistics and no dropout: two accumulators of BLOCK_N / 2
-    # columns (two wgmma chains sharing the prologue's A operand), so that the epilogue
-    # holds half a tile at a time: its per-column statistics spill next to a 128x256 fp32
-    # tile (sm_90a: 19 spill stores). With dropout the whole tile fits (and the split's
-    # extra loop instructions would cost more: 526 -> 570 per iteration).
-    BH: tl.constexpr = BLOCK_N // 2 if (BLOCK_N >= 256 and STATS and not HAS_DROPOUT) else BLOCK_N
+    # The tile's BLOCK_N columns run as one accumulator, or as two (BN0 + BN1, two wgmma
+    # chains sharing the prologue's A operand): a BLOCK_N that is not a power of two is
+    # a sum of two (160 = 128 + 32, 96 = 64 + 32), so that Cout = 160 / 320 / 640 fill
+    # their tiles (a 256-wide tile over 160 channels is 62.5% useful work); a power of two
+    # >= 256 with statistics and no dropout splits in halves, so that the epilogue holds
+    # half a tile at a time: its per-column statistics spill next to a 128x256 fp32 tile
+    # (sm_90a: 19 spill stores). With dropout the whole 256 fits (and the split's extra
+    # loop instructions would cost more: 526 -> 570 per iteration).
+    POW2_N: tl.constexpr = (BLOCK_N & (BLOCK_N - 1)) == 0
+    BN0: tl.constexpr = ((BLOCK_N // 2 if (BLOCK_N >= 256 and STATS and not HAS_DROPOUT) else BLOCK_N) if POW2_N
+                         else BLOCK_N - (BLOCK_N & (~BLOCK_N + 1)))
+    BN1: tl.constexpr = BLOCK_N - BN0 if BN0 < BLOCK_N else BLOCK_N  # (unused when BN0 == BLOCK_N)
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn0 = pid_n * BLOCK_N + tl.arange(0, BH)
-    rn1 = rn0 + BH
+    rn0 = pid_n * BLOCK_N + tl.arange(0, BN0)
+    rn1 = pid_n * BLOCK_N + BN0 + tl.arange(0, BN1)
     rk = tl.arange(0, BLOCK_K)
     m_ok = rm < M
     n_ok0 = rn0 < Cout
@@ -67,11 +73,11 @@ def _fwd_kernel(
     # (OFFS_64, see _needs_int64): int32 address math is half the instructions
     x_row = (nb.to(tl.int64) if OFFS_64 else nb) * sxn
     if IS_FP64:
-        acc0 = tl.zeros((BLOCK_M, BH), dtype=tl.float64)
-        acc1 = tl.zeros((BLOCK_M, BH), dtype=tl.float64)
+        acc0 = tl.zeros((BLOCK_M, BN0), dtype=tl.float64)
+        acc1 = tl.zeros((BLOCK_M, BN1), dtype=tl.float64)
     else:
-        acc0 = tl.zeros((BLOCK_M, BH), dtype=tl.float32)
-        acc1 = tl.zeros((BLOCK_M, BH), dtype=tl.float32)
+        acc0 = tl.zeros((BLOCK_M, BN0), dtype=tl.float32)
+        acc1 = tl.zeros((BLOCK_M, BN1), dtype=tl.float32)
 
     if FLAT_K:
         # Small Cin (stem, Cin=3): K = (tap, c) flattened, gathered per element.
@@ -100,7 +106,7 @@ def _fwd_kernel(
             else:
                 a = xv
             acc0 = _mma(a, w0, acc0, IN_PREC, UPCAST)
-            if BH < BLOCK_N:
+            if BN0 < BLOCK_N:
                 w1 = tl.load(w_ptr + k[:, None] * Cout + rn1[None, :], mask=k_ok[:, None] & n_ok1[None, :],
                              other=0.0)
                 acc1 = _mma(a, w1, acc1, IN_PREC, UPCAST)
@@ -136,7 +142,7 @@ def _fwd_kernel(
             else:
                 a = xv
             acc0 = _mma(a, w0, acc0, IN_PREC, UPCAST)
-            if BH < BLOCK_N:
+            if BN0 < BLOCK_N:
                 w1 = tl.load(w_ptr + w_rows + rn1[None, :], mask=c_ok[:, None] & n_ok1[None, :], other=0.0)
                 acc1 = _mma(a, w1, acc1, IN_PREC, UPCAST)
             c0, kh, kw = _next_k_step(c0, kh, kw, Cin, KW, BLOCK_K)
@@ -145,7 +151,7 @@ def _fwd_kernel(
     _fwd_epilogue(acc0, rn0, n_ok0, m_ok, nb64, oh, ow, pid_m, pid_n == 0, bias_ptr, res_ptr, y_ptr,
                   mean_ptr, m2_ptr, cnt_ptr, Cout, P, srn, src, srh, srw, syn, syc, syh, syw,
                   HAS_BIAS, HAS_RES, STATS, STATS_ROWS, BLOCK_M)
-    if BH < BLOCK_N:
+    if BN0 < BLOCK_N:
         _fwd_epilogue(acc1, rn1, n_ok1, m_ok, nb64, oh, ow, pid_m, False, bias_ptr, res_ptr, y_ptr,
                       mean_ptr, m2_ptr, cnt_ptr, Cout, P, srn, src, srh, srw, syn, syc, syh, syw,
                       HAS_BIAS, HAS_RES, STATS, STATS_ROWS, BLOCK_M)

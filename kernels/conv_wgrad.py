@@ -54,18 +54,28 @@ def _wgrad_kernel(
     cb = pid_t - tap * ncb
     kh = tap // KW
     kw = tap - kh * KW
-    rco = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    # BLOCK_M rows (Cout) as one accumulator, or, when BLOCK_M is not a power of two, as
+    # two (BM0 + BM1, e.g. 320 = 256 + 64, 192 = 128 + 64: two wgmma chains sharing the
+    # prologue's B operand), so that Cout = 160 / 320 fill more of the tile than a power
+    # of two does (256 rows over 160 channels: 62.5%; 192: 83%; 320 over 320: 100%).
+    BM0: tl.constexpr = BLOCK_M if (BLOCK_M & (BLOCK_M - 1)) == 0 else BLOCK_M - (BLOCK_M & (~BLOCK_M + 1))
+    BM1: tl.constexpr = BLOCK_M - BM0 if BM0 < BLOCK_M else BLOCK_M  # (unused when BM0 == BLOCK_M)
+    rco = pid_m * BLOCK_M + tl.arange(0, BM0)
+    rco1 = pid_m * BLOCK_M + BM0 + tl.arange(0, BM1)
     rc = cb * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
     co_ok = rco < Cout
+    co_ok1 = rco1 < Cout
     c_ok = rc < Cin
     if HAS_AFFINE:
         sc = tl.load(scale_ptr + rc, mask=c_ok, other=0.0)
         sh = tl.load(shift_ptr + rc, mask=c_ok, other=0.0)
     if IS_FP64:
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float64)
+        acc = tl.zeros((BM0, BLOCK_N), dtype=tl.float64)
+        acc1 = tl.zeros((BM1, BLOCK_N), dtype=tl.float64)
     else:
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        acc = tl.zeros((BM0, BLOCK_N), dtype=tl.float32)
+        acc1 = tl.zeros((BM1, BLOCK_N), dtype=tl.float32)
     HoWo = Ho * Wo
     k_lo = pid_k * K_CHUNK
     k_hi = tl.minimum(k_lo + K_CHUNK, M)
@@ -114,6 +124,7 @@ def _wgrad_kernel(
             # (sm_90a, bf16 32->32 64x32x64: 186 -> 122 instructions per iteration).
             k_lo_w = k_lo.to(tl.int64) if OFFS_64 else k_lo
             g_ptrs = gy_ptr + (k_lo_w * sgw + rk * sgw)[None, :] + rco[:, None] * sgc
+            g_ptrs1 = gy_ptr + (k_lo_w * sgw + rk * sgw)[None, :] + rco1[:, None] * sgc
             x_tap = (kh - PT) * sxh + (kw - PL) * sxw
             x_ptrs = x_ptr + (k_lo_w * sxw + x_tap + rk * sxw)[:, None] + rc[None, :] * sxc
             pix_tap = (kh - PT) * W + (kw - PL)
@@ -130,6 +141,7 @@ def _wgrad_kernel(
                 nb, oh, ow = _out_pixel(rr, HoWo, Ho, Wo, LOG2_HOWO, LOG2_WO, POW2_OUT)
                 nb64 = (nb.to(tl.int64) if OFFS_64 else nb)
                 g_ptrs = gy_ptr + (nb64 * sgn + oh * sgh + ow * sgw)[None, :] + rco[:, None] * sgc
+                g_ptrs1 = gy_ptr + (nb64 * sgn + oh * sgh + ow * sgw)[None, :] + rco1[:, None] * sgc
                 x_ptrs = x_ptr + (nb64 * sxn + (oh * STRIDE - PT + kh) * sxh + (ow * STRIDE - PL + kw) * sxw)[:, None] \
                     + rc[None, :] * sxc
                 pix = (nb * H + oh * STRIDE - PT + kh) * W + ow * STRIDE - PL + kw
@@ -138,8 +150,11 @@ def _wgrad_kernel(
             iw = ow * STRIDE - PL + kw
             sp_ok = r_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
             xv = tl.load(x_ptrs, mask=sp_ok[:, None] & c_ok[None, :], other=0.0)
+            if BM0 < BLOCK_M:
+                g1 = tl.load(g_ptrs1, mask=co_ok1[:, None] & r_ok[None, :], other=0.0)
             if LINEAR:
                 g_ptrs += BLOCK_K * sgw
+                g_ptrs1 += BLOCK_K * sgw
                 x_ptrs += BLOCK_K * sxw
             if HAS_AFFINE:
                 if HAS_DROPOUT:
@@ -154,6 +169,8 @@ def _wgrad_kernel(
             else:
                 a = xv
             acc = _mma(g, a, acc, IN_PREC, UPCAST)
+            if BM0 < BLOCK_M:
+                acc1 = _mma(g1, a, acc1, IN_PREC, UPCAST)
 
     KK = Cin * KH * KW
     base = part_ptr + pid_k.to(tl.int64) * Cout * KK
@@ -163,6 +180,9 @@ def _wgrad_kernel(
     else:
         ptrs = base + rco[:, None] * KK + rc[None, :] * (KH * KW) + tap
         tl.store(ptrs, acc, mask=co_ok[:, None] & c_ok[None, :])
+        if BM0 < BLOCK_M:
+            tl.store(base + rco1[:, None] * KK + rc[None, :] * (KH * KW) + tap, acc1,
+                     mask=co_ok1[:, None] & c_ok[None, :])
 
 
 def _pixels_linear(grad_y, x, stride, ho, wo):

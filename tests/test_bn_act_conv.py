@@ -597,34 +597,43 @@ def test_default_config_heuristic(kind, dtype, monkeypatch):
                 short_k = kind == "dgrad" and (n >= 32 and k_side <= 32 or n <= 16)  # 32-deep steps
                 long_k = kind == "wgrad" and n <= 16  # 16-wide wgrad: 128 pixels per step
                 k16 = kind != "wgrad" and k_side <= 16  # 16 channels per tap: 16-deep steps
-                wide_dgrad = kind == "dgrad" and n >= 128  # BLOCK_K 32 or 64, whichever fills Cout per tap
-                if not wide_dgrad:
+                # BLOCK_K 32 or 64, whichever fills the channels per tap (dgrad: Cout; fwd: Cin)
+                wide_k = kind in ("dgrad", "fwd") and n >= 128 and k_side > 16
+                if not wide_k:
                     assert cfg[2] == (16 if k16 else 32 if short_k else 128 if long_k else 64), (kind, cin, cout, cfg)
                 if n >= 128 and cout >= 128:
                     assert cfg in [c for c, _ in K._WIDE_16[kind]], (n, cfg)
     assert K.default_config("fwd", torch.float32, 160, 160)[1] == 64
-    # the score: issue ceiling x share of the tile inside Cout
-    assert K.default_config("fwd", torch.bfloat16, 320, 320)[:2] == (128, 256)   # 1.0 x 62.5% > 0.65 x 83%
+    # the score: issue ceiling (without / with dropout) x share of the tile inside the GEMM
+    assert K.default_config("fwd", torch.bfloat16, 320, 320)[:3] == (128, 160, 64)  # 0.79 x 100% > 1.0 x 62.5%
+    assert K.default_config("fwd", torch.bfloat16, 160, 160)[:3] == (128, 160, 32)  # 0.68 x 100% > 1.0 x 52%
+    assert K.default_config("fwd", torch.bfloat16, 640, 640)[:2] == (128, 256)   # 1.0 x 83% > 0.79 x 100%
     assert K.default_config("fwd", torch.bfloat16, 128, 128)[:2] == (128, 128)   # 0.65 x 100% > 1.0 x 50%
-    assert K.default_config("wgrad", torch.bfloat16, 640, 640)[:2] == (256, 128)
-    assert K.default_config("wgrad", torch.bfloat16, 160, 160)[:2] == (256, 64)   # 1.0 x 52% > 1.0 x 39%
+    assert K.default_config("wgrad", torch.bfloat16, 640, 640)[:2] == (320, 64)  # 1.0 x 100% > 1.0 x 83%
+    assert K.default_config("wgrad", torch.bfloat16, 320, 320)[:2] == (320, 64)
+    assert K.default_config("wgrad", torch.bfloat16, 160, 160)[:3] == (256, 32, 128)  # 1.0 x 62.5% > 1.0 x 52%
+    assert K.default_config("wgrad", torch.bfloat16, 160, 160, dropout=True)[:3] == (256, 64, 64)  # 0.94 x 52%
+    assert K.default_config("dgrad", torch.bfloat16, 160, 160) == (128, 160, 32, 4, 8)  # 1.0 x 100%
+    assert K.default_config("dgrad", torch.bfloat16, 160, 160, dropout=True) == (256, 64, 32, 4, 8)  # (160 spills)
     # plain K loops (dgrad; fwd / wgrad without the prologue, the two-pass path): 256 rows
     assert K.default_config("fwd", torch.bfloat16, 64, 64, prologue=False) == (256, 64, 64, 3, 8)
     assert K.default_config("fwd", torch.bfloat16, 32, 32, prologue=False) == (256, 32, 32, 4, 4)
     assert K.default_config("fwd", torch.bfloat16, 64, 32, prologue=False) == (256, 32, 64, 3, 8)
     assert K.default_config("dgrad", torch.bfloat16, 32, 32) == (256, 32, 32, 4, 4)
     assert K.default_config("dgrad", torch.bfloat16, 16, 160) == (512, 16, 32, 3, 4)   # 16-wide for Cin = 16
-    # dgrad by ceiling x fill of Cin (N) and of Cout per tap (K); strided: 128x128x64
-    assert K.default_config("dgrad", torch.bfloat16, 160, 160) == (256, 64, 32, 4, 8)
+    # dgrad by ceiling x fill of Cin (N) and of Cout per tap (K)
+    assert K.default_config("dgrad", torch.bfloat16, 160, 160, dropout=True) == (256, 64, 32, 4, 8)
     assert K.default_config("dgrad", torch.bfloat16, 320, 320) == (256, 64, 64, 3, 8)
     assert K.default_config("dgrad", torch.bfloat16, 640, 640) == (128, 128, 64, 3, 8)
-    assert K.default_config("dgrad", torch.bfloat16, 160, 320, stride=2) == (128, 128, 64, 3, 8)
+    assert K.default_config("dgrad", torch.bfloat16, 160, 320, stride=2) == (128, 160, 64, 3, 8)  # 1.0 x 100%
+    assert K.default_config("dgrad", torch.bfloat16, 256, 512, stride=2) == (128, 128, 64, 3, 8)
     assert K.default_config("fwd", torch.bfloat16, 32, 32) == (64, 32, 64, 4, 4)
     assert K.default_config("dgrad", torch.float16, 64, 64) == (256, 64, 64, 3, 8)
     assert K.default_config("wgrad", torch.bfloat16, 16, 160, prologue=False) == (128, 16, 128, 3, 4)
     assert K.default_config("wgrad", torch.bfloat16, 32, 32, prologue=False) == (64, 32, 128, 3, 4)
     assert K.default_config("wgrad", torch.bfloat16, 16, 160) == (128, 16, 128, 3, 4)
-    assert K.default_config("fwd", torch.bfloat16, 16, 160, prologue=False) == (128, 256, 16, 3, 8)
+    assert K.default_config("fwd", torch.bfloat16, 16, 160, prologue=False) == (128, 160, 16, 3, 8)  # 0.91 x 100%
+    assert K.default_config("fwd", torch.bfloat16, 16, 160) == (128, 256, 16, 3, 8)  # 0.96 x 62.5% > 0.50 x 100%
     assert K.default_config("fwd", torch.bfloat16, 3, 16, prologue=False)[2] == 64   # the stem's flat K
     with pytest.raises(ValueError, match="kind must be"):
         K.default_config("bwd", torch.bfloat16, 16, 16)
@@ -705,6 +714,32 @@ def test_split_accumulators_in_interpreter(monkeypatch):
     var_ref, mean_ref = torch.var_mean(y, dim=(0, 2, 3), unbiased=False)
     mean, var, count = merged_stats(out["mean_p"], out["m2_p"], out["cnt_p"])
     assert (count == 25).all()
+    assert ((mean - mean_ref).norm() / var_ref.sqrt().norm()).item() < 1e-5
+    assert rel_err(var, var_ref) < 1e-5
+
+
+@pytest.mark.parametrize("pow2_out", [True, False])
+@poison_outputs
+def test_two_power_tile_sides_in_interpreter(monkeypatch, pow2_out):
+    """Tile sides that are a sum of two powers of two run as two accumulators sharing the
+    other operand: the forward's BLOCK_N = 16 + 8 (the GPU's 128 + 32 over Cout = 160 /
+    320), the wgrad's BLOCK_M = 32 + 16 (the GPU's 256 + 64 over Cout = 320 / 640), the
+    dgrad's BLOCK_N = 64 + 32 (the GPU's 128 + 32 over Cin = 160; parts start at multiples
+    of 32 columns, as its dropout words need). Cout = 44 and Cin = 100: two tiles along
+    each split side, the last with both parts partly masked; dropout, residual and
+    statistics (each part's columns, merged); both wgrad pixel paths (LINEAR at
+    power-of-two sizes, the gather otherwise)."""
+    monkeypatch.setitem(K._INTERPRET_CONFIGS, "fwd", K._cfg(64, 24, 32, 1, 4))
+    monkeypatch.setitem(K._INTERPRET_CONFIGS, "wgrad", K._cfg(48, 32, 32, 1, 4))
+    monkeypatch.setitem(K._INTERPRET_CONFIGS, "dgrad", K._cfg(64, 96, 32, 1, 4))
+    h, w = (8, 4) if pow2_out else (5, 6)
+    case = (2, 100, 44, h, w, 3, 1, (1, 1, 1, 1), "relu", "cl", 0.3, False, True)
+    out = run_case(case, torch.float32, compute_stats=True)
+    check_case(out, torch.float32)
+    y = out["y"].detach().double()
+    var_ref, mean_ref = torch.var_mean(y, dim=(0, 2, 3), unbiased=False)
+    mean, var, count = merged_stats(out["mean_p"], out["m2_p"], out["cnt_p"])
+    assert (count == 2 * h * w).all()
     assert ((mean - mean_ref).norm() / var_ref.sqrt().norm()).item() < 1e-5
     assert rel_err(var, var_ref) < 1e-5
 
