@@ -67,7 +67,8 @@ _CONFIGS_16["dgrad"] = list(_CONFIGS_16["fwd"])
 # Tiles whose side is a sum of two powers of two, two accumulators (the forward's
 # BLOCK_N = 128 + 32 over Cout = 160 / 320, the dgrad's over Cin = 160; the wgrad's
 # BLOCK_M = 256 + 64 over Cout = 320 / 640, in its list above).
-_CONFIGS_16["fwd"] += [_cfg(128, 160, 64, 3, 8), _cfg(128, 160, 32, 4, 8), _cfg(128, 160, 16, 3, 8)]
+_CONFIGS_16["fwd"] += [_cfg(128, 160, 64, 3, 8), _cfg(128, 160, 32, 4, 8), _cfg(128, 160, 16, 3, 8),
+                       _cfg(64, 32, 32, 4, 4)]  # (the stem: K = 27 in one 32-deep step)
 _CONFIGS_16["dgrad"] += [_cfg(128, 160, 64, 3, 8), _cfg(128, 160, 32, 4, 8)]
 _CONFIGS_32 = {
     "fwd": [_cfg(128, 64, 32, 3, 8), _cfg(64, 128, 32, 3, 8), _cfg(64, 64, 32, 3, 4), _cfg(128, 32, 32, 3, 4),
@@ -94,9 +95,10 @@ _WIDE_16 = {
               ((256, 32, 128, 3, 8), (1.0, 0.74))],
     # dgrad (stride 1, hoisted plain loop): the 64-wide tiles fit Cin = 160 / 320 better
     # (their score also counts the K steps' fill: Cout per tap over BLOCK_K)
-    # 128x160 (128 + 32 columns): Cin = 160 fills it; with dropout its epilogue spills
-    # (20 B), so it is not taken there (ceiling 0)
-    "dgrad": [((128, 128, 64, 3, 8), (1.0, 1.0)), ((256, 64, 64, 3, 8), (1.0, 1.0)),
+    # 256x64 first: ties go to it (fp16's 128x128 epilogue spills 8 B); 128x160 (128 + 32
+    # columns): Cin = 160 fills it; with dropout its epilogue spills (20 B), so it is not
+    # taken there (ceiling 0)
+    "dgrad": [((256, 64, 64, 3, 8), (1.0, 1.0)), ((128, 128, 64, 3, 8), (1.0, 1.0)),
               ((256, 64, 32, 4, 8), (1.0, 1.0)), ((128, 160, 32, 4, 8), (1.0, 0.0))],
     # strided dgrad (its gather is not hoisted: 256x64x64 falls to 0.74 there); 128x160
     # with dropout not compiled for it (no WRN layer has one)
@@ -122,8 +124,8 @@ def default_config(kind: str, dtype: torch.dtype, cin: int, cout: int, *, dropou
     x 100%; 128x256x64: 1.0 x 62.5% x 83%), 320 128x160x64 (0.79 / 0.65 x 100%; 128x256:
     62.5%), 640 128x256x64 (83%; 128x160: 0.79 / 0.65), 128 128x128x64 (0.65 x 100%); dgrad at stride 1 also scores the K
     steps' fill (Cout per tap over BLOCK_K): 160 channels take 128x160x32 (1.0 x 100%; with
-    dropout its epilogue spills: 256x64x32, 1.0 x 83% x 100%), 320 256x64x64 (100% x 100%),
-    640 128x128x64; a strided dgrad (its gather is not hoisted: 256x64x64 0.74) 128x160x64
+    dropout its epilogue spills: 256x64x32, 1.0 x 83% x 100%), 320 and 640 256x64x64 (100% x
+    100%); a strided dgrad (its gather is not hoisted: 256x64x64 0.74) 128x160x64
     over Cin = 160 / 320 (100% / 100%; 128x128: 62.5% / 83%), else 128x128x64; wgrad (Cout along M, Cin along
     N): 320 and 640 channels take 320x64x64 (1.0 / 1.0 x 100%; 256x64: 62.5% / 83%), 160
     256x32x128 without dropout (1.0 x 62.5% x 100%), 256x64x64 with it (0.94 x 62.5% x 83%;
@@ -147,7 +149,8 @@ def default_config(kind: str, dtype: torch.dtype, cin: int, cout: int, *, dropou
     masked, i.e. 0.25 of useful work). With the
     prologue (whose cost per element does not shrink with more rows) and for the other wgrads:
     64x64x64 on 4 warps from 64 channels, else 64x32x64. fp32 (TF32 or exact) / fp64:
-    smaller, spill-free tiles, 64 wide when that fills >= 80% of N. ``dropout``: whether
+    smaller, spill-free tiles, 64 wide when that fills >= 80% of N. The WRN stem (Cin < 16,
+    Cout < 64): 64x32x32, its K = 27 (tap, c) in one step. ``dropout``: whether
     the layer has dropout (its bitmask costs more under some tiles than others).
     """
     if kind not in ("fwd", "dgrad", "wgrad"):
@@ -195,6 +198,8 @@ def _tile_16(kind, cin, cout, n, prologue, fill, stride, dropout):
         return (256, 64 if n >= 64 else 32, 64, 3, 8)
     if kind == "dgrad" and n <= 16:
         return (512, 16, 32, 3, 4)  # Cin = 16: a 16-wide tile (a 32-wide one is half masked)
+    if kind == "fwd" and cin < 16 and n < 64:  # the WRN stem (3 -> 16): K = (tap, c) = 27 in one 32-deep step
+        return (64, 32, 32, 4, 4)  # (64-deep: 42% of the step useful and fp16 spills 36 B)
     if kind == "wgrad" and n < 16:  # the stem: N = (tap, c) flattened (27 columns at 3x3, Cin = 3)
         return (64, 32, 128, 3, 4)
     if kind == "wgrad" and n <= 16:  # Cin = 16 (first block's convs): 16 wide, 128 pixels per K step

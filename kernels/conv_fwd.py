@@ -80,13 +80,15 @@ def _fwd_kernel(
         acc1 = tl.zeros((BLOCK_M, BN1), dtype=tl.float32)
 
     if FLAT_K:
-        # Small Cin (stem, Cin=3): K = (tap, c) flattened, gathered per element.
-        KTOT = KH * KW * Cin
+        # Small Cin (stem, Cin=3): K = (tap, c) flattened, gathered per element; FLAT_K is
+        # Cin as a compile-time constant, so the per-element (tap, c) split divides by a
+        # constant (a multiply-shift, not an integer division).
+        KTOT = KH * KW * Cin  # (= KH * KW * FLAT_K; a runtime bound keeps the K loop a loop)
         for k0 in range(0, KTOT, BLOCK_K):
             k = k0 + rk
             k_ok = k < KTOT
-            tap = k // Cin
-            c = k - tap * Cin
+            tap = k // FLAT_K
+            c = k - tap * FLAT_K
             kh = tap // KW
             kw = tap - kh * KW
             ih = oh[:, None] * STRIDE - PT + kh[None, :]
@@ -244,7 +246,7 @@ def bn_act_conv_fwd(x, weight, scale=None, shift=None, *, stride=1, padding=(1, 
         ), dict(
             KH=kh, KW=kw, STRIDE=stride, PT=pt, PL=pl,
             ACT=act_code, HAS_AFFINE=scale is not None, HAS_DROPOUT=p > 0, HAS_BIAS=bias is not None,
-            HAS_RES=residual is not None, STATS=bool(compute_stats), STATS_ROWS=conv_config.STATS_M, FLAT_K=cin < 16,
+            HAS_RES=residual is not None, STATS=bool(compute_stats), STATS_ROWS=conv_config.STATS_M, FLAT_K=cin if cin < 16 else 0,
             OFFS_64=_needs_int64(x, y, res),
             IS_FP64=x.dtype == torch.float64, IN_PREC=in_prec, UPCAST=upcast,
         ), "fwd", x.dtype, cin, cout, p > 0)
