@@ -304,7 +304,8 @@ def tile_fill(v, config):
     (BLOCK_M, BLOCK_N, BLOCK_K, ...): fwd M = N*Ho*Wo, N = Cout, K = Cin per tap (the flat
     kh*kw*Cin below 16 channels, the stem); dgrad M = N*H*W, N = Cin, K = Cout per tap;
     wgrad M = Cout, N = Cin (kh*kw*Cin below 16 channels; its K, the pixels, comes in whole
-    chunks)."""
+    chunks); the tap-stacked wgrad (a 6th config entry, TAPS: M = TAPS x BLOCK_C rows of
+    (tap, c)) fills its groups of taps (9 taps in 2s: 90%), Cin over BLOCK_C and Cout over N."""
     bm, bn, bk = config[:3]
 
     def fill(size, block):
@@ -316,6 +317,9 @@ def tile_fill(v, config):
         return fill(v.n * ho * ho, bm) * fill(v.cout, bn) * k
     if v.kind == "dgrad":
         return fill(v.n * v.hw * v.hw, bm) * fill(v.cin, bn) * fill(v.cout, bk)
+    if len(config) > 5:  # the tap-stacked wgrad
+        taps = config[5]
+        return fill(v.ksize * v.ksize, taps) * fill(v.cin, bm // taps) * fill(v.cout, bn)
     if v.cin < 16:  # the stem's wgrad: N = (tap, c) flattened
         return fill(v.cout, bm) * fill(v.ksize * v.ksize * v.cin, bn)
     return fill(v.cout, bm) * fill(v.cin, bn)

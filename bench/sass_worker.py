@@ -217,11 +217,14 @@ def _summarise(v, compiled, ptxas, tools, ptxas_logs):
             rep = _ptxas_report(ptxas, kernel.asm["ptx"])
         regs, spill_st, spill_ld, stack = (rep["registers"], rep["spill_store_bytes"], rep["spill_load_bytes"],
                                            rep["stack_bytes"])
-        tile = (consts.get("BLOCK_M"), consts.get("BLOCK_N"), consts.get("BLOCK_K"))
+        taps = consts.get("TAPS")  # the tap-stacked wgrad: M = TAPS x BLOCK_C rows
+        bm = consts.get("BLOCK_M") if taps is None else taps * consts.get("BLOCK_C", 0)
+        tile = (bm, consts.get("BLOCK_N"), consts.get("BLOCK_K"))
         tile = tile if all(isinstance(t, int) for t in tile) else None
+        config = [tile[0], tile[1], tile[2], md.num_stages, warps] + ([taps] if taps else []) if tile else None
         k = {"name": name, "main_gemm": via_forced, "warps": warps, "stages": md.num_stages,
              "constexprs": {c: consts[c] for c in sorted(consts) if c.isupper()},
-             "config": [tile[0], tile[1], tile[2], md.num_stages, warps] if tile else None,
+             "config": config,
              "registers": regs, "spill_bytes": max(spill_st or 0, spill_ld or 0), "spill_store_bytes": spill_st,
              "spill_load_bytes": spill_ld, "stack_bytes": stack, "shared": md.shared,
              "ptxas_perf_warnings": rep["perf_warnings"],

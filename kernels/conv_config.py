@@ -297,6 +297,49 @@ def launch(kernel, grid, args, consts, kind, dtype, cin, cout, dropout):
     kernel.fn[grid](*args, **consts, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_stages=stages, num_warps=warps)
 
 
+# The tap-stacked wgrad (conv_wgrad._wgrad_taps_kernel: narrow Cin, no prologue, dense
+# pixels at stride 1): TAPS taps x BLOCK_C channels = 64 rows on M, Cout on N, BLOCK_K pixels.
+TAPS_CONFIGS = [triton.Config({"BLOCK_N": bn, "BLOCK_K": bk}, num_stages=st, num_warps=4)
+                for bn, bk, st in ((32, 128, 3), (64, 128, 3), (32, 64, 4), (64, 64, 4), (16, 128, 3))]
+_INTERPRET_TAPS = (16, 32)  # (BLOCK_N, BLOCK_K)
+TAPS_KEY = ["Cin", "Cout", "H", "W", "Ho", "Wo", "KH", "KW", "PT", "PL", "TAPS", "BLOCK_C", "K_CHUNK", "IN_PREC"]
+
+
+def prune_taps():
+    """Keep the tap-stacked wgrad's configs whose BLOCK_N is not wider than Cout needs."""
+    def prune(configs, named_args, **kwargs):
+        cap = max(16, triton.next_power_of_2(int(named_args["Cout"])))
+        return [c for c in configs if c.kwargs["BLOCK_N"] <= cap] or configs
+    return {"early_config_prune": prune}
+
+
+def wgrad_taps(dtype: torch.dtype, cin: int, cout: int, taps: int):
+    """(TAPS, BLOCK_C) when the weight gradient of a prologue-free conv (the two-pass path's
+    wgrad on the saved activation) should stack taps along the GEMM's M, else None: 16-bit
+    on the GPU, 16 <= Cin <= 32 (2 taps x 32 or 4 x 16 channels fill wgmma's 64 rows, where
+    Cout on M pads Cout = 32 to 64), at least 2 taps. The launcher also requires dense
+    pixels at stride 1 (its LINEAR offsets). bf16 sm_90a, WRN-28-2 g1 (32 -> 32, N = 960),
+    useful issue ceiling (SASS x tile fill): 64x32x128 on Cout 0.66 x 50% -> see
+    ``bench/results`` (static report) for the stacked kernel."""
+    if not (_GPU_TILES and dtype in (torch.float16, torch.bfloat16) and 16 <= cin <= 32 and taps >= 2):
+        return None
+    block_c = 16 if cin <= 16 else 32
+    return 64 // block_c, block_c
+
+
+def launch_taps(kernel, grid, args, consts, cout):
+    """Launch the tap-stacked wgrad: autotuned, or its default (BLOCK_N = Cout's power of two
+    up to 64, 128 pixels per step; the interpreter's small one)."""
+    if AUTOTUNE and _GPU_TILES:
+        kernel[grid](*args, **consts)
+        return
+    if _GPU_TILES:
+        bn, bk, stages = min(64, max(16, triton.next_power_of_2(cout))), 128, 3
+    else:
+        (bn, bk), stages = _INTERPRET_TAPS, 1
+    kernel.fn[grid](*args, **consts, BLOCK_N=bn, BLOCK_K=bk, num_stages=stages, num_warps=4)
+
+
 def min_block_m(kind, dtype, cin, cout, dropout, stride=1):
     """The smallest BLOCK_M a launch of ``kind`` may use (sizes per-M-tile partials)."""
     if AUTOTUNE and _GPU_TILES:

@@ -185,6 +185,90 @@ def _wgrad_kernel(
                      mask=co_ok1[:, None] & c_ok[None, :])
 
 
+@triton.jit
+def _tap_tile(x_ptrs, pix_shift, r, r_ok, oh, ow, kh, kw, tap_ok, c_ok, sxw, H, W, PT: tl.constexpr,
+              PL: tl.constexpr):
+    """a[r + shift, c] of one tap (pixels r [BK], channels [BC]), 0 where the tap's input
+    pixel falls in the padding or the tap is past KH*KW."""
+    # 0 <= oh - PT + kh < H as one unsigned compare (a negative wraps past H)
+    ok = r_ok & tap_ok & ((oh + (kh - PT)).to(tl.uint32) < H) & ((ow + (kw - PL)).to(tl.uint32) < W)
+    return tl.load(x_ptrs + pix_shift * sxw, mask=ok[:, None] & c_ok[None, :], other=0.0)
+
+
+@triton.autotune(configs=conv_config.TAPS_CONFIGS, key=conv_config.TAPS_KEY,
+                 prune_configs_by=conv_config.prune_taps(), cache_results=not conv_config.INTERPRET)
+@triton.heuristics({"EVEN_R": conv_config.even_rows})
+@triton.jit
+def _wgrad_taps_kernel(
+    gy_ptr,         # [N, Cout, Ho, Wo], pixels dense (stride sgw per pixel), channel stride sgc
+    x_ptr,          # [N, Cin, H, W] the conv's input a (no prologue), pixels dense (sxw), channel stride sxc
+    part_ptr,       # [SPLIT, Cout, Cin*KH*KW] contiguous partial grad_w (fp32)
+    Cin, H, W, Cout, Ho, Wo, M, K_CHUNK, LOG2_WO,
+    sgw, sgc, sxw, sxc,
+    KH: tl.constexpr, KW: tl.constexpr, PT: tl.constexpr, PL: tl.constexpr, TAPS: tl.constexpr,
+    OFFS_64: tl.constexpr, IN_PREC: tl.constexpr, UPCAST: tl.constexpr, EVEN_R: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """grad_w of a plain 3x3-style stride-1 conv over narrow Cin (<= 32), with TAPS taps
+    stacked along the GEMM's M: acc[(i, c), co] = sum_r a[r + shift(tap_i), c] * gy[r, co],
+    M = TAPS * BLOCK_C = 64 rows, N = Cout, K = pixels (split-K). The wgrad kernel above
+    puts Cout on M, which wgmma pads to 64 rows: Cout = 32 wastes half the tile."""
+    pid_t = tl.program_id(0)          # group of TAPS taps
+    pid_n = tl.program_id(1)          # Cout tile
+    pid_k = tl.program_id(2)          # split-K chunk of the N*Ho*Wo reduction
+    rc = tl.arange(0, BLOCK_C)
+    rco = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    c_ok = rc < Cin
+    co_ok = rco < Cout
+    KK: tl.constexpr = KH * KW
+    t0 = pid_t * TAPS
+    # the taps of this group: (kh, kw), whether the tap exists, the pixel shift of its input
+    kh0 = t0 // KW
+    kw0 = t0 - kh0 * KW
+    kh1 = (t0 + 1) // KW
+    kw1 = (t0 + 1) - kh1 * KW
+    kh2 = (t0 + 2) // KW
+    kw2 = (t0 + 2) - kh2 * KW
+    kh3 = (t0 + 3) // KW
+    kw3 = (t0 + 3) - kh3 * KW
+    k_lo = pid_k * K_CHUNK
+    k_hi = tl.minimum(k_lo + K_CHUNK, M)
+    k_lo_w = k_lo.to(tl.int64) if OFFS_64 else k_lo
+    g_ptrs = gy_ptr + (k_lo_w * sgw + rk * sgw)[:, None] + rco[None, :] * sgc
+    x_ptrs = x_ptr + (k_lo_w * sxw + rk * sxw)[:, None] + rc[None, :] * sxc
+    acc = tl.zeros((TAPS * BLOCK_C, BLOCK_N), dtype=tl.float32)
+    for r0 in range(k_lo, k_hi, BLOCK_K):
+        r = r0 + rk
+        r_ok = tl.full([BLOCK_K], 1, tl.int1) if EVEN_R else r < k_hi
+        oh = (r >> LOG2_WO) & (Ho - 1)
+        ow = r & (Wo - 1)
+        g = tl.load(g_ptrs, mask=r_ok[:, None] & co_ok[None, :], other=0.0)
+        a0 = _tap_tile(x_ptrs, (kh0 - PT) * W + (kw0 - PL), r, r_ok, oh, ow, kh0, kw0, t0 < KK, c_ok, sxw, H, W,
+                       PT, PL)
+        a1 = _tap_tile(x_ptrs, (kh1 - PT) * W + (kw1 - PL), r, r_ok, oh, ow, kh1, kw1, t0 + 1 < KK, c_ok, sxw, H, W,
+                       PT, PL)
+        if TAPS == 2:
+            a = tl.reshape(tl.permute(tl.join(a0, a1), (2, 1, 0)), (TAPS * BLOCK_C, BLOCK_K))
+        else:
+            a2 = _tap_tile(x_ptrs, (kh2 - PT) * W + (kw2 - PL), r, r_ok, oh, ow, kh2, kw2, t0 + 2 < KK, c_ok, sxw, H,
+                           W, PT, PL)
+            a3 = _tap_tile(x_ptrs, (kh3 - PT) * W + (kw3 - PL), r, r_ok, oh, ow, kh3, kw3, t0 + 3 < KK, c_ok, sxw, H,
+                           W, PT, PL)
+            a = tl.reshape(tl.permute(tl.join(tl.join(a0, a1), tl.join(a2, a3)), (3, 2, 1, 0)),
+                           (TAPS * BLOCK_C, BLOCK_K))
+        acc = _mma(a, g, acc, IN_PREC, UPCAST)
+        g_ptrs += BLOCK_K * sgw
+        x_ptrs += BLOCK_K * sxw
+    # row j = (i, c): tap t0 + i, channel c -> part[pid_k, co, c*KK + tap]
+    rj = tl.arange(0, TAPS * BLOCK_C)
+    tap = t0 + rj // BLOCK_C
+    cj = rj % BLOCK_C
+    ok = ((cj < Cin) & (tap < KK))[:, None] & co_ok[None, :]
+    base = part_ptr + pid_k.to(tl.int64) * Cout * (Cin * KK)
+    tl.store(base + rco[None, :] * (Cin * KK) + (cj * KK + tap)[:, None], acc, mask=ok)
+
+
 def _pixels_linear(grad_y, x, stride, ho, wo):
     """Whether pixel (n, h, w) of grad_y and of x sits at r * (stride of w), r = (n*H + h)*W + w,
     in both (dense pixels, e.g. channels_last contiguous) and the conv keeps the spatial
@@ -225,8 +309,21 @@ def bn_act_conv_wgrad(grad_y, x, scale=None, shift=None, *, weight_shape, stride
     split = triton.cdiv(m_rows, chunk)
 
     pow2_out = _is_pow2(ho) and _is_pow2(wo)
+    linear = pow2_out and _pixels_linear(grad_y, x, stride, ho, wo)
+    taps = conv_config.wgrad_taps(x.dtype, cin, cout, kh * kw) if scale is None and linear else None
     with launch_device(x):
         part = torch.empty((split, cout, cin * kh * kw), device=dev, dtype=acc_dtype)
+        if taps is not None:  # narrow Cin, no prologue: taps stacked along M (see _wgrad_taps_kernel)
+            n_taps, block_c = taps
+            in_prec, upcast = conv_config._dot_modes(x.dtype, allow_tf32)
+            grid = lambda META: (triton.cdiv(kh * kw, n_taps), triton.cdiv(cout, META["BLOCK_N"]), split)  # noqa: E731
+            conv_config.launch_taps(_wgrad_taps_kernel, grid, (
+                grad_y, x, part, cin, h, w, cout, ho, wo, m_rows, chunk, wo.bit_length() - 1,
+                grad_y.stride(3), grad_y.stride(1), x.stride(3), x.stride(1),
+            ), dict(KH=kh, KW=kw, PT=pt, PL=pl, TAPS=n_taps, OFFS_64=_needs_int64(grad_y, x),
+                    IN_PREC=in_prec, UPCAST=upcast, BLOCK_C=block_c), cout)
+            gw = part[0] if split == 1 else part.sum(0)
+            return gw.view(cout, cin, kh, kw).to(out_dtype)
         sc, sh, slope, p, inv_keep, bits, cw, in_prec, upcast = _prologue_args(
             x, scale, shift, negative_slope, dropout_p, seed, keep_bits, allow_tf32)
         flat_n = cin < 16  # the stem: (tap, channel) columns flattened
@@ -241,7 +338,7 @@ def bn_act_conv_wgrad(grad_y, x, scale=None, shift=None, *, weight_shape, stride
         ), dict(
             KH=kh, KW=kw, STRIDE=stride, PT=pt, PL=pl,
             ACT=act_code, HAS_AFFINE=scale is not None, HAS_DROPOUT=p > 0, POW2_OUT=pow2_out,
-            LINEAR=pow2_out and _pixels_linear(grad_y, x, stride, ho, wo), FLAT_N=flat_n,
+            LINEAR=linear, FLAT_N=flat_n,
             OFFS_64=_needs_int64(grad_y, x),
             IS_FP64=x.dtype == torch.float64, IN_PREC=in_prec, UPCAST=upcast,
         ), "wgrad", x.dtype, cin, cout, p > 0)

@@ -911,3 +911,28 @@ def test_torch_compile_fullgraph_with_the_fused_bn_backward():
         assert rel_err(pc.grad, pe.grad) < 1e-5, name
     for (name, bc), (_, be) in zip(compiled.named_buffers(), eager.named_buffers()):
         assert torch.equal(bc, be) if not bc.is_floating_point() else rel_err(bc, be) < 1e-6, name
+
+
+@pytest.mark.parametrize("cin,taps,block_c", [(20, 2, 32), (16, 4, 16)])
+@poison_outputs
+def test_wgrad_taps_stacked_in_interpreter(monkeypatch, cin, taps, block_c):
+    """The prologue-free wgrad with taps stacked along M (the two-pass path's wgrad at Cin <=
+    32 on the GPU): 2 taps x 32 channels or 4 x 16, the last group of the 9 taps partly
+    past KH*KW, Cin short of BLOCK_C, every padding case of a 3x3 conv (8x4 image); against
+    the reference, and the kernel is proven to be the one that ran."""
+    monkeypatch.setattr(conv_config, "wgrad_taps", lambda dtype, ci, co, kk: (taps, block_c))
+    ran = []
+    real = conv_wgrad._wgrad_taps_kernel.fn.run
+
+    def spy(*args, **kwargs):
+        ran.append(kwargs["TAPS"])
+        return real(*args, **kwargs)
+    monkeypatch.setattr(conv_wgrad._wgrad_taps_kernel.fn, "run", spy)
+    torch.manual_seed(0)
+    x = torch.randn(2, cin, 8, 4).to(memory_format=torch.channels_last)
+    w = torch.randn(12, cin, 3, 3)
+    gy = torch.randn(2, 12, 8, 4).to(memory_format=torch.channels_last)
+    gw = K.bn_act_conv_wgrad(gy, x, weight_shape=w.shape, padding=(1, 1, 1, 1))
+    ref = torch.nn.grad.conv2d_weight(x, w.shape, gy, padding=1)
+    assert ran == [taps]
+    assert rel_err(gw, ref) < 1e-5
