@@ -96,10 +96,9 @@ _WIDE_16 = {
     # dgrad (stride 1, hoisted plain loop): the 64-wide tiles fit Cin = 160 / 320 better
     # (their score also counts the K steps' fill: Cout per tap over BLOCK_K)
     # 256x64 first: ties go to it (fp16's 128x128 epilogue spills 8 B); 128x160 (128 + 32
-    # columns): Cin = 160 fills it; with dropout its epilogue spills (20 B), so it is not
-    # taken there (ceiling 0)
+    # columns): Cin = 160 fills it
     "dgrad": [((256, 64, 64, 3, 8), (1.0, 1.0)), ((128, 128, 64, 3, 8), (1.0, 1.0)),
-              ((256, 64, 32, 4, 8), (1.0, 1.0)), ((128, 160, 32, 4, 8), (1.0, 0.0))],
+              ((256, 64, 32, 4, 8), (1.0, 1.0)), ((128, 160, 32, 4, 8), (1.0, 1.0))],
     # strided dgrad (its gather is not hoisted: 256x64x64 falls to 0.74 there); 128x160
     # with dropout not compiled for it (no WRN layer has one)
     "dgrad_strided": [((128, 128, 64, 3, 8), (1.0, 1.0)), ((128, 160, 64, 3, 8), (1.0, 0.0))],
@@ -123,9 +122,8 @@ def default_config(kind: str, dtype: torch.dtype, cin: int, cout: int, *, dropou
     e.g. fwd (Cout along N, Cin per tap along K): 160 channels take 128x160x32 (0.68 / 0.57
     x 100%; 128x256x64: 1.0 x 62.5% x 83%), 320 128x160x64 (0.79 / 0.65 x 100%; 128x256:
     62.5%), 640 128x256x64 (83%; 128x160: 0.79 / 0.65), 128 128x128x64 (0.65 x 100%); dgrad at stride 1 also scores the K
-    steps' fill (Cout per tap over BLOCK_K): 160 channels take 128x160x32 (1.0 x 100%; with
-    dropout its epilogue spills: 256x64x32, 1.0 x 83% x 100%), 320 and 640 256x64x64 (100% x
-    100%); a strided dgrad (its gather is not hoisted: 256x64x64 0.74) 128x160x64
+    steps' fill (Cout per tap over BLOCK_K): 160 channels take 128x160x32 (1.0 x 100%;
+    256x64x32: 83% of N), 320 and 640 256x64x64 (100% x 100%); a strided dgrad (its gather is not hoisted: 256x64x64 0.74) 128x160x64
     over Cin = 160 / 320 (100% / 100%; 128x128: 62.5% / 83%), else 128x128x64; wgrad (Cout along M, Cin along
     N): 320 and 640 channels take 320x64x64 (1.0 / 1.0 x 100%; 256x64: 62.5% / 83%), 160
     256x32x128 without dropout (1.0 x 62.5% x 100%), 256x64x64 with it (0.94 x 62.5% x 83%;

@@ -614,7 +614,7 @@ def test_default_config_heuristic(kind, dtype, monkeypatch):
     assert K.default_config("wgrad", torch.bfloat16, 160, 160)[:3] == (256, 32, 128)  # 1.0 x 62.5% > 1.0 x 52%
     assert K.default_config("wgrad", torch.bfloat16, 160, 160, dropout=True)[:3] == (256, 64, 64)  # 0.94 x 52%
     assert K.default_config("dgrad", torch.bfloat16, 160, 160) == (128, 160, 32, 4, 8)  # 1.0 x 100%
-    assert K.default_config("dgrad", torch.bfloat16, 160, 160, dropout=True) == (256, 64, 32, 4, 8)  # (160 spills)
+    assert K.default_config("dgrad", torch.bfloat16, 160, 160, dropout=True) == (128, 160, 32, 4, 8)
     # plain K loops (dgrad; fwd / wgrad without the prologue, the two-pass path): 256 rows
     assert K.default_config("fwd", torch.bfloat16, 64, 64, prologue=False) == (256, 64, 64, 3, 8)
     assert K.default_config("fwd", torch.bfloat16, 32, 32, prologue=False) == (256, 32, 32, 4, 4)
@@ -622,7 +622,6 @@ def test_default_config_heuristic(kind, dtype, monkeypatch):
     assert K.default_config("dgrad", torch.bfloat16, 32, 32) == (256, 32, 32, 4, 4)
     assert K.default_config("dgrad", torch.bfloat16, 16, 160) == (512, 16, 32, 3, 4)   # 16-wide for Cin = 16
     # dgrad by ceiling x fill of Cin (N) and of Cout per tap (K)
-    assert K.default_config("dgrad", torch.bfloat16, 160, 160, dropout=True) == (256, 64, 32, 4, 8)
     assert K.default_config("dgrad", torch.bfloat16, 320, 320) == (256, 64, 64, 3, 8)
     assert K.default_config("dgrad", torch.bfloat16, 640, 640) == (256, 64, 64, 3, 8)  # (ties: 256x64)
     assert K.default_config("dgrad", torch.bfloat16, 160, 320, stride=2) == (128, 160, 64, 3, 8)  # 1.0 x 100%
@@ -929,10 +928,10 @@ def test_wgrad_taps_stacked_in_interpreter(monkeypatch, cin, taps, block_c):
         return real(*args, **kwargs)
     monkeypatch.setattr(conv_wgrad._wgrad_taps_kernel.fn, "run", spy)
     torch.manual_seed(0)
-    x = torch.randn(2, cin, 8, 4).to(memory_format=torch.channels_last)
-    w = torch.randn(12, cin, 3, 3)
-    gy = torch.randn(2, 12, 8, 4).to(memory_format=torch.channels_last)
+    x = torch.randn(2, cin, 8, 4, device=DEV).to(memory_format=torch.channels_last)
+    w = torch.randn(12, cin, 3, 3, device=DEV)
+    gy = torch.randn(2, 12, 8, 4, device=DEV).to(memory_format=torch.channels_last)
     gw = K.bn_act_conv_wgrad(gy, x, weight_shape=w.shape, padding=(1, 1, 1, 1))
-    ref = torch.nn.grad.conv2d_weight(x, w.shape, gy, padding=1)
+    ref = torch.nn.grad.conv2d_weight(x.double(), w.shape, gy.double(), padding=1)
     assert ran == [taps]
-    assert rel_err(gw, ref) < 1e-5
+    assert rel_err(gw, ref) < 1e-5  # fp32 products exact ("ieee"), fp32 sums over 64 pixels

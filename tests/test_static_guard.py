@@ -43,7 +43,6 @@ NOT_YET_MET = {
     ("conv1_fwd", "useful_ceiling"): "0.68 (128x160x32/4/8)",
     ("conv2_fwd_dropout_residual", "ceiling"): "0.57 (128x160x32/4/8; 128x256x64: 1.00 x 52%)",
     ("conv2_fwd_dropout_residual", "useful_ceiling"): "0.57 (128x160x32/4/8)",
-    ("conv2_dgrad_dropout", "useful_ceiling"): "0.83 (256x64x32/4/8: 1.00 x 160/192 of N)",
     ("conv1_wgrad", "useful_ceiling"): "0.62 (256x32x128/3/8: 1.00 x 160/256 of M)",
     ("conv2_wgrad_dropout", "useful_ceiling"): "0.49 (256x64x64/3/8: 0.94 x 160/256 x 160/192)",
 }
