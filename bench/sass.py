@@ -29,7 +29,8 @@ uses the tile (BM x BN x BK). mma.sync is rated at the wgmma peak (generous: on 
 it reaches less).
 
 Results are cached on disk (key: sources of kernels/*.py and wrn_fast/ops, Triton
-version, this file's ANALYSIS_VERSION, the variant), so reruns cost nothing.
+version, this file's ANALYSIS_VERSION, the variant; the analysing modules' sources are part
+of the key too), so reruns cost nothing.
 
 Files: this module (cache, the API, the CLI), ``sass_variant`` (the variant, paths; a leaf
 both this module and the worker import), ``sass_worker`` (the compiling subprocess),
@@ -89,6 +90,11 @@ def source_tree(rev):
     return dest
 
 
+# The modules that compile and analyse (they run from the working tree whatever --rev
+# says): a change to what they report must not be answered from the cache.
+_ANALYSIS_FILES = ("sass_worker.py", "sass_analysis.py", "sass_variant.py", "compile_harness.py")
+
+
 def _source_hash(src_root=ROOT):
     h = hashlib.sha256()
     for d in ("kernels", os.path.join("wrn_fast", "ops")):
@@ -97,6 +103,9 @@ def _source_hash(src_root=ROOT):
             if name.endswith(".py"):
                 with open(os.path.join(full, name), "rb") as f:
                     h.update(name.encode() + b"\0" + f.read())
+    for name in _ANALYSIS_FILES:
+        with open(os.path.join(ROOT, "bench", name), "rb") as f:
+            h.update(b"bench/" + name.encode() + b"\0" + f.read())
     return h.hexdigest()[:16]
 
 
