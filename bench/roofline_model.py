@@ -9,6 +9,7 @@ import json
 import os
 
 from bench import sass, static
+from bench.static import tile_fill  # noqa: F401 (re-exported: the roofline's useful ceilings)
 
 
 DEVICES = {  # dense bf16/fp16 tensor-core FLOP/s, copy bandwidth B/s, SMs
@@ -298,32 +299,6 @@ def _eltwise_kernels(L, s, saved, train):
 
 
 # --------------------------------------------------------------------------- issue ceilings
-
-def tile_fill(v, config):
-    """Share of a tile's tensor-core FMAs inside the GEMM of variant ``v`` under ``config``
-    (BLOCK_M, BLOCK_N, BLOCK_K, ...): fwd M = N*Ho*Wo, N = Cout, K = Cin per tap (the flat
-    kh*kw*Cin below 16 channels, the stem); dgrad M = N*H*W, N = Cin, K = Cout per tap;
-    wgrad M = Cout, N = Cin (kh*kw*Cin below 16 channels; its K, the pixels, comes in whole
-    chunks); the tap-stacked wgrad (a 6th config entry, TAPS: M = TAPS x BLOCK_C rows of
-    (tap, c)) fills its groups of taps (9 taps in 2s: 90%), Cin over BLOCK_C and Cout over N."""
-    bm, bn, bk = config[:3]
-
-    def fill(size, block):
-        return size / (-(-size // block) * block)
-    pad = v.ksize // 2
-    ho = (v.hw + 2 * pad - v.ksize) // v.stride + 1
-    if v.kind == "fwd":
-        k = fill(v.ksize * v.ksize * v.cin, bk) if v.cin < 16 else fill(v.cin, bk)
-        return fill(v.n * ho * ho, bm) * fill(v.cout, bn) * k
-    if v.kind == "dgrad":
-        return fill(v.n * v.hw * v.hw, bm) * fill(v.cin, bn) * fill(v.cout, bk)
-    if len(config) > 5:  # the tap-stacked wgrad
-        taps = config[5]
-        return fill(v.ksize * v.ksize, taps) * fill(v.cin, bm // taps) * fill(v.cout, bn)
-    if v.cin < 16:  # the stem's wgrad: N = (tap, c) flattened
-        return fill(v.cout, bm) * fill(v.ksize * v.ksize * v.cin, bn)
-    return fill(v.cout, bm) * fill(v.cin, bn)
-
 
 def load_ceilings(path, dtype, model):
     """Variant -> (useful issue ceiling of its DEFAULT config: the SASS issue ceiling x

@@ -300,6 +300,40 @@ def _slim(r):
 
 # --------------------------------------------------------------------------- report
 
+def tile_fill(v, config):
+    """Share of a tile's tensor-core FMAs inside the GEMM of variant ``v`` under ``config``
+    (BLOCK_M, BLOCK_N, BLOCK_K, ...): fwd M = N*Ho*Wo, N = Cout, K = Cin per tap (the flat
+    kh*kw*Cin below 16 channels, the stem); dgrad M = N*H*W, N = Cin, K = Cout per tap;
+    wgrad M = Cout, N = Cin (kh*kw*Cin below 16 channels; its K, the pixels, comes in whole
+    chunks); the tap-stacked wgrad (a 6th config entry, TAPS: M = TAPS x BLOCK_C rows of
+    (tap, c)) fills its groups of taps (9 taps in 2s: 90%), Cin over BLOCK_C and Cout over N."""
+    bm, bn, bk = config[:3]
+
+    def fill(size, block):
+        return size / (-(-size // block) * block)
+    pad = v.ksize // 2
+    ho = (v.hw + 2 * pad - v.ksize) // v.stride + 1
+    if v.kind == "fwd":
+        k = fill(v.ksize * v.ksize * v.cin, bk) if v.cin < 16 else fill(v.cin, bk)
+        return fill(v.n * ho * ho, bm) * fill(v.cout, bn) * k
+    if v.kind == "dgrad":
+        return fill(v.n * v.hw * v.hw, bm) * fill(v.cin, bn) * fill(v.cout, bk)
+    if len(config) > 5:  # the tap-stacked wgrad
+        taps = config[5]
+        return fill(v.ksize * v.ksize, taps) * fill(v.cin, bm // taps) * fill(v.cout, bn)
+    if v.cin < 16:  # the stem's wgrad: N = (tap, c) flattened
+        return fill(v.cout, bm) * fill(v.ksize * v.ksize * v.cin, bn)
+    return fill(v.cout, bm) * fill(v.cin, bn)
+
+
+def _useful(r, dcfg):
+    """SASS issue ceiling x tile_fill of a row's DEFAULT config (None without a loop or config)."""
+    loop = r["default"].get("main_loop") if "default" in r else None
+    if not loop or not dcfg:
+        return None
+    return loop["issue_ceiling"] * tile_fill(sass.Variant(**r["variant"]), dcfg)
+
+
 _SHORT = {"int": "int", "fp32": "fp32", "uniform": "uni", "convert": "cvt", "move_pred": "mov", "shared_mem": "smem",
           "global_mem": "gmem", "sync": "sync", "mma": "mma", "mufu": "mufu", "control": "ctl", "fp16x2": "f16x2",
           "local_mem": "LOCAL", "tma": "tma", "other": "other", "fp64": "fp64"}
@@ -346,15 +380,19 @@ def write_report(rows, meta, out_base):
           "Target: wgmma in the main loop, no spills, within shared memory, issue ceiling >= "
           f"{sass.TARGET_CEILING} (applies to bf16/fp16 at {', '.join(TARGET_MODELS)}; "
           "other rows for information).", "",
-          "| kernel | dtype | model | variants | met | min ceiling (variant) | failing checks |",
-          "|---|---|---|---|---|---|---|"]
+          "| kernel | dtype | model | variants | met | min ceiling (variant) | min useful ceiling (variant) | "
+          "failing checks |",
+          "|---|---|---|---|---|---|---|---|"]
     groups = {}
     for r in rows:
         if r["variant"]["kind"] in sass.CONV_KINDS:
             groups.setdefault((r["variant"]["kind"], r["dtype"], r["model"]), []).append(r)
     for (kind, dtype, model), rs in sorted(groups.items()):
-        fails, worst = {}, None
+        fails, worst, worst_u = {}, None, None
         for r in rs:
+            u = _useful(r, r.get("default_config"))
+            if u is not None and (worst_u is None or u < worst_u[0]):
+                worst_u = (u, r["label"].split(" ", 1)[1] + (" [two-pass]" if r.get("route") == "two-pass" else ""))
             for check, ok in r["checks"].items():
                 if not ok:
                     fails[check] = fails.get(check, 0) + 1
@@ -365,20 +403,27 @@ def write_report(rows, meta, out_base):
         applies = dtype in TARGET_DTYPES and model in TARGET_MODELS
         met = "yes" if not fails else "**no**"
         L.append(f"| {kind} | {dtype} | {model} | {len(rs)} | {met if applies else met + ' (n/a)'} | "
-                 f"{worst[0]:.2f} ({worst[1]}) | {', '.join(f'{k} x{n}' for k, n in fails.items()) or '-'} |")
+                 f"{worst[0]:.2f} ({worst[1]}) | "
+                 + (f"{worst_u[0]:.2f} ({worst_u[1]})" if worst_u else "-")
+                 + f" | {', '.join(f'{k} x{n}' for k, n in fails.items()) or '-'} |")
     head = ("| model | variant | route | layers | default config | regs | spill B | smem KiB | CTAs/SM (occ) | engine | loads "
-            "| instr/thr/iter | warp-instr/iter | TC clk/iter | ceiling | loop mix (top 5 classes) |")
+            "| instr/thr/iter | warp-instr/iter | TC clk/iter | ceiling | tile fill | useful ceiling "
+            "| loop mix (top 5 classes) |")
     for kind in sass.KINDS:
         krows = [r for r in rows if r["variant"]["kind"] == kind]
         if not krows:
             continue
-        L += ["", f"## {kind}: DEFAULT config per distinct variant", "", head, "|" + "---|" * 16]
+        L += ["", f"## {kind}: DEFAULT config per distinct variant", "", head, "|" + "---|" * 18]
         for r in krows:
             names = r["layers"]
             lay = names[0] + (f" (+{len(names) - 1})" if len(names) > 1 else "")
+            cells = _row_cells(r["default"], kind not in sass.CONV_KINDS)
+            u = _useful(r, r["default_config"]) if kind in sass.CONV_KINDS else None
+            fill = (f"{tile_fill(sass.Variant(**r['variant']), r['default_config']):.0%}"
+                    if u is not None else "-")
+            cells = cells[:-1] + [fill, f"**{u:.2f}**" if u is not None else "-", cells[-1]]
             L.append("| " + " | ".join([r["model"], r["label"].split(" ", 1)[1], r.get("route", "fused"), lay,
-                                        _cfg(r["default_config"])]
-                                       + _row_cells(r["default"], kind not in sass.CONV_KINDS)) + " |")
+                                        _cfg(r["default_config"])] + cells) + " |")
         if kind in sass.CONV_KINDS and any(r["configs"] for r in krows):
             L += ["", f"### {kind}: every config the launcher considers (after pruning); * = DEFAULT", "",
                   "| variant (batch as compiled: N=128 for multiples of 16) | config | regs | spill B | smem KiB | "
@@ -416,6 +461,9 @@ DEFINITIONS = [
     "ceiling = min(1, 4 x TC clk / warp-instr): an SM issues at most 4 warp-instructions per clock, so this is the "
     "fraction of the tensor-core peak that instruction issue alone allows (memory, latency and occupancy "
     "not counted: an upper bound).",
+    "tile fill: the share of the DEFAULT tile's tensor-core FMAs that fall inside the GEMM (masked lanes of a "
+    "tile wider than Cout or Cin, K steps deeper than the channels per tap, groups of stacked taps; "
+    "bench.static.tile_fill); useful ceiling = ceiling x tile fill (what bench.roofline uses).",
     "loop mix classes: int (IMAD/IADD3/LOP3/SHF/ISETP/SEL...), fp32 (FFMA/FMUL/FADD/FSETP/FSEL...), uni (uniform "
     "datapath), cvt (F2F/F2FP/I2F...), mov (MOV/CS2R/PLOP3...), smem (LDS/STS/LDSM), gmem (LDG/STG/LDGSTS...), "
     "mma (HGMMA/HMMA), sync (BAR/WARPGROUP/SYNCS...), mufu, LOCAL (spill LDL/STL), ctl (BRA...).",
@@ -433,6 +481,17 @@ DEFINITIONS = [
 ]
 
 
+def render(path):
+    """Rewrite ``path``'s markdown (and JSON, its definitions refreshed) from its rows, with
+    this version's tables; the compiled results are the report's own."""
+    with open(path) as f:
+        data = json.load(f)
+    meta = dict(data["meta"], definitions=DEFINITIONS)
+    meta["rendered"] = (f"tables re-rendered from the JSON at {_git('rev-parse', '--short', 'HEAD')} "
+                        f"(python -m bench.static --render); the compiles are those of the command above")
+    write_report(data["rows"], meta, path[:-len(".json")] if path.endswith(".json") else path)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m bench.static", description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", default=",".join(MODELS))
@@ -444,7 +503,12 @@ def main(argv=None):
     ap.add_argument("--rev", help="analyse kernels/ as committed at this revision (default: the working tree, "
                                   "which must then be clean in kernels/ for the report to name a commit)")
     ap.add_argument("--out", help="output path without extension (default bench/results/static_<date>_<commit>)")
+    ap.add_argument("--render", metavar="JSON", help="rewrite the markdown of an existing report from its JSON "
+                                                     "(this version's tables and definitions; nothing compiled)")
     args = ap.parse_args(argv)
+    if args.render:
+        render(args.render)
+        return
     models = args.models.split(",")
     dtypes = args.dtypes.split(",")
     for m in models:

@@ -2,7 +2,7 @@
 compiled for sm_90a without a GPU (bench/sass.py), use wgmma in the main loop, do not
 spill, fit in shared memory, and reach the issue-ceiling target, both as the SASS allows
 it ('ceiling') and as useful work ('useful_ceiling': the SASS ceiling x the share of the
-tile's tensor-core FMAs that fall inside the GEMM, bench.roofline_model.tile_fill; a
+tile's tensor-core FMAs that fall inside the GEMM, bench.static.tile_fill; a
 256-wide tile over 160 channels issues at 1.0 but does 62.5% useful work).
 
 The checker is bench.sass.verdict; test_checker_rejects_bad_configs shows it fails on
@@ -82,7 +82,7 @@ def _cases():
 
 
 def _verdict(name, res):
-    from bench.roofline_model import tile_fill
+    from bench.static import tile_fill
     checks = dict(sass.verdict(res))
     loop = res.get("main_loop") or {}
     useful = loop.get("issue_ceiling", 0.0) * tile_fill(REPRESENTATIVE[name], res["config"])
@@ -195,3 +195,8 @@ def test_roofline_counts_masked_tile_lanes_as_lost_work():
     assert roofline.tile_fill(Variant("fwd", "bf16", 128, 3, 16, 32), (64, 32, 32)) == 0.5 * 27 / 32  # flat K
     assert roofline.tile_fill(Variant("wgrad", "bf16", 128, 64, 64, 16), (64, 64, 128)) == 1.0
     assert roofline.tile_fill(Variant("wgrad", "bf16", 128, 3, 16, 32), (64, 32, 128)) == 0.25 * 27 / 32
+    # two-accumulator tiles are as wide as their config says; stacked taps fill their groups
+    assert roofline.tile_fill(Variant("fwd", "bf16", 128, 160, 160, 32), (128, 160, 32)) == 1.0
+    assert roofline.tile_fill(Variant("wgrad", "bf16", 128, 160, 160, 32), (320, 64, 64)) == 0.5 * (160 / 192)
+    assert roofline.tile_fill(Variant("wgrad", "bf16", 960, 32, 32, 32), (64, 32, 128, 3, 4, 2)) == 0.9
+    assert roofline.tile_fill(Variant("wgrad", "bf16", 960, 16, 32, 32), (64, 32, 128, 3, 4, 4)) == 0.75
