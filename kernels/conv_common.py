@@ -1,6 +1,7 @@
 """Pieces shared by the three BN-act-dropout -> conv kernels (``kernels.bn_act_conv``).
 
-  jit helpers   _mma (tl.dot with the interpreter's bf16 workaround), _prologue
+  jit helpers   _first_part (a non-power-of-two tile side as two accumulators),
+                _mma (tl.dot with the interpreter's bf16 workaround), _prologue
                 (a = dropout(act(x*scale+shift)) with padding), _pixel_of_row
                 (GEMM row -> (n, h, w)), _taps_inside (per-row padding bits of every
                 tap), _next_k_step (K-loop step over (tap, channel chunk))
@@ -61,6 +62,15 @@ def _pixel_of_row(r, HW, W):
     h = rem // W
     w = rem - h * W
     return nb, h, w
+
+
+@triton.constexpr_function
+def _first_part(n):
+    """The first of a tile side's two accumulators: ``n`` when it is a power of two (one
+    accumulator), else ``n`` less its lowest set bit (160 -> 128 + 32, 320 -> 256 + 64);
+    the kernels' configs only use sides that are a sum of two powers of two."""
+    n = int(n)
+    return n if n & (n - 1) == 0 else n - (n & -n)
 
 
 @triton.jit

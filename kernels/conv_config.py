@@ -58,7 +58,8 @@ _CONFIGS_16 = {
             _cfg(128, 64, 64, 3, 4), _cfg(64, 128, 64, 3, 4), _cfg(64, 64, 64, 4, 4), _cfg(128, 32, 64, 4, 4),
             _cfg(64, 32, 64, 4, 4), _cfg(256, 32, 32, 4, 4), _cfg(512, 16, 32, 3, 4), _cfg(128, 256, 16, 3, 8),
             _cfg(128, 128, 16, 3, 8), _cfg(256, 32, 16, 4, 4), _cfg(64, 32, 16, 4, 4), _cfg(512, 16, 16, 3, 4)],
-    "wgrad": [_cfg(320, 64, 64, 3, 8), _cfg(256, 32, 128, 3, 8), _cfg(256, 128, 64, 3, 8), _cfg(128, 128, 64, 3, 8), _cfg(128, 128, 32, 4, 8), _cfg(64, 128, 64, 3, 4),
+    "wgrad": [_cfg(320, 64, 64, 3, 8), _cfg(256, 32, 128, 3, 8), _cfg(256, 128, 64, 3, 8), _cfg(128, 128, 64, 3, 8),
+              _cfg(128, 128, 32, 4, 8), _cfg(64, 128, 64, 3, 4),
               _cfg(128, 64, 64, 3, 4), _cfg(128, 32, 64, 4, 4), _cfg(64, 64, 64, 4, 4), _cfg(64, 32, 64, 4, 4),
               _cfg(32, 64, 64, 4, 4), _cfg(64, 64, 128, 3, 4), _cfg(64, 32, 128, 3, 4), _cfg(128, 16, 128, 3, 4),
               _cfg(64, 16, 128, 3, 4), _cfg(256, 64, 64, 3, 8)],
@@ -93,10 +94,9 @@ _WIDE_16 = {
     "wgrad": [((256, 128, 64, 3, 8), (1.0, 1.0)), ((128, 128, 64, 3, 8), (0.73, 0.73)),
               ((256, 64, 64, 3, 8), (1.0, 0.94)), ((320, 64, 64, 3, 8), (1.0, 1.0)),
               ((256, 32, 128, 3, 8), (1.0, 0.74))],
-    # dgrad (stride 1, hoisted plain loop): the 64-wide tiles fit Cin = 160 / 320 better
-    # (their score also counts the K steps' fill: Cout per tap over BLOCK_K)
-    # 256x64 first: ties go to it (fp16's 128x128 epilogue spills 8 B); 128x160 (128 + 32
-    # columns): Cin = 160 fills it
+    # dgrad (stride 1, hoisted plain loop; the score also counts the K steps' fill, Cout
+    # per tap over BLOCK_K): 256x64 first, ties go to it (fp16's 128x128 epilogue spills
+    # 8 B); 128x160 (128 + 32 columns) fills Cin = 160
     "dgrad": [((256, 64, 64, 3, 8), (1.0, 1.0)), ((128, 128, 64, 3, 8), (1.0, 1.0)),
               ((256, 64, 32, 4, 8), (1.0, 1.0)), ((128, 160, 32, 4, 8), (1.0, 1.0))],
     # strided dgrad (its gather is not hoisted: 256x64x64 falls to 0.74 there); 128x160
@@ -121,11 +121,12 @@ def default_config(kind: str, dtype: torch.dtype, cin: int, cout: int, *, dropou
     (issue ceiling, without / with dropout, x share of the tile that falls inside the GEMM),
     e.g. fwd (Cout along N, Cin per tap along K): 160 channels take 128x160x32 (0.68 / 0.57
     x 100%; 128x256x64: 1.0 x 62.5% x 83%), 320 128x160x64 (0.79 / 0.65 x 100%; 128x256:
-    62.5%), 640 128x256x64 (83%; 128x160: 0.79 / 0.65), 128 128x128x64 (0.65 x 100%); dgrad at stride 1 also scores the K
-    steps' fill (Cout per tap over BLOCK_K): 160 channels take 128x160x32 (1.0 x 100%;
-    256x64x32: 83% of N), 320 and 640 256x64x64 (100% x 100%); a strided dgrad (its gather is not hoisted: 256x64x64 0.74) 128x160x64
-    over Cin = 160 / 320 (100% / 100%; 128x128: 62.5% / 83%), else 128x128x64; wgrad (Cout along M, Cin along
-    N): 320 and 640 channels take 320x64x64 (1.0 / 1.0 x 100%; 256x64: 62.5% / 83%), 160
+    62.5%), 640 128x256x64 (83%; 128x160: 0.79 / 0.65), 128 128x128x64 (0.65 x 100%);
+    dgrad at stride 1 also scores the K steps' fill (Cout per tap over BLOCK_K): 160
+    channels take 128x160x32 (1.0 x 100%; 256x64x32: 83% of N), 320 and 640 256x64x64
+    (100% x 100%); a strided dgrad (its gather is not hoisted: 256x64x64 0.74) 128x160x64
+    over Cin = 160 / 320 (100% / 100%; 128x128: 62.5% / 83%), else 128x128x64; wgrad (Cout
+    along M, Cin along N): 320 and 640 channels take 320x64x64 (1.0 / 1.0 x 100%; 256x64: 62.5% / 83%), 160
     256x32x128 without dropout (1.0 x 62.5% x 100%), 256x64x64 with it (0.94 x 62.5% x 83%;
     256x32x128: 0.74).
     32..127 channels: a plain K loop
@@ -177,7 +178,7 @@ def _tile_16(kind, cin, cout, n, prologue, fill, stride, dropout):
     if n >= 128 and (kind != "wgrad" or cout >= 128):
         table = _WIDE_16["dgrad_strided" if kind == "dgrad" and stride > 1 else kind]
 
-        def score(item):  # fwd: Cout along N, Cin along K; wgrad: Cout along M, Cin along N; dgrad: Cin along N, Cout along K
+        def score(item):  # fwd: Cout on N, Cin on K; wgrad: Cout on M, Cin on N; dgrad: Cin on N, Cout on K
             (bm, bn, bk, _, _), ceilings = item
             ceiling = ceilings[1 if dropout else 0]
             if kind == "dgrad":
@@ -316,9 +317,9 @@ def wgrad_taps(dtype: torch.dtype, cin: int, cout: int, taps: int):
     wgrad on the saved activation) should stack taps along the GEMM's M, else None: 16-bit
     on the GPU, 16 <= Cin <= 32 (2 taps x 32 or 4 x 16 channels fill wgmma's 64 rows, where
     Cout on M pads Cout = 32 to 64), at least 2 taps. The launcher also requires dense
-    pixels at stride 1 (its LINEAR offsets). bf16 sm_90a, WRN-28-2 g1 (32 -> 32, N = 960),
-    useful issue ceiling (SASS x tile fill): 64x32x128 on Cout 0.66 x 50% -> see
-    ``bench/results`` (static report) for the stacked kernel."""
+    pixels at stride 1 (its LINEAR offsets). bf16 sm_90a, WRN-28-2 (N = 960), useful issue
+    ceiling (SASS ceiling x tile fill): 32 -> 32 0.33 (64x32x128 with Cout on M: 0.66 x 50%)
+    -> 0.42 (2 taps: 0.47 x 9/10), 16 -> 32 0.19 -> 0.35 (4 taps: 0.47 x 9/12)."""
     if not (_GPU_TILES and dtype in (torch.float16, torch.bfloat16) and 16 <= cin <= 32 and taps >= 2):
         return None
     block_c = 16 if cin <= 16 else 32

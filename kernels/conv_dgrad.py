@@ -13,8 +13,8 @@ import triton.language as tl
 from . import conv_config
 from ._common import act_grad, keep_from_bits, launch_device
 from .contract import output_memory_format
-from .conv_common import (_check_grad_y, _check_with_weight, _k_step_channels, _k_step_start, _mma, _needs_int64,
-                          _next_k_step, _pixel_of_row, _prologue_args, _taps_inside)
+from .conv_common import (_check_grad_y, _check_with_weight, _first_part, _k_step_channels, _k_step_start, _mma,
+                          _needs_int64, _next_k_step, _pixel_of_row, _prologue_args, _taps_inside)
 
 
 @triton.autotune(configs=conv_config.ALL_CONFIGS["dgrad"], key=conv_config.AUTOTUNE_KEY,
@@ -46,7 +46,7 @@ def _dgrad_kernel(
     # two (BN0 + BN1, e.g. 160 = 128 + 32: two wgmma chains sharing the grad_y operand),
     # so that Cin = 160 fills the tile; both parts start at multiples of 32 columns
     # (BLOCK_N and BN1 multiples of 32: the epilogue's dropout words).
-    BN0: tl.constexpr = BLOCK_N if (BLOCK_N & (BLOCK_N - 1)) == 0 else BLOCK_N - (BLOCK_N & (~BLOCK_N + 1))
+    BN0: tl.constexpr = _first_part(BLOCK_N)
     BN1: tl.constexpr = BLOCK_N - BN0 if BN0 < BLOCK_N else BLOCK_N  # (unused when BN0 == BLOCK_N)
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)

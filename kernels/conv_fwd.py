@@ -13,9 +13,9 @@ import triton.language as tl
 from . import conv_config
 from ._common import apply_act, keep_from_bits, launch_device
 from .contract import output_memory_format, stats_dtype
-from .conv_common import (_check_tensor, _check_with_weight, _k_step_channels, _k_step_start, _keep_mul, _mma,
-                          _needs_int64, _next_k_step, _pixel_of_row, _prologue, _prologue_args, _taps_inside,
-                          stats_rows)
+from .conv_common import (_check_tensor, _check_with_weight, _first_part, _k_step_channels, _k_step_start,
+                          _keep_mul, _mma, _needs_int64, _next_k_step, _pixel_of_row, _prologue, _prologue_args,
+                          _taps_inside, stats_rows)
 
 
 @triton.autotune(configs=conv_config.ALL_CONFIGS["fwd"],
@@ -54,9 +54,8 @@ def _fwd_kernel(
     # half a tile at a time: its per-column statistics spill next to a 128x256 fp32 tile
     # (sm_90a: 19 spill stores). With dropout the whole 256 fits (and the split's extra
     # loop instructions would cost more: 526 -> 570 per iteration).
-    POW2_N: tl.constexpr = (BLOCK_N & (BLOCK_N - 1)) == 0
-    BN0: tl.constexpr = ((BLOCK_N // 2 if (BLOCK_N >= 256 and STATS and not HAS_DROPOUT) else BLOCK_N) if POW2_N
-                         else BLOCK_N - (BLOCK_N & (~BLOCK_N + 1)))
+    BN0: tl.constexpr = (BLOCK_N // 2 if (_first_part(BLOCK_N) == BLOCK_N and BLOCK_N >= 256 and STATS
+                                          and not HAS_DROPOUT) else _first_part(BLOCK_N))
     BN1: tl.constexpr = BLOCK_N - BN0 if BN0 < BLOCK_N else BLOCK_N  # (unused when BN0 == BLOCK_N)
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -246,7 +245,8 @@ def bn_act_conv_fwd(x, weight, scale=None, shift=None, *, stride=1, padding=(1, 
         ), dict(
             KH=kh, KW=kw, STRIDE=stride, PT=pt, PL=pl,
             ACT=act_code, HAS_AFFINE=scale is not None, HAS_DROPOUT=p > 0, HAS_BIAS=bias is not None,
-            HAS_RES=residual is not None, STATS=bool(compute_stats), STATS_ROWS=conv_config.STATS_M, FLAT_K=cin if cin < 16 else 0,
+            HAS_RES=residual is not None, STATS=bool(compute_stats), STATS_ROWS=conv_config.STATS_M,
+            FLAT_K=cin if cin < 16 else 0,
             OFFS_64=_needs_int64(x, y, res),
             IS_FP64=x.dtype == torch.float64, IN_PREC=in_prec, UPCAST=upcast,
         ), "fwd", x.dtype, cin, cout, p > 0)

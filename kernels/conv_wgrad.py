@@ -11,8 +11,8 @@ import triton.language as tl
 
 from . import conv_config
 from ._common import keep_from_bits, launch_device
-from .conv_common import (_check_common, _check_grad_y, _is_pow2, _keep_mul, _mma, _needs_int64, _num_sms,
-                          _pixel_of_row, _prologue, _prologue_args)
+from .conv_common import (_check_common, _check_grad_y, _first_part, _is_pow2, _keep_mul, _mma, _needs_int64,
+                          _num_sms, _pixel_of_row, _prologue, _prologue_args)
 
 
 @triton.jit
@@ -58,7 +58,7 @@ def _wgrad_kernel(
     # two (BM0 + BM1, e.g. 320 = 256 + 64, 192 = 128 + 64: two wgmma chains sharing the
     # prologue's B operand), so that Cout = 160 / 320 fill more of the tile than a power
     # of two does (256 rows over 160 channels: 62.5%; 192: 83%; 320 over 320: 100%).
-    BM0: tl.constexpr = BLOCK_M if (BLOCK_M & (BLOCK_M - 1)) == 0 else BLOCK_M - (BLOCK_M & (~BLOCK_M + 1))
+    BM0: tl.constexpr = _first_part(BLOCK_M)
     BM1: tl.constexpr = BLOCK_M - BM0 if BM0 < BLOCK_M else BLOCK_M  # (unused when BM0 == BLOCK_M)
     rco = pid_m * BLOCK_M + tl.arange(0, BM0)
     rco1 = pid_m * BLOCK_M + BM0 + tl.arange(0, BM1)
@@ -186,13 +186,15 @@ def _wgrad_kernel(
 
 
 @triton.jit
-def _tap_tile(x_ptrs, pix_shift, r, r_ok, oh, ow, kh, kw, tap_ok, c_ok, sxw, H, W, PT: tl.constexpr,
+def _tap_tile(x_ptrs, t, r_ok, oh, ow, c_ok, sxw, H, W, KH: tl.constexpr, KW: tl.constexpr, PT: tl.constexpr,
               PL: tl.constexpr):
-    """a[r + shift, c] of one tap (pixels r [BK], channels [BC]), 0 where the tap's input
-    pixel falls in the padding or the tap is past KH*KW."""
+    """a[r + shift(t), c] of tap ``t`` (pixels r at x_ptrs [BK, BC], output pixel (oh, ow)),
+    0 where the tap's input pixel falls in the padding or t is past KH*KW."""
+    kh = t // KW
+    kw = t - kh * KW
     # 0 <= oh - PT + kh < H as one unsigned compare (a negative wraps past H)
-    ok = r_ok & tap_ok & ((oh + (kh - PT)).to(tl.uint32) < H) & ((ow + (kw - PL)).to(tl.uint32) < W)
-    return tl.load(x_ptrs + pix_shift * sxw, mask=ok[:, None] & c_ok[None, :], other=0.0)
+    ok = r_ok & (t < KH * KW) & ((oh + (kh - PT)).to(tl.uint32) < H) & ((ow + (kw - PL)).to(tl.uint32) < W)
+    return tl.load(x_ptrs + ((kh - PT) * W + (kw - PL)) * sxw, mask=ok[:, None] & c_ok[None, :], other=0.0)
 
 
 @triton.autotune(configs=conv_config.TAPS_CONFIGS, key=conv_config.TAPS_KEY,
@@ -222,16 +224,7 @@ def _wgrad_taps_kernel(
     c_ok = rc < Cin
     co_ok = rco < Cout
     KK: tl.constexpr = KH * KW
-    t0 = pid_t * TAPS
-    # the taps of this group: (kh, kw), whether the tap exists, the pixel shift of its input
-    kh0 = t0 // KW
-    kw0 = t0 - kh0 * KW
-    kh1 = (t0 + 1) // KW
-    kw1 = (t0 + 1) - kh1 * KW
-    kh2 = (t0 + 2) // KW
-    kw2 = (t0 + 2) - kh2 * KW
-    kh3 = (t0 + 3) // KW
-    kw3 = (t0 + 3) - kh3 * KW
+    t0 = pid_t * TAPS  # the group's first tap
     k_lo = pid_k * K_CHUNK
     k_hi = tl.minimum(k_lo + K_CHUNK, M)
     k_lo_w = k_lo.to(tl.int64) if OFFS_64 else k_lo
@@ -244,17 +237,13 @@ def _wgrad_taps_kernel(
         oh = (r >> LOG2_WO) & (Ho - 1)
         ow = r & (Wo - 1)
         g = tl.load(g_ptrs, mask=r_ok[:, None] & co_ok[None, :], other=0.0)
-        a0 = _tap_tile(x_ptrs, (kh0 - PT) * W + (kw0 - PL), r, r_ok, oh, ow, kh0, kw0, t0 < KK, c_ok, sxw, H, W,
-                       PT, PL)
-        a1 = _tap_tile(x_ptrs, (kh1 - PT) * W + (kw1 - PL), r, r_ok, oh, ow, kh1, kw1, t0 + 1 < KK, c_ok, sxw, H, W,
-                       PT, PL)
+        a0 = _tap_tile(x_ptrs, t0, r_ok, oh, ow, c_ok, sxw, H, W, KH, KW, PT, PL)
+        a1 = _tap_tile(x_ptrs, t0 + 1, r_ok, oh, ow, c_ok, sxw, H, W, KH, KW, PT, PL)
         if TAPS == 2:
             a = tl.reshape(tl.permute(tl.join(a0, a1), (2, 1, 0)), (TAPS * BLOCK_C, BLOCK_K))
         else:
-            a2 = _tap_tile(x_ptrs, (kh2 - PT) * W + (kw2 - PL), r, r_ok, oh, ow, kh2, kw2, t0 + 2 < KK, c_ok, sxw, H,
-                           W, PT, PL)
-            a3 = _tap_tile(x_ptrs, (kh3 - PT) * W + (kw3 - PL), r, r_ok, oh, ow, kh3, kw3, t0 + 3 < KK, c_ok, sxw, H,
-                           W, PT, PL)
+            a2 = _tap_tile(x_ptrs, t0 + 2, r_ok, oh, ow, c_ok, sxw, H, W, KH, KW, PT, PL)
+            a3 = _tap_tile(x_ptrs, t0 + 3, r_ok, oh, ow, c_ok, sxw, H, W, KH, KW, PT, PL)
             a = tl.reshape(tl.permute(tl.join(tl.join(a0, a1), tl.join(a2, a3)), (3, 2, 1, 0)),
                            (TAPS * BLOCK_C, BLOCK_K))
         acc = _mma(a, g, acc, IN_PREC, UPCAST)
