@@ -59,12 +59,16 @@ ASSUMPTIONS = [
     "WRN-50-2: the bottleneck's bn3 / downsample BN + residual add + ReLU run as PyTorch elementwise ops in "
     "both; wrn_fast gets their statistics from the conv epilogue (one pass: scale-shift) where eager's BN needs "
     "two.",
-    "Two-pass layers (route 'two-pass': the convs kernels.bn_act_conv.two_pass_layer at the static report's "
-    "kernels commit routes to wrn_fast::bn_act_conv_two_pass; fp16/bf16, 3x3 stride 1, Cout <= 128 or Cin <= 16): "
-    "bn_act_dropout_fwd reads x and writes the activation a (its dropout mask from Philox, no bits), the forward "
-    "GEMM reads a without prologue (its issue ceiling is that of the prologue-free variant), wgrad reads the saved a "
-    "without prologue, dgrad stays fused on x (its launcher writes the 1-bit mask itself in backward, then reads "
-    "it); a is kept for backward in addition to x (counted in wrn_fast's activation memory), no bits are kept.",
+    "Pass routes (as kernels.bn_act_conv.conv_route at the static report's kernels commit routes each BN-act(-"
+    "dropout) -> conv; wrn_fast::bn_act_conv_two_pass): bn_act_dropout_fwd reads x and writes the activation a "
+    "(its dropout mask from Philox, no bits), the forward GEMM reads a without prologue (its issue ceiling is that "
+    "of the prologue-free variant); dgrad stays fused on x (the 1-bit mask is written in backward, then read). "
+    "'two-pass' (narrow layers: fp16/bf16, 3x3 stride 1, Cout <= 128 or Cin <= 16): a is kept for backward in "
+    "addition to x (counted in wrn_fast's activation memory) and wgrad reads it without prologue. 'pass-fwd' "
+    "(the prologue costs the forward GEMM more than the pass costs): a is freed after the forward GEMM (no "
+    "activation memory), wgrad is fused on x (reads the bits). 'pass-fwd-wgrad' (as pass-fwd, and the wgrad's "
+    "prologue too costs more than a pass): backward runs bn_act_dropout_fwd again (read x, write a) and wgrad "
+    "reads that a without prologue.",
     "Activation memory kept for backward: the distinct tensors autograd saves. Eager: each BN's input, the ReLU "
     "output, the dropout mask (1 B/element) and the dropout output (= the conv input); wrn_fast: each fused "
     "conv's input x (the previous output, already counted once), the 1-bit dropout mask, statistics partials. "
@@ -126,7 +130,7 @@ def _bn_backward_fused(root):
 
 def build(model, dtype, ceilings, sms, mask_bits, src_root=None, bn_fused=True):
     """All kernels of one step of ``model`` for both implementations, and the saved bytes;
-    convs routed (one kernel or two-pass) as the kernels under ``src_root`` decide."""
+    convs routed (one kernel or a pass route) as the kernels under ``src_root`` decide."""
     layers = static.model_layers(model, dtype, src_root)
     train = static.MODELS[model][4]
     s = ACT_BYTES[dtype]
@@ -182,7 +186,7 @@ def _conv_kernels(L, dtype, s, ceilings, sms, mask_bits, saved, bn_seen, train, 
                 ks.append(Kernel("eager", "bwd", name, "dropout backward", bytes=e_in * (2 * s + 1)))
                 saved["eager"][L.prologue_bn + ".mask"] = e_in
                 saved["eager"][L.prologue_bn + ".dropout_out"] = e_in * s
-                if mask_bits and not L.two_pass:
+                if mask_bits and not L.fwd_pass:
                     ks.append(Kernel("fused", "fwd", name, "dropout keep bits (1 bit / element)", bytes=e_in / 8))
                     saved["fused"][L.prologue_bn + ".bits"] = e_in / 8
             if train:
@@ -204,15 +208,21 @@ def _conv_kernels(L, dtype, s, ceilings, sms, mask_bits, saved, bn_seen, train, 
         ks.append(Kernel("eager", "bwd", name, "cuDNN wgrad", flops, (e_in + e_out) * s + w * 4, tc_flops=flops))
     # ---------------- fused
     bits = e_in / 8 if (drop and mask_bits) else 0.0
-    a_b = 0.0  # the two-pass path's activation a, read by the forward GEMM and wgrad instead of x
-    if L.two_pass:
-        ks.append(Kernel("fused", "fwd", name, "two-pass: bn_act_dropout fwd (read x, write a; Philox mask)",
+    a_b = 0.0  # the pass routes' activation a, read by the forward GEMM (and wgrad) instead of x
+    if L.fwd_pass:
+        route = f"{L.route_label}: "
+        ks.append(Kernel("fused", "fwd", name, route + "bn_act_dropout fwd (read x, write a; Philox mask)",
                          bytes=2 * e_in * s, variant=L.pass_variant(dtype).label()))
         if train:
-            saved["fused"][name + ".a"] = e_in * s
-            if bits:  # dgrad's launcher makes the bits itself (no keep_bits passed): written in backward
-                ks.append(Kernel("fused", "bwd", name, "two-pass: dropout keep bits for dgrad (1 bit / element)",
+            if L.keeps_a:
+                saved["fused"][name + ".a"] = e_in * s
+            if bits:  # no keep_bits from the forward: backward makes them (dgrad's launcher, or once for
+                # dgrad and pass_fwd's fused wgrad)
+                ks.append(Kernel("fused", "bwd", name, route + "dropout keep bits in backward (1 bit / element)",
                                  bytes=bits))
+            if L.route == "pass_fwd_wgrad":
+                ks.append(Kernel("fused", "bwd", name, route + "bn_act_dropout fwd again for wgrad (read x, write a)",
+                                 bytes=2 * e_in * s, variant=L.pass_variant(dtype).label()))
         a_b = e_in * s
     stats_b = (-(-m_rows // STATS_M)) * (L.cout * 8 + 4) if (L.stats and train) else 0.0
     res_b = e_out * s if L.residual else 0.0
@@ -222,8 +232,8 @@ def _conv_kernels(L, dtype, s, ceilings, sms, mask_bits, saved, bn_seen, train, 
         return ceilings(v)
 
     c_f, n_f, lab = ceil("fwd")
-    fwd_in = a_b if L.two_pass else e_in * s + bits  # a (no prologue) or x + the mask bits
-    ks.append(Kernel("fused", "fwd", name, "bn_act_conv fwd" + (" (two-pass: on a, no prologue)" if L.two_pass else ""),
+    fwd_in = a_b if L.fwd_pass else e_in * s + bits  # a (no prologue) or x + the mask bits
+    ks.append(Kernel("fused", "fwd", name, "bn_act_conv fwd" + (" (on a, no prologue)" if L.fwd_pass else ""),
                      flops, fwd_in + e_out * s + w * s + res_b + stats_b, tc_flops=flops, ceiling=c_f, nominal=n_f,
                      variant=lab))
     if L.stats and train:
@@ -238,9 +248,9 @@ def _conv_kernels(L, dtype, s, ceilings, sms, mask_bits, saved, bn_seen, train, 
         c_w, n_w, lab = ceil("wgrad")
         split = _split_k(L.cout, L.cin, L.k, m_rows, sms)
         part = split * w * 4
-        w_in = a_b if L.two_pass else e_in * s + bits
+        w_in = a_b if L.wgrad_on_a else e_in * s + bits
         ks.append(Kernel("fused", "bwd", name, f"bn_act_conv wgrad (split-K {split})"
-                         + (" (two-pass: on a, no prologue)" if L.two_pass else ""), flops,
+                         + (" (on a, no prologue)" if L.wgrad_on_a else ""), flops,
                          w_in + e_out * s + part, tc_flops=flops, ceiling=c_w, nominal=n_w, variant=lab))
         if split > 1:
             ks.append(Kernel("fused", "bwd", name, "wgrad split-K sum", bytes=part + w * 4))

@@ -192,11 +192,12 @@ def analyze_many(jobs, *, processes=2, python=None, progress=None, src_root=None
     return results
 
 
-def two_pass_routes(shapes, *, python=None, src_root=None):
-    """[(dtype, cin, cout, taps, stride)] -> [bool]: whether the launcher runs each
-    BN-act(-dropout) -> conv as two kernels (``kernels.bn_act_conv.two_pass_layer``, asked in
-    a subprocess that imports the kernels of ``src_root`` as a GPU run would: no
-    TRITON_INTERPRET). All False for kernels that predate the two-pass path."""
+def conv_routes(shapes, *, python=None, src_root=None):
+    """[(dtype, cin, cout, taps, stride, dropout)] -> [route]: how the launcher runs each
+    BN-act(-dropout) -> conv (``kernels.bn_act_conv.conv_route``: 'fused', 'two_pass',
+    'pass_fwd', 'pass_fwd_wgrad'; for kernels from before it, ``two_pass_layer``'s
+    'two_pass' or 'fused'), asked in a subprocess that imports the kernels of ``src_root``
+    as a GPU run would: no TRITON_INTERPRET. All 'fused' for kernels that predate both."""
     shapes = [list(s) for s in shapes]
     if not shapes:
         return []
@@ -207,7 +208,7 @@ def two_pass_routes(shapes, *, python=None, src_root=None):
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("ROUTEJSON ")]
     if proc.returncode or not lines:
-        raise RuntimeError(f"two_pass_layer query failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
+        raise RuntimeError(f"conv_route query failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
     return json.loads(lines[-1][len("ROUTEJSON "):])
 
 

@@ -2,7 +2,7 @@
 --worker JOBS``, started by ``bench.sass.analyze_many``, without TRITON_INTERPRET) that
 launches each variant through the public launchers on CPU tensors under the stand-in
 driver, compiles instead of running, and prints one ``SASSJSON`` line of analysis per
-job; and the ``--route`` worker that asks ``two_pass_layer`` as a GPU run would."""
+job; and the ``--route`` worker that asks ``conv_route`` as a GPU run would."""
 import contextlib
 import hashlib
 import io
@@ -21,9 +21,15 @@ def route_worker(shapes):
     assert os.environ.get("TRITON_INTERPRET", "0") != "1", "routing is asked as a GPU run decides it"
     import torch
     conv, _ = _import_kernels()
-    decide = getattr(conv, "two_pass_layer", None)
-    out = [bool(decide(getattr(torch, _TORCH_DTYPE[dt]), cin, cout, taps, stride)) if decide else False
-           for dt, cin, cout, taps, stride in shapes]
+    route = getattr(conv, "conv_route", None)
+    two_pass = getattr(conv, "two_pass_layer", None)  # kernels from before conv_route
+    out = []
+    for dt, cin, cout, taps, stride, dropout in shapes:
+        dtype = getattr(torch, _TORCH_DTYPE[dt])
+        if route is not None:
+            out.append(route(dtype, cin, cout, taps, stride, dropout=bool(dropout)))
+        else:
+            out.append("two_pass" if two_pass and two_pass(dtype, cin, cout, taps, stride) else "fused")
     print("ROUTEJSON " + json.dumps(out), flush=True)
 
 

@@ -49,9 +49,12 @@ class ConvLayer:
     """One convolution as wrn_fast runs it: y = conv(dropout(act(bn(x)))) (+ residual),
     x [n, cin, hw, hw]; ``prologue_bn`` names the BN folded into the prologue (None: the
     conv reads x itself); ``stats``: the epilogue emits the statistics of y for the next BN.
-    ``two_pass``: the launcher splits it (wrn_fast::bn_act_conv_two_pass): the elementwise
-    bn_act_dropout_fwd writes a = dropout(act(bn(x))), the forward GEMM reads a without
-    prologue, dgrad stays fused on x, wgrad reads the saved a without prologue."""
+    ``route``: how the launcher runs it (kernels.bn_act_conv.conv_route): 'fused' (the
+    prologue in the forward and wgrad), else the elementwise bn_act_dropout_fwd writes
+    a = dropout(act(bn(x))) and the forward GEMM reads a without prologue: 'two_pass' keeps
+    a for a prologue-free wgrad, 'pass_fwd' frees it (wgrad fused on x), 'pass_fwd_wgrad'
+    frees it and writes it again in backward for a prologue-free wgrad; dgrad is fused on x
+    in every route."""
     name: str
     n: int
     cin: int
@@ -66,7 +69,7 @@ class ConvLayer:
     stats: bool
     needs_dgrad: bool
     train: bool
-    two_pass: bool = False  # routed as kernels.bn_act_conv.two_pass_layer decides (see route_layers)
+    route: str = "fused"  # as kernels.bn_act_conv.conv_route decides (see route_layers)
 
     @property
     def hw_out(self):
@@ -78,11 +81,26 @@ class ConvLayer:
         return ("fwd", "dgrad", "wgrad") if self.needs_dgrad else ("fwd", "wgrad")
 
     @property
-    def route(self):
-        return "two-pass" if self.two_pass else "fused"
+    def route_label(self):
+        return self.route.replace("_", "-")
+
+    @property
+    def fwd_pass(self):
+        """The forward runs the elementwise pass, then the GEMM on a without prologue."""
+        return self.route != "fused"
+
+    @property
+    def keeps_a(self):
+        """a is kept for backward (counted as activation memory)."""
+        return self.route == "two_pass"
+
+    @property
+    def wgrad_on_a(self):
+        """wgrad reads a (kept, or written again in backward) without prologue."""
+        return self.route in ("two_pass", "pass_fwd_wgrad")
 
     def variant(self, kind, dtype):
-        prologue = self.prologue_bn and not (self.two_pass and kind in ("fwd", "wgrad"))
+        prologue = self.prologue_bn and not ((kind == "fwd" and self.fwd_pass) or (kind == "wgrad" and self.wgrad_on_a))
         act = self.act if prologue else "identity"
         fwd = kind == "fwd"
         return sass.Variant(kind=kind, dtype=dtype, n=self.n, cin=self.cin, cout=self.cout, hw=self.hw,
@@ -91,8 +109,8 @@ class ConvLayer:
                             residual=self.residual and fwd, stats=self.stats and fwd and self.train)
 
     def pass_variant(self, dtype):
-        """The two-pass path's elementwise kernel (bn_act_dropout_fwd over x), or None."""
-        if not self.two_pass:
+        """The pass routes' elementwise kernel (bn_act_dropout_fwd over x), or None."""
+        if not self.fwd_pass:
             return None
         return sass.Variant(kind="bnad_fwd", dtype=dtype, n=self.n, cin=self.cin, cout=self.cin, hw=self.hw,
                             act=self.act, dropout=self.dropout if self.train else 0.0)
@@ -117,21 +135,21 @@ class EltwiseLayer:
         return sass.Variant(kind=kind, dtype=dtype, n=self.n, cin=self.c, cout=self.c, hw=self.hw, act=self.act)
 
 
-_ROUTES = {}  # (src_root, shape) -> two_pass_layer's answer (one subprocess per batch of new shapes)
+_ROUTES = {}  # (src_root, shape) -> conv_route's answer (one subprocess per batch of new shapes)
 
 
 def route_layers(layers, dtype, src_root=None):
-    """Set ``two_pass`` on the ConvLayers with a BN-act prologue that the launcher (the
-    kernels at ``src_root``, default this checkout) would split, as
-    ``kernels.bn_act_conv.two_pass_layer`` decides on the GPU (bench.sass.two_pass_routes)."""
+    """Set ``route`` on the ConvLayers with a BN-act prologue as the launcher (the kernels
+    at ``src_root``, default this checkout) would run them on the GPU
+    (``kernels.bn_act_conv.conv_route``, asked by bench.sass.conv_routes)."""
     convs = [L for L in layers if isinstance(L, ConvLayer) and L.prologue_bn]
     key = os.path.realpath(src_root or sass.ROOT)
-    shapes = [(dtype, L.cin, L.cout, L.k * L.k, L.stride) for L in convs]
+    shapes = [(dtype, L.cin, L.cout, L.k * L.k, L.stride, bool(L.dropout and L.train)) for L in convs]
     new = sorted({s for s in shapes if (key, s) not in _ROUTES})
-    for s, r in zip(new, sass.two_pass_routes(new, src_root=src_root)):
+    for s, r in zip(new, sass.conv_routes(new, src_root=src_root)):
         _ROUTES[(key, s)] = r
     for L, s in zip(convs, shapes):
-        L.two_pass = _ROUTES[(key, s)]
+        L.route = _ROUTES[(key, s)]
     return layers
 
 
@@ -191,17 +209,18 @@ def model_layers(model, dtype=None, src_root=None):
 
 
 def distinct_variants(model, dtype, src_root=None):
-    """{Variant: [layer names]} of one model and dtype, forward order (a two-pass layer's
-    names carry "[two-pass]"; its elementwise pass is a bnad_fwd variant)."""
+    """{Variant: [layer names]} of one model and dtype, forward order (a layer on a pass
+    route has its route in its names, e.g. "[pass-fwd]"; its elementwise pass is a bnad_fwd
+    variant)."""
     out = {}
     for layer in model_layers(model, dtype, src_root):
-        if isinstance(layer, ConvLayer) and layer.two_pass:
-            name = layer.name + "[two-pass]"
+        if isinstance(layer, ConvLayer) and layer.fwd_pass:
+            name = f"{layer.name}[{layer.route_label}]"
             out.setdefault(layer.pass_variant(dtype), []).append(name)
             for kind in layer.kinds():
                 v = layer.variant(kind, dtype)
                 out.setdefault(v, []).append(name)
-                if v.dropout:  # dgrad, fused on x
+                if v.dropout:  # dgrad (and pass_fwd's wgrad), fused on x
                     out.setdefault(dataclasses.replace(v, dropout=0.0), []).append(name + "[p=0]")
             continue
         if isinstance(layer, ConvLayer):
@@ -217,6 +236,21 @@ def distinct_variants(model, dtype, src_root=None):
                 out.setdefault(dataclasses.replace(layer.variant(kind, dtype), dropout=0.0), []).append(
                     layer.name + "[p=0]")
     return out
+
+
+def _route_of(layer_names):
+    """The route label of a variant's layers ("mixed" when they differ)."""
+    routes = {next((r for r in PASS_ROUTE_LABELS if f"[{r}]" in name), "fused") for name in layer_names}
+    return routes.pop() if len(routes) == 1 else "mixed"
+
+
+PASS_ROUTE_LABELS = ("two-pass", "pass-fwd-wgrad", "pass-fwd")
+
+
+def _short_label(row):
+    """A report row's variant label without its kind, with its route when not fused."""
+    route = row.get("route", "fused")
+    return row["label"].split(" ", 1)[1] + ("" if route == "fused" else f" [{route}]")
 
 
 def _compile_key(v):
@@ -261,9 +295,8 @@ def run(models, dtypes, all_config_models, processes, rev=None, log=print):
         for v, layer_names in vs.items():
             d = default_of[v]
             dcfg = tuple(d["config"]) if d.get("config") else None
-            routed = ["[two-pass]" in name for name in layer_names]
             entry = {"model": model, "dtype": dtype, "variant": dataclasses.asdict(v), "label": v.label(),
-                     "route": "two-pass" if all(routed) else "mixed" if any(routed) else "fused",
+                     "route": _route_of(layer_names),
                      "layers": layer_names, "default_config": list(dcfg) if dcfg else None,
                      "default": _slim(d), "configs": []}
             if v.kind in sass.CONV_KINDS:
@@ -392,14 +425,14 @@ def write_report(rows, meta, out_base):
         for r in rs:
             u = _useful(r, r.get("default_config"))
             if u is not None and (worst_u is None or u < worst_u[0]):
-                worst_u = (u, r["label"].split(" ", 1)[1] + (" [two-pass]" if r.get("route") == "two-pass" else ""))
+                worst_u = (u, _short_label(r))
             for check, ok in r["checks"].items():
                 if not ok:
                     fails[check] = fails.get(check, 0) + 1
             loop = r["default"].get("main_loop") or {}
             c = loop.get("issue_ceiling", 0.0)
             if worst is None or c < worst[0]:
-                worst = (c, r["label"].split(" ", 1)[1] + (" [two-pass]" if r.get("route") == "two-pass" else ""))
+                worst = (c, _short_label(r))
         applies = dtype in TARGET_DTYPES and model in TARGET_MODELS
         met = "yes" if not fails else "**no**"
         L.append(f"| {kind} | {dtype} | {model} | {len(rs)} | {met if applies else met + ' (n/a)'} | "
@@ -470,12 +503,13 @@ DEFINITIONS = [
     "Batch sizes enter the kernels only as runtime integers (all here are multiples of 16, which Triton "
     "specialises alike), so forced-config compiles use N=128 for every model; the DEFAULT config and the "
     "autotuner's config list are taken at each model's own batch.",
-    "route: 'fused' = one kernel with the BN-act(-dropout) prologue; 'two-pass' = the layer runs as "
-    "wrn_fast::bn_act_conv_two_pass, as kernels.bn_act_conv.two_pass_layer decides at the kernels' commit "
-    "(fp16/bf16, 3x3 stride 1, Cout <= 128 or Cin <= 16): bn_act_dropout_fwd writes the activation a (bnad_fwd "
-    "row, with the layer's dropout), the forward GEMM and wgrad read a without prologue (act identity, no "
-    "dropout: their variant label shows 'identity'), dgrad stays fused on x; layer names carry '[two-pass]'; "
-    "'mixed': one variant shared by layers of both routes.",
+    "route (kernels.bn_act_conv.conv_route at the kernels' commit; layer names carry it, e.g. '[pass-fwd]'): "
+    "'fused' = one kernel with the BN-act(-dropout) prologue; otherwise bn_act_dropout_fwd writes the "
+    "activation a (bnad_fwd row, with the layer's dropout) and the forward GEMM reads it without prologue (act "
+    "identity, no dropout: its variant label shows 'identity'): 'two-pass' (narrow layers) keeps a for a "
+    "prologue-free wgrad, 'pass-fwd' frees it (wgrad fused on x), 'pass-fwd-wgrad' frees it and writes it again "
+    "in backward for a prologue-free wgrad; dgrad stays fused on x in every route; 'mixed': one variant shared "
+    "by layers of several routes.",
     f"Models: WRN dropout {DROPOUT} (bench/run.py's --model-dropout default) before every conv2; WRN-50-2 has no "
     "dropout; inference = eval mode (no dropout, no statistics, no backward).",
 ]

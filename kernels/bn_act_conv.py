@@ -35,17 +35,17 @@ from the kind's list, keyed on the shape and every compile-time variant.
 Files (this module gathers their public names):
   conv_fwd.py / conv_dgrad.py / conv_wgrad.py   one kernel each: kernel + launcher
   conv_common.py   shared jit helpers (prologue, dot), argument checks, dropout bitmask
-  conv_config.py   tile configs, autotune key, ``default_config``, ``two_pass_layer``, and
+  conv_config.py   tile configs, autotune key, ``default_config``, ``conv_route``, and
                    the module flags (INTERPRET, AUTOTUNE, _GPU_TILES): patch them there
 """
 from .contract import out_hw  # noqa: F401 - re-exported for callers of this module
 from ._common import launch_device  # noqa: F401
 from .conv_common import _check_common, dropout_bits, max_batch, stats_rows  # noqa: F401
-from .conv_config import (ALL_CONFIGS, STATS_M, TWO_PASS_MAX_COUT, _cfg, _dot_modes, _INTERPRET_CONFIGS,  # noqa: F401
-                          _WIDE_16, default_config, two_pass_layer)
+from .conv_config import (ALL_CONFIGS, ROUTES, STATS_M, TWO_PASS_MAX_COUT, _cfg, _dot_modes,  # noqa: F401
+                          _INTERPRET_CONFIGS, _WIDE_16, conv_route, default_config, two_pass_layer)
 from .conv_dgrad import _dgrad_kernel, bn_act_conv_dgrad  # noqa: F401
 from .conv_fwd import _fwd_kernel, bn_act_conv_fwd  # noqa: F401
 from .conv_wgrad import _wgrad_kernel, bn_act_conv_wgrad  # noqa: F401
 
-__all__ = ["ALL_CONFIGS", "STATS_M", "TWO_PASS_MAX_COUT", "bn_act_conv_dgrad", "bn_act_conv_fwd", "bn_act_conv_wgrad",
-           "default_config", "dropout_bits", "max_batch", "stats_rows", "two_pass_layer"]
+__all__ = ["ALL_CONFIGS", "ROUTES", "STATS_M", "TWO_PASS_MAX_COUT", "bn_act_conv_dgrad", "bn_act_conv_fwd",
+           "bn_act_conv_wgrad", "conv_route", "default_config", "dropout_bits", "max_batch", "stats_rows", "two_pass_layer"]

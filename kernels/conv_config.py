@@ -8,6 +8,7 @@ launch, read from the sm_90a SASS (``python -m bench.sass``), not timed:
   ALL_CONFIGS      every config an autotuner may try, per kind; ``AUTOTUNE_KEY`` /
                    ``prune_by`` are its key and pruning
   two_pass_layer   which narrow layers run as an elementwise pass + a plain GEMM
+  conv_route       every layer's route (fused, two_pass, or the pass for the forward only)
   launch           autotuned launch or the default config's
   _dot_modes       tl.dot precision per dtype (TF32 / ieee; the interpreter's bf16 upcast)
 
@@ -62,12 +63,12 @@ _CONFIGS_16 = {
               _cfg(128, 128, 32, 4, 8), _cfg(64, 128, 64, 3, 4),
               _cfg(128, 64, 64, 3, 4), _cfg(128, 32, 64, 4, 4), _cfg(64, 64, 64, 4, 4), _cfg(64, 32, 64, 4, 4),
               _cfg(32, 64, 64, 4, 4), _cfg(64, 64, 128, 3, 4), _cfg(64, 32, 128, 3, 4), _cfg(128, 16, 128, 3, 4),
-              _cfg(64, 16, 128, 3, 4), _cfg(256, 64, 64, 3, 8)],
+              _cfg(64, 16, 128, 3, 4), _cfg(256, 64, 64, 3, 8), _cfg(192, 32, 128, 3, 8)],
 }
 _CONFIGS_16["dgrad"] = list(_CONFIGS_16["fwd"])
 # Tiles whose side is a sum of two powers of two, two accumulators (the forward's
 # BLOCK_N = 128 + 32 over Cout = 160 / 320, the dgrad's over Cin = 160; the wgrad's
-# BLOCK_M = 256 + 64 over Cout = 320 / 640, in its list above).
+# BLOCK_M = 256 + 64 over Cout = 320 / 640 and 128 + 64 over Cout = 160, in its list above).
 _CONFIGS_16["fwd"] += [_cfg(128, 160, 64, 3, 8), _cfg(128, 160, 32, 4, 8), _cfg(128, 160, 16, 3, 8),
                        _cfg(64, 32, 32, 4, 4)]  # (the stem: K = 27 in one 32-deep step)
 _CONFIGS_16["dgrad"] += [_cfg(128, 160, 64, 3, 8), _cfg(128, 160, 32, 4, 8)]
@@ -83,25 +84,31 @@ ALL_CONFIGS = {k: _CONFIGS_16[k] + _CONFIGS_32[k] for k in ("fwd", "dgrad", "wgr
 
 
 # 16-bit tiles the default chooses between, with the issue ceiling their K loop reaches
-# in the sm_90a SASS (WRN-28-10 shapes, ReLU prologue; without dropout, with dropout):
-# the prologue costs instructions per element of the x operand, so the ceiling grows
-# with the other side of the tile (BLOCK_N = Cout for fwd, BLOCK_M = Cout for wgrad).
-# Non-power-of-two sides run as two accumulators (see the kernels): fwd 128x160 fills
-# Cout = 160 / 320 (a 256-wide tile: 62.5%), wgrad 320 rows fill Cout = 320 / 640.
+# in the sm_90a SASS (WRN-28-10 shapes): (with a ReLU prologue, the same with dropout,
+# without a prologue: the routes that read a written activation, see ``conv_route``,
+# measured at WRN-28-10 / WRN-28-2 shapes; None = not measured, not chosen there). The prologue costs instructions per element
+# of the x operand, so its ceiling grows with the other side of the tile (BLOCK_N = Cout
+# for fwd, BLOCK_M = Cout for wgrad). Non-power-of-two sides run as two accumulators
+# (see the kernels): fwd 128x160 fills Cout = 160 / 320 (a 256-wide tile: 62.5%), wgrad
+# 320 rows fill Cout = 320 / 640, 192 rows (128 + 64) 83% of Cout = 160 (256: 62.5%).
 _WIDE_16 = {
-    "fwd": [((128, 256, 64, 3, 8), (1.0, 1.0)), ((128, 128, 64, 3, 8), (0.65, 0.65)),
-            ((128, 160, 64, 3, 8), (0.79, 0.65)), ((128, 160, 32, 4, 8), (0.68, 0.57))],
-    "wgrad": [((256, 128, 64, 3, 8), (1.0, 1.0)), ((128, 128, 64, 3, 8), (0.73, 0.73)),
-              ((256, 64, 64, 3, 8), (1.0, 0.94)), ((320, 64, 64, 3, 8), (1.0, 1.0)),
-              ((256, 32, 128, 3, 8), (1.0, 0.74))],
+    "fwd": [((128, 256, 64, 3, 8), (1.0, 1.0, 1.0)), ((128, 128, 64, 3, 8), (0.65, 0.65, 1.0)),
+            ((128, 160, 64, 3, 8), (0.79, 0.65, 1.0)), ((128, 160, 32, 4, 8), (0.68, 0.57, 1.0))],
+    "wgrad": [((256, 128, 64, 3, 8), (1.0, 1.0, 1.0)), ((128, 128, 64, 3, 8), (0.73, 0.73, 1.0)),
+              ((256, 64, 64, 3, 8), (1.0, 0.94, 1.0)), ((320, 64, 64, 3, 8), (1.0, 1.0, 1.0)),
+              ((256, 32, 128, 3, 8), (1.0, 0.74, 1.0)),
+              # for prologue-free wgrads at Cout = 160 (with the prologue and dropout 0.59 x 83%:
+              # no better than 256x64x64's 0.94 x 62.5% x 83%, left to it)
+              ((192, 32, 128, 3, 8), (None, None, 0.95))],
     # dgrad (stride 1, hoisted plain loop; the score also counts the K steps' fill, Cout
     # per tap over BLOCK_K): 256x64 first, ties go to it (fp16's 128x128 epilogue spills
-    # 8 B); 128x160 (128 + 32 columns) fills Cin = 160
-    "dgrad": [((256, 64, 64, 3, 8), (1.0, 1.0)), ((128, 128, 64, 3, 8), (1.0, 1.0)),
-              ((256, 64, 32, 4, 8), (1.0, 1.0)), ((128, 160, 32, 4, 8), (1.0, 1.0))],
+    # 8 B); 128x160 (128 + 32 columns) fills Cin = 160. dgrad has no prologue: one
+    # ceiling serves every route.
+    "dgrad": [((256, 64, 64, 3, 8), (1.0, 1.0, 1.0)), ((128, 128, 64, 3, 8), (1.0, 1.0, 1.0)),
+              ((256, 64, 32, 4, 8), (1.0, 1.0, 1.0)), ((128, 160, 32, 4, 8), (1.0, 1.0, 1.0))],
     # strided dgrad (its gather is not hoisted: 256x64x64 falls to 0.74 there); 128x160
     # with dropout not compiled for it (no WRN layer has one)
-    "dgrad_strided": [((128, 128, 64, 3, 8), (1.0, 1.0)), ((128, 160, 64, 3, 8), (1.0, 0.0))],
+    "dgrad_strided": [((128, 128, 64, 3, 8), (1.0, 1.0, 1.0)), ((128, 160, 64, 3, 8), (1.0, 0.0, 1.0))],
 }
 
 
@@ -128,7 +135,10 @@ def default_config(kind: str, dtype: torch.dtype, cin: int, cout: int, *, dropou
     over Cin = 160 / 320 (100% / 100%; 128x128: 62.5% / 83%), else 128x128x64; wgrad (Cout
     along M, Cin along N): 320 and 640 channels take 320x64x64 (1.0 / 1.0 x 100%; 256x64: 62.5% / 83%), 160
     256x32x128 without dropout (1.0 x 62.5% x 100%), 256x64x64 with it (0.94 x 62.5% x 83%;
-    256x32x128: 0.74).
+    256x32x128: 0.74). Without the prologue (``prologue=False``: the pass routes of
+    ``conv_route``) the table's third ceiling: fwd 160 128x160x32 (1.0 x 100%), 320
+    128x160x64, 640 128x128x64 (1.0 x 100%; with the prologue 0.65); wgrad 160 192x32x128
+    (0.95 x 83%), 320 / 640 320x64x64.
     32..127 channels: a plain K loop
     (dgrad's always; the forward's without the BN-act ``prologue``, as in the two-pass
     path), whose per-row address and padding math is hoisted out of the loop (a step adds
@@ -173,22 +183,35 @@ def default_config(kind: str, dtype: torch.dtype, cin: int, cout: int, *, dropou
     return cfg
 
 
+def _wide_choice(kind, cin, cout, prologue, dropout, stride=1):
+    """(config, useful ceiling) of the best ``_WIDE_16`` tile for a wide 16-bit GEMM: the
+    highest issue ceiling (with the prologue, without / with dropout, or without a
+    prologue) x the share of the tile that falls inside the GEMM."""
+    table = _WIDE_16["dgrad_strided" if kind == "dgrad" and stride > 1 else kind]
+
+    def fill(size, block):
+        return size / (triton.cdiv(size, block) * block)
+
+    def score(item):  # fwd: Cout on N, Cin on K; wgrad: Cout on M, Cin on N; dgrad: Cin on N, Cout on K
+        (bm, bn, bk, _, _), ceilings = item
+        ceiling = ceilings[2 if not prologue else 1 if dropout else 0]
+        if ceiling is None:  # not measured for this variant
+            return -1.0
+        if kind == "dgrad":
+            return ceiling * fill(cin, bn) * fill(cout, bk)
+        if kind == "wgrad":
+            return ceiling * fill(cout, bm) * fill(cin, bn)
+        if cin <= 16:  # BLOCK_K = 16 (see default_config)
+            return _FWD_K16.get((bm, bn), (0.0, 0.0))[1 if prologue else 0] * fill(cout, bn)
+        return ceiling * fill(cout, bn) * fill(cin, bk)
+    best = max(table, key=score)
+    return best[0], score(best)
+
+
 def _tile_16(kind, cin, cout, n, prologue, fill, stride, dropout):
     """default_config's 16-bit tile before the K depth is fitted to 16 channels per tap."""
     if n >= 128 and (kind != "wgrad" or cout >= 128):
-        table = _WIDE_16["dgrad_strided" if kind == "dgrad" and stride > 1 else kind]
-
-        def score(item):  # fwd: Cout on N, Cin on K; wgrad: Cout on M, Cin on N; dgrad: Cin on N, Cout on K
-            (bm, bn, bk, _, _), ceilings = item
-            ceiling = ceilings[1 if dropout else 0]
-            if kind == "dgrad":
-                return ceiling * fill(cin, bn) * fill(cout, bk)
-            if kind == "wgrad":
-                return ceiling * fill(cout, bm) * fill(cin, bn)
-            if cin <= 16:  # BLOCK_K = 16 below
-                return _FWD_K16.get((bm, bn), (0.0, 0.0))[1 if prologue else 0] * fill(cout, bn)
-            return ceiling * fill(cout, bn) * fill(cin, bk)
-        return max(table, key=score)[0]
+        return _wide_choice(kind, cin, cout, prologue, dropout, stride)[0]
     plain_loop = kind == "dgrad" or (kind == "fwd" and not prologue)
     if plain_loop and n >= 32:
         k_side = cin if kind == "fwd" else cout  # channels per tap along K
@@ -242,6 +265,53 @@ def two_pass_layer(dtype: torch.dtype, cin: int, cout: int, taps: int = 9, strid
     path explicitly."""
     return (_GPU_TILES and dtype in (torch.float16, torch.bfloat16) and (cout <= TWO_PASS_MAX_COUT or cin <= 16)
             and taps >= 9 and stride == 1)
+
+
+# Routes of a BN-act(-dropout) -> conv (``conv_route``; wrn_fast.ops.conv runs them):
+#   fused           one kernel: the prologue in the forward and in wgrad (recomputed from x)
+#   two_pass        an elementwise pass writes a = dropout(act(bn(x))), kept for backward;
+#                   forward and wgrad read a without prologue (the narrow layers above)
+#   pass_fwd        the pass writes a for the forward GEMM only (freed after it: no more
+#                   activation memory than ``fused``); wgrad fused on x
+#   pass_fwd_wgrad  as pass_fwd, and the backward runs the pass again for a prologue-free wgrad
+# dgrad is fused on x in every route (its K loop has no prologue).
+ROUTES = ("fused", "two_pass", "pass_fwd", "pass_fwd_wgrad")
+
+# The pass's cost against the GEMM's: it moves 2 x elsize bytes per element of x (read x,
+# write a) where a stride-1 conv does 2 x taps x Cout FLOPs per element, so at the H200's
+# peaks (790 TFLOP/s bf16 dense, 4.3 TB/s; bench.roofline's defaults) it costs
+# PASS_COST / (taps x Cout) of the GEMM's time at the tensor-core peak, PASS_COST =
+# elsize x 790 / 4.3 (2 bytes: 367; Cout = 160, 3x3: 0.26).
+PASS_COST_PER_BYTE = 790.0 / 4.3
+
+
+def conv_route(dtype: torch.dtype, cin: int, cout: int, taps: int = 9, stride: int = 1,
+               dropout: bool = False) -> str:
+    """How a BN-act(-dropout) -> conv of this shape runs (one of ``ROUTES``, see above),
+    decided from the sm_90a issue ceilings in ``_WIDE_16``: the forward (and the wgrad)
+    leave the prologue to the elementwise pass when the time the prologue costs the GEMM,
+    1/useful ceiling with it - 1/without it (in units of the GEMM at peak), exceeds the
+    pass's (PASS_COST_PER_BYTE x elsize / (taps x Cout)). bf16, WRN-28-10 widths: 160
+    channels fwd 0.68 / 0.57 (dropout) -> 1.00 with 128x160x32, wgrad 0.62 / 0.49 -> 0.79
+    (192x32x128: 0.95 x 160/192): pass_fwd_wgrad; 320 fwd 0.79 / 0.65 -> 1.00, its wgrad
+    is 1.00 either way: pass_fwd; 640 (128x256, 83% of N either way): fused. Narrow layers
+    (``two_pass_layer``): two_pass. Only 16-bit on the GPU, 3x3-or-larger stride-1 convs
+    (the pass's cost per FLOP is 9x and 4x higher at 1x1 and stride 2); 'fused' in the
+    interpreter, whose tests choose routes explicitly."""
+    if two_pass_layer(dtype, cin, cout, taps, stride):
+        return "two_pass"
+    if not (_GPU_TILES and dtype in (torch.float16, torch.bfloat16) and taps >= 9 and stride == 1
+            and cout >= 128 and cin >= 128):
+        return "fused"
+    pass_cost = PASS_COST_PER_BYTE * dtype.itemsize / (taps * cout)
+
+    def saved(kind):  # 1/useful ceiling with the prologue - without it
+        with_p = _wide_choice(kind, cin, cout, True, dropout)[1]
+        without = _wide_choice(kind, cin, cout, False, dropout)[1]
+        return 1.0 / with_p - 1.0 / without if with_p > 0 and without > 0 else 0.0
+    if saved("fwd") <= pass_cost:
+        return "fused"
+    return "pass_fwd_wgrad" if saved("wgrad") > pass_cost else "pass_fwd"
 
 
 def _configs_for(kind):

@@ -426,31 +426,63 @@ def test_opcheck():
 BN_CASES = [name for name, c in CASES.items() if c[8] != "identity" or c[10] > 0]
 
 
+PASS_ROUTES = ("two_pass", "pass_fwd", "pass_fwd_wgrad")  # the routes with the elementwise pass
+
+
+def _force_route(monkeypatch, route):
+    monkeypatch.setattr(K, "conv_route", lambda dtype, cin, cout, taps, stride, dropout=False: route)
+
+
 def _force_two_pass(monkeypatch, on=True):
-    monkeypatch.setattr(K, "two_pass_layer", lambda dtype, cin, cout, taps, stride: on)
+    _force_route(monkeypatch, "two_pass" if on else "fused")
 
 
+@pytest.mark.parametrize("route", PASS_ROUTES)
 @pytest.mark.parametrize("name", BN_CASES)
 @poison_outputs
-def test_two_pass_grid_fp32(name, monkeypatch):
-    """BN-act-dropout as its own kernel, then the conv without a prologue (wgrad on the
-    saved activation, dgrad fused on x): forward, every gradient and the statistics vs
-    the float64 reference (same mask: the reference uses the kernels' mask function);
-    the counters prove both kernels ran."""
-    _force_two_pass(monkeypatch)
+def test_two_pass_grid_fp32(name, route, monkeypatch):
+    """BN-act-dropout as its own kernel, then the conv without a prologue (route two_pass:
+    wgrad on the saved activation; pass_fwd: the activation freed, wgrad fused on x;
+    pass_fwd_wgrad: the backward writes the activation again for wgrad; dgrad fused on x
+    in all): forward, every gradient and the statistics vs the float64 reference (same
+    mask: the reference uses the kernels' mask function); the counters prove which kernels
+    ran."""
+    _force_route(monkeypatch, route)
     wrn_fast.reset_counters()
-    out = run_case(CASES[name], torch.float32)
+    case = CASES[name]
+    out = run_case(case, torch.float32)
     check_case(out, torch.float32)
     c = wrn_fast.counters()
-    assert c.get("bn_act_dropout_fwd") == 1 and c.get("bn_act_conv_fwd") == 1
+    assert c.get("bn_act_conv_fwd") == 1
     assert c.get("bn_act_conv_dgrad") == 1 and c.get("bn_act_conv_wgrad") == 1
-    assert c.get("conv_dropout_bits", 0) == 0  # the elementwise kernel evaluates the mask itself
+    assert c.get("bn_act_dropout_fwd") == (2 if route == "pass_fwd_wgrad" else 1)
+    # the elementwise kernel evaluates the mask itself; pass_fwd's backward makes the
+    # bitmask once for its fused dgrad and wgrad
+    assert c.get("conv_dropout_bits", 0) == (1 if route == "pass_fwd" and case[10] > 0 else 0)
     y = out["y"].detach().double()
     var_ref, mean_ref = torch.var_mean(y, dim=(0, 2, 3), unbiased=False)
     mean, var, count = merged_stats(out["mean_p"], out["m2_p"], out["cnt_p"])
     assert (count == y.shape[0] * y.shape[2] * y.shape[3]).all()
     assert ((mean - mean_ref).norm() / var_ref.sqrt().norm()).item() < 1e-5
     assert rel_err(var, var_ref) < 1e-5
+
+
+@pytest.mark.parametrize("route", PASS_ROUTES)
+def test_pass_routes_keep_the_activation_only_on_two_pass(route, monkeypatch):
+    """What autograd saves: route two_pass keeps the activation a (a second tensor of x's
+    shape beside x); pass_fwd / pass_fwd_wgrad free it after the forward GEMM (activation
+    memory as the one-kernel route's)."""
+    _force_route(monkeypatch, route)
+    x = make((2, 6, 5, 5), torch.float32, "cl").requires_grad_()
+    w = torch.randn(4, 6, 3, 3).requires_grad_()
+    sc, sh = torch.rand(6) + 0.5, torch.randn(6)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        y, *_ = bn_act_conv(x, w, sc, sh, act="relu")
+    x_shaped = [t for t in saved if tuple(t.shape) == tuple(x.shape)]
+    assert len(x_shaped) == (2 if route == "two_pass" else 1), [tuple(t.shape) for t in saved]
+    y.sum().backward()
+    assert x.grad is not None and w.grad is not None
 
 
 @pytest.mark.parametrize("name", ["leaky3x3-s2-tfsame-drop-n1-cl", "all-silu3x3-drop-bias-res-cl"])
@@ -462,7 +494,7 @@ def test_two_pass_fp64_and_bf16(name, monkeypatch):
 
 
 def test_two_pass_equals_one_kernel_path(monkeypatch):
-    """Same inputs, same seed: the two paths give the same output and gradients (fp64: to
+    """Same inputs, same seed: every route gives the same output and gradients (fp64: to
     rounding), i.e. the elementwise kernel's dropout mask is the conv's bitmask."""
     x = make((2, 20, 7, 7), torch.float64, "cl")
     w = torch.randn(12, 20, 3, 3, dtype=torch.float64, device=DEV)
@@ -471,13 +503,14 @@ def test_two_pass_equals_one_kernel_path(monkeypatch):
     seed = torch.tensor([99], dtype=torch.int64, device=DEV)
     gy = make((2, 12, 7, 7), torch.float64, "cl")
     results = []
-    for two_pass in (False, True):
+    for route in K.ROUTES:
         leaves = [t.detach().clone().requires_grad_() for t in (x, w, sc, sh)]
-        y, *_ = bn_act_conv(*leaves, seed=seed, act="relu", dropout_p=0.4, two_pass=two_pass)
+        y, *_ = bn_act_conv(*leaves, seed=seed, act="relu", dropout_p=0.4, route=route)
         y.backward(gy)
         results.append([y.detach()] + [t.grad for t in leaves])
-    for one, two in zip(*results):
-        assert rel_err(two, one) < 1e-12
+    for other in results[1:]:
+        for one, two in zip(results[0], other):
+            assert rel_err(two, one) < 1e-12
     assert (results[0][0] != 0).any()
 
 
@@ -492,6 +525,41 @@ def test_two_pass_layer_decision(monkeypatch):
     assert not K.two_pass_layer(torch.bfloat16, 32, 64, 1, 2)  # 1x1 / stride-2 shortcuts: the pass costs more
     assert not K.two_pass_layer(torch.bfloat16, 32, 64, 9, 2)
     assert K.two_pass_layer(torch.bfloat16, 16, 32, 9, 1)    # WRN-28-2 g1.b0.conv1 (Cin = 16)
+
+
+def test_conv_route_decision(monkeypatch):
+    """conv_route: the pass takes the prologue off the forward (and wgrad) where the SASS
+    ceilings say the prologue costs the GEMM more than the pass costs (see conv_config)."""
+    assert K.conv_route(torch.bfloat16, 160, 160) == "fused"  # interpreter: tests choose explicitly
+    monkeypatch.setattr(conv_config, "_GPU_TILES", True)
+    for dt in (torch.bfloat16, torch.float16):
+        for drop in (False, True):
+            assert K.conv_route(dt, 160, 160, dropout=drop) == "pass_fwd_wgrad"  # fwd 0.68 -> 1.0, wgrad 0.62 -> 0.79
+            assert K.conv_route(dt, 320, 320, dropout=drop) == "pass_fwd"   # fwd 0.79 -> 1.0; wgrad 1.0 either way
+            assert K.conv_route(dt, 640, 640, dropout=drop) == "pass_fwd"   # fwd 0.83 (128x256) -> 1.0 (128x128)
+            for wide in (256, 512, 1024):  # WRN-70-16: 128x256 fills them with the prologue at 1.0
+                assert K.conv_route(dt, wide, wide, dropout=drop) == "fused"
+            assert K.conv_route(dt, 32, 32, dropout=drop) == "two_pass"
+            assert K.conv_route(dt, 16, 160, dropout=drop) == "two_pass"
+    assert K.conv_route(torch.float32, 160, 160) == "fused"
+    assert K.conv_route(torch.bfloat16, 160, 320, 9, 2) == "fused"  # stride 2: a quarter of the FLOPs per element
+    assert K.conv_route(torch.bfloat16, 160, 320, 1, 1) == "fused"  # 1x1: a ninth
+    # the forward without the prologue gets its own tile: 128x160x32 over 160 (1.0), the
+    # wgrad 192 rows over Cout = 160 (0.95 x 83%; with the prologue 256x32x128)
+    assert K.default_config("fwd", torch.bfloat16, 160, 160, prologue=False)[:3] == (128, 160, 32)
+    assert K.default_config("fwd", torch.bfloat16, 640, 640, prologue=False)[:2] == (128, 128)
+    assert K.default_config("wgrad", torch.bfloat16, 160, 160, prologue=False)[:3] == (192, 32, 128)
+    assert K.default_config("wgrad", torch.bfloat16, 160, 160)[:3] == (256, 32, 128)
+
+
+def test_bad_route_before_any_launch():
+    wrn_fast.reset_counters()
+    x, w, sc, sh = torch.randn(1, 5, 7, 7), torch.randn(8, 5, 3, 3), torch.ones(5), torch.zeros(5)
+    with pytest.raises(ValueError, match="route must be one of"):
+        bn_act_conv(x, w, sc, sh, act="relu", route="pass")
+    with pytest.raises(ValueError, match="contradicts route"):
+        bn_act_conv(x, w, sc, sh, act="relu", two_pass=True, route="pass_fwd")
+    assert not wrn_fast.counters()
 
 
 def test_two_pass_fake_and_opcheck(monkeypatch):
@@ -509,10 +577,11 @@ def test_two_pass_fake_and_opcheck(monkeypatch):
                            padding=(0, 1, 0, 1), act="relu", dropout_p=0.3, compute_stats=True)
     for r, f in zip(real, fake):
         assert r.shape == f.shape and r.dtype == f.dtype and r.stride() == f.stride()
-    args = (x, w, sc, sh, None, None, seed, 2, [0, 1, 0, 1], "silu", 0.0, 0.3, True, False)
-    torch.library.opcheck(torch.ops.wrn_fast.bn_act_conv_two_pass.default, args,
-                          test_utils=["test_schema", "test_autograd_registration", "test_faketensor",
-                                      "test_aot_dispatch_dynamic"])
+    for route in PASS_ROUTES:
+        args = (x, w, sc, sh, None, None, seed, 2, [0, 1, 0, 1], "silu", 0.0, 0.3, True, False, route)
+        torch.library.opcheck(torch.ops.wrn_fast.bn_act_conv_two_pass.default, args,
+                              test_utils=["test_schema", "test_autograd_registration", "test_faketensor",
+                                          "test_aot_dispatch_dynamic"])
 
 
 def test_two_pass_bad_input_before_any_launch(monkeypatch):
@@ -833,25 +902,25 @@ def test_bn_statistics_backward_fused_into_the_conv_node():
             assert torch.equal(bf, br), name
 
 
-@pytest.mark.parametrize("two_pass", [False, True])
-def test_bn_batch_act_conv_opcheck(two_pass):
+@pytest.mark.parametrize("route", ("fused",) + PASS_ROUTES)
+def test_bn_batch_act_conv_opcheck(route):
     """wrn_fast::bn_batch_act_conv: schema and fake kernel (torch.compile traces it)."""
     x = make((2, 5, 6, 6), torch.float32, "cl")
     w = torch.randn(4, 5, 3, 3)
     sc, sh, mean, var = torch.rand(5) + 0.5, torch.randn(5), torch.randn(5), torch.rand(5) + 0.5
     args = (x, w, sc, sh, mean, var, torch.rand(5) + 0.5, torch.randn(5), 1e-5, None, None, None, None, 1,
-            [1, 1, 1, 1], "relu", 0.0, 0.0, True, False, two_pass)
+            [1, 1, 1, 1], "relu", 0.0, 0.0, True, False, route)
     torch.library.opcheck(torch.ops.wrn_fast.bn_batch_act_conv.default, args,
                           test_utils=["test_schema", "test_faketensor"])
 
 
 @needs_ext
-@pytest.mark.parametrize("two_pass", [False, True])
-def test_bn_batch_act_conv_gradients_match_the_separate_nodes(two_pass):
+@pytest.mark.parametrize("route", ("fused",) + PASS_ROUTES)
+def test_bn_batch_act_conv_gradients_match_the_separate_nodes(route):
     """batch_bn=: the conv with the BN statistics' backward in its own node gives the same
     output and gradients (x, conv weight, BN weight / bias, bias, residual) as the separate
     autograd nodes (bn_finalize_partials' differentiable scale / shift into the plain op),
-    on the one-kernel and the two-pass route, with dropout and residual."""
+    on every route, with dropout and residual."""
     from wrn_fast.ops import ext
     from wrn_fast.ops.conv import BatchBN
 
@@ -865,7 +934,7 @@ def test_bn_batch_act_conv_gradients_match_the_separate_nodes(two_pass):
     res0, seed = make((2, cout, 5, 5), torch.float32, "cl"), torch.tensor([11])
     gy = make((2, cout, 5, 5), torch.float32, "cl")
     kw = dict(stride=1, padding=1, act="relu", dropout_p=0.3, compute_stats=True, allow_tf32=False,
-              two_pass=two_pass)
+              route=route)
     results = []
     for fused in (False, True):
         x, w, bn_w, bn_b, b, res = (t.clone().requires_grad_() for t in (x0, w0, bn_w0, bn_b0, b0, res0))

@@ -10,8 +10,10 @@ configs known to break each rule. A rule a DEFAULT config does not meet yet is
 xfail(strict=True) with the measured value (NOT_YET_MET): the day the kernel meets it the
 xfail turns into a failure and the entry is removed; every other rule is asserted hard.
 Compiles go through bench.sass's disk cache (keyed on the kernel sources), so a rerun is
-fast; a clean run compiles 9 kernels (about a minute on 2 idle cores).
+fast; a clean run compiles 10 kernels (a few minutes on 2 idle cores).
 """
+import dataclasses
+
 import pytest
 
 pytest.importorskip("triton")
@@ -19,36 +21,40 @@ pytest.importorskip("triton")
 from bench import sass  # noqa: E402
 from bench.sass import Variant  # noqa: E402
 
-# WRN-28-10 training at batch 128, group 1 (160 channels, 32x32), dropout 0.3 (the bench's).
+# WRN-28-10 training at batch 128, dropout 0.3 (the bench's), each kernel as the launcher
+# runs it (kernels.bn_act_conv.conv_route; test_representatives_are_what_the_route_runs):
+# group 1 (160 channels, 32x32) is routed pass_fwd_wgrad (the elementwise pass writes the
+# activation, the forward GEMM and wgrad read it without prologue, dgrad fused on x);
+# groups 2 and 3 (320 / 640 channels) pass_fwd (wgrad fused on x).
 REPRESENTATIVE = {
-    "conv1_fwd": Variant("fwd", "bf16", 128, 160, 160, 32, act="relu", stats=True),
-    "conv2_fwd_dropout_residual": Variant("fwd", "bf16", 128, 160, 160, 32, act="relu", dropout=0.3, residual=True,
-                                          stats=True),
+    "conv1_fwd": Variant("fwd", "bf16", 128, 160, 160, 32, act="identity", stats=True),
+    "conv2_fwd_residual": Variant("fwd", "bf16", 128, 160, 160, 32, act="identity", residual=True, stats=True),
     "conv1_dgrad": Variant("dgrad", "bf16", 128, 160, 160, 32, act="relu"),  # 128 + 32 columns over Cin = 160
     "conv2_dgrad_dropout": Variant("dgrad", "bf16", 128, 160, 160, 32, act="relu", dropout=0.3),
-    "conv1_wgrad": Variant("wgrad", "bf16", 128, 160, 160, 32, act="relu"),
-    "conv2_wgrad_dropout": Variant("wgrad", "bf16", 128, 160, 160, 32, act="relu", dropout=0.3),
-    # group 2 (320 channels, 16x16): the wgrad's 256 + 64 row tile covers Cout = 320
+    "conv_wgrad": Variant("wgrad", "bf16", 128, 160, 160, 32, act="identity"),  # 128 + 64 rows over Cout = 160
+    # group 2: the forward's 128 + 32 columns, the wgrad's 256 + 64 rows over Cout = 320
+    "g2_conv2_fwd_residual": Variant("fwd", "bf16", 128, 320, 320, 16, act="identity", residual=True, stats=True),
     "g2_conv2_wgrad_dropout": Variant("wgrad", "bf16", 128, 320, 320, 16, act="relu", dropout=0.3),
+    # group 3: 128 x 128 tiles over Cout = 640 (the prologue's 128x256: 83% of N)
+    "g3_conv1_fwd": Variant("fwd", "bf16", 128, 640, 640, 8, act="identity", stats=True),
 }
+# the model layer each representative stands for (its kernel kind from the name)
+LAYERS = {"conv1_fwd": "g1.b1.conv1", "conv2_fwd_residual": "g1.b1.conv2", "conv1_dgrad": "g1.b1.conv1",
+          "conv2_dgrad_dropout": "g1.b1.conv2", "conv_wgrad": "g1.b1.conv2",
+          "g2_conv2_fwd_residual": "g2.b1.conv2", "g2_conv2_wgrad_dropout": "g2.b1.conv2",
+          "g3_conv1_fwd": "g3.b1.conv1"}
 CHECKS = ("wgmma", "no_spills", "smem_fits", "ceiling", "useful_ceiling")  # bench.sass.verdict's + tile fill
 # Rules a DEFAULT config breaks today, with the measured value (bench.sass at that commit).
 # Each is xfail(strict=True): the day the kernel meets the rule the test fails, and its
 # entry here is removed. Every other (variant, rule) pair holds and is asserted hard.
 NOT_YET_MET = {
     # e.g. ("conv1_fwd", "no_spills"): "76 B spill stores (128x256x64/3/8, 255 registers) at 3e8fe81"
-    # Cout = 160 over a two-accumulator 128 + 32 tile: every lane useful, but the BN-act
-    # prologue's cost per element of x is spread over 160 columns instead of 256
-    ("conv1_fwd", "ceiling"): "0.68 (128x160x32/4/8); useful 0.68 (the former 128x256x64: 1.00 x 52% = 0.52)",
-    ("conv1_fwd", "useful_ceiling"): "0.68 (128x160x32/4/8)",
-    ("conv2_fwd_dropout_residual", "ceiling"): "0.57 (128x160x32/4/8; 128x256x64: 1.00 x 52%)",
-    ("conv2_fwd_dropout_residual", "useful_ceiling"): "0.57 (128x160x32/4/8)",
-    ("conv1_wgrad", "useful_ceiling"): "0.62 (256x32x128/3/8: 1.00 x 160/256 of M)",
-    ("conv2_wgrad_dropout", "useful_ceiling"): "0.49 (256x64x64/3/8: 0.94 x 160/256 x 160/192)",
+    # wgmma's rows come in 64s: Cout = 160 on M takes 192 (a 64-row part masked by half)
+    ("conv_wgrad", "useful_ceiling"): "0.79 (192x32x128/3/8: 0.95 x 160/192 of M)",
 }
 # Configs that break a rule, each on a variant above: (variant, config, the rules it breaks)
 BAD = {
-    "mma_sync_tile": ("conv1_wgrad", (32, 64, 64, 4, 4), {"wgmma", "ceiling"}),  # M=32 < wgmma's 64 rows
+    "mma_sync_tile": ("conv_wgrad", (32, 64, 64, 4, 4), {"wgmma", "ceiling"}),  # M=32 < wgmma's 64 rows
     "smem_overflow": ("conv1_fwd", (128, 128, 128, 5, 8), {"smem_fits"}),  # 5 stages x 64 KiB > 227 KiB
 }
 
@@ -98,6 +104,19 @@ def test_default_config_meets_target(analysed, name, check):
     checks, useful = _verdict(name, res)
     assert checks[check], (f"{name}: {check} fails: {_describe(res)}, useful {useful:.2f}; "
                            f"loop mix {res['main_loop']['mix']}")
+
+
+def test_representatives_are_what_the_route_runs():
+    """Each representative is the variant its WRN-28-10 layer runs on the GPU's route
+    (bench.static.model_layers asks kernels.bn_act_conv.conv_route as a GPU run would)."""
+    from bench import static
+    layers = {L.name: L for L in static.model_layers("wrn-28-10", "bf16") if isinstance(L, static.ConvLayer)}
+    for name, v in REPRESENTATIVE.items():
+        layer = layers[LAYERS[name]]
+        want = layer.variant(v.kind, "bf16")
+        if not v.dropout:
+            want = dataclasses.replace(want, dropout=0.0)  # the same layer trained without dropout
+        assert want == v, (name, layer.route, want)
 
 
 @pytest.mark.parametrize("name", list(REPRESENTATIVE))
@@ -152,36 +171,45 @@ def test_sass_parser_counts_a_known_loop():
     assert sync["main_loop"]["engine"] == "mma.sync" and sync["main_loop"]["fma_per_iter"] == 16 * 8 * 16 * 4
 
 
-def test_two_pass_layers_compile_and_count_the_split_kernels():
-    """A layer that the launcher splits (kernels.bn_act_conv.two_pass_layer) is modelled as it
-    runs: forward GEMM and wgrad without prologue (identity, no dropout), dgrad fused on x
-    with the dropout, an elementwise bn_act_dropout_fwd pass, and the activation a kept for
-    backward (no keep bits in the forward)."""
+def test_pass_routes_compile_and_count_the_split_kernels():
+    """A layer that the launcher routes through the elementwise pass
+    (kernels.bn_act_conv.conv_route) is modelled as it runs: the forward GEMM without
+    prologue (identity, no dropout), dgrad fused on x with the dropout, an elementwise
+    bn_act_dropout_fwd pass, no keep bits in the forward; 'two_pass' keeps the activation a
+    for a prologue-free wgrad, 'pass_fwd' frees it (wgrad fused on x with the dropout),
+    'pass_fwd_wgrad' frees it and runs the pass again in backward for a prologue-free wgrad."""
     from bench import roofline, static
     layer = static.ConvLayer("g1.b0.conv2", 128, 32, 32, 32, 3, 1, "g1.b0.bn2", "relu", 0.3, True, True, True, True)
     fused = {kind: layer.variant(kind, "bf16") for kind in layer.kinds()}
     assert layer.pass_variant("bf16") is None and fused["fwd"].act == "relu" and fused["fwd"].dropout == 0.3
-    layer.two_pass = True
-    split = {kind: layer.variant(kind, "bf16") for kind in layer.kinds()}
-    assert (split["fwd"].act, split["fwd"].dropout, split["fwd"].residual, split["fwd"].stats) == (
-        "identity", 0.0, True, True)
-    assert (split["wgrad"].act, split["wgrad"].dropout) == ("identity", 0.0)
-    assert split["dgrad"] == fused["dgrad"]  # still fused on x
-    eltwise = layer.pass_variant("bf16")
-    assert (eltwise.kind, eltwise.cin, eltwise.act, eltwise.dropout) == ("bnad_fwd", 32, "relu", 0.3)
+    e_in = 128 * 32 * 32 * 32
 
-    def kernels(two_pass):
-        layer.two_pass = two_pass
+    def kernels(route):
+        layer.route = route
         saved = {"eager": {}, "fused": {}}
         ks = roofline._conv_kernels(layer, "bf16", 2, lambda v: (1.0, 1.0, v.label()), 132, True, saved, {}, True)
         return ks, saved["fused"]
-    e_in = 128 * 32 * 32 * 32
-    ks1, saved1 = kernels(False)
-    ks2, saved2 = kernels(True)
-    assert sum(k.what.startswith("two-pass: bn_act_dropout fwd") for k in ks2) == 1
-    assert sum(k.bytes for k in ks2 if k.what.startswith("two-pass: bn_act_dropout fwd")) == 2 * e_in * 2
-    assert saved2["g1.b0.conv2.a"] == e_in * 2 and "g1.b0.bn2.bits" not in saved2 and "g1.b0.bn2.bits" in saved1
-    assert not any(k.what.startswith("two-pass") for k in ks1)
+    ks1, saved1 = kernels("fused")
+    assert "g1.b0.bn2.bits" in saved1 and not any("bn_act_dropout" in k.what for k in ks1)
+    for route, wgrad_on_a in (("two_pass", True), ("pass_fwd", False), ("pass_fwd_wgrad", True)):
+        layer.route = route
+        split = {kind: layer.variant(kind, "bf16") for kind in layer.kinds()}
+        assert (split["fwd"].act, split["fwd"].dropout, split["fwd"].residual, split["fwd"].stats) == (
+            "identity", 0.0, True, True)
+        assert split["dgrad"] == fused["dgrad"]  # still fused on x
+        if wgrad_on_a:
+            assert (split["wgrad"].act, split["wgrad"].dropout) == ("identity", 0.0)
+        else:
+            assert split["wgrad"] == fused["wgrad"]
+        eltwise = layer.pass_variant("bf16")
+        assert (eltwise.kind, eltwise.cin, eltwise.act, eltwise.dropout) == ("bnad_fwd", 32, "relu", 0.3)
+        ks2, saved2 = kernels(route)
+        label = route.replace("_", "-")
+        passes = [k for k in ks2 if k.what.startswith(label + ": bn_act_dropout fwd")]
+        assert len(passes) == (2 if route == "pass_fwd_wgrad" else 1), route
+        assert all(k.bytes == 2 * e_in * 2 for k in passes)
+        assert ("g1.b0.conv2.a" in saved2) == (route == "two_pass") and "g1.b0.bn2.bits" not in saved2
+        assert sum(k.bytes for k in ks2 if "keep bits in backward" in k.what) == e_in / 8
 
 
 def test_roofline_counts_masked_tile_lanes_as_lost_work():

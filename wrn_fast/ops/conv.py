@@ -156,18 +156,29 @@ def _save_conf(ctx, weight, bias, residual, stride, padding, act, negative_slope
     ctx.bias_dtype = weight.dtype
 
 
-def _conv_grads(grad_y, x, a, weight, scale, shift, seed, keep_bits, conf, need_x, need_w, need_affine):
+def _conv_grads(grad_y, x, a, weight, scale, shift, seed, keep_bits, conf, need_x, need_w, need_affine,
+                route="fused"):
     """(grad_x, grad_weight, grad_scale, grad_shift) of the conv, None where not needed.
     dgrad through the prologue (act' and the mask recomputed from x in its epilogue);
-    wgrad recomputes the activation from x, or reads the saved ``a`` (two-pass path)."""
+    wgrad recomputes the activation from x in its prologue, or reads ``a``: the saved one
+    (route two_pass) or, route pass_fwd_wgrad, one the elementwise pass writes again here
+    (the forward's, bit for bit: same kernel, same seed). A pass route without bits gets
+    its dropout bitmask here, once for dgrad and a fused wgrad."""
     stride, padding, act, slope, p, tf32 = conf
     need_x, need_w, need_affine = bool(need_x), bool(need_w), bool(need_affine) and scale is not None
+    if need_w and a is None and route == "pass_fwd_wgrad":
+        a = _pass_op(x, scale, shift, act, slope, p, seed)
+    wgrad_on_a = need_w and a is not None
+    need_fused = need_x or need_affine or (need_w and not wgrad_on_a)
+    if (keep_bits is None and p > 0 and isinstance(seed, Tensor) and (need_x or need_affine)
+            and need_w and not wgrad_on_a):
+        keep_bits = _dropout_bits_op(seed, list(x.shape), float(p))  # one bitmask for dgrad and wgrad
     gx = gw = gsc = gsh = None
-    if need_x or need_affine or (need_w and a is None):
+    if need_fused:
         gx, gw, gsc, gsh = _bn_act_conv_backward_op(
             grad_y, x, weight, scale, shift, seed, keep_bits, stride, padding, act, slope, p, tf32,
-            need_x, need_w and a is None, need_affine)
-    if need_w and a is not None:
+            need_x, need_w and not wgrad_on_a, need_affine)
+    if wgrad_on_a:
         _, gw, _, _ = _bn_act_conv_backward_op(
             grad_y, a, weight, None, None, None, None, stride, padding, "identity", 0.0, 0.0, tf32,
             False, True, False)
@@ -195,67 +206,100 @@ def _backward(ctx, grad_y, grad_mean, grad_m2, grad_count):
 torch.library.register_autograd("wrn_fast::bn_act_conv", _backward, setup_context=_setup_context)
 
 
-# --------------------------------------------------------------------------- two-pass path (narrow layers)
+# --------------------------------------------------------------------------- the pass routes
 
 def _kb():
     from wrn_fast.kernels import bn_act_dropout as kb
     return kb
 
 
+def _pass(x, scale, shift, act, negative_slope, dropout_p, seed):
+    """a = dropout(act(x*scale + shift)) by the elementwise kernel (kernels/bn_act_dropout.py;
+    its mask is the conv's: a function of seed and the logical NCHW index)."""
+    a = _kb().bn_act_dropout_fwd(x, scale, shift, act=act, negative_slope=negative_slope, dropout_p=dropout_p,
+                                 seed=seed)
+    bump("bn_act_dropout_fwd")
+    return a
+
+
+@torch.library.custom_op("wrn_fast::conv_pass_activation", mutates_args=())
+def _pass_op(x: Tensor, scale: Tensor, shift: Tensor, act: str, negative_slope: float, dropout_p: float,
+             seed: Optional[Tensor]) -> Tensor:
+    """``_pass`` as an op of its own: route pass_fwd_wgrad's backward writes the activation
+    again for wgrad (an op, so that a traced backward sees it, with its fake kernel)."""
+    return _pass(x, scale, shift, act, negative_slope, dropout_p, seed)
+
+
+@_pass_op.register_fake
+def _(x, scale, shift, act, negative_slope, dropout_p, seed):
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=output_memory_format(x))
+
+
+def _check_route(route):
+    if route not in _k().ROUTES:
+        raise ValueError(f"route must be one of {_k().ROUTES}, got {route!r}")
+
+
 @torch.library.custom_op("wrn_fast::bn_act_conv_two_pass", mutates_args=())
 def _two_pass_op(
     x: Tensor, weight: Tensor, scale: Tensor, shift: Tensor, bias: Optional[Tensor], residual: Optional[Tensor],
     seed: Optional[Tensor], stride: int, padding: List[int], act: str, negative_slope: float, dropout_p: float,
-    compute_stats: bool, allow_tf32: bool,
+    compute_stats: bool, allow_tf32: bool, route: str = "two_pass",
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """bn_act_conv as two kernels: a = dropout(act(x*scale + shift)) by the elementwise
-    kernel (kernels/bn_act_dropout.py, the same mask: a function of seed and the logical
-    NCHW index), then the implicit GEMM on ``a`` without a prologue. Returns
-    (y, mean_p, m2_p, count_p, a); ``a`` is kept for wgrad."""
+    kernel, then the implicit GEMM on ``a`` without a prologue. Returns
+    (y, mean_p, m2_p, count_p, a); ``a`` is kept for wgrad with route two_pass, freed
+    (an empty tensor is returned) with pass_fwd / pass_fwd_wgrad (see conv_config.ROUTES)."""
     return _two_pass_fwd(x, weight, scale, shift, bias, residual, seed, stride, padding, act, negative_slope,
-                         dropout_p, compute_stats, allow_tf32)
+                         dropout_p, compute_stats, allow_tf32, route)
 
 
 def _two_pass_fwd(x, weight, scale, shift, bias, residual, seed, stride, padding, act, negative_slope, dropout_p,
-                  compute_stats, allow_tf32):
+                  compute_stats, allow_tf32, route="two_pass"):
     # every argument checked before the first launch (as the one-kernel launcher does)
+    _check_route(route)
     _k()._check_common(x, weight.shape, scale, shift, stride, padding, act, dropout_p, seed, None, weight=weight)
-    a = _kb().bn_act_dropout_fwd(x, scale, shift, act=act, negative_slope=negative_slope, dropout_p=dropout_p,
-                                 seed=seed)
-    bump("bn_act_dropout_fwd")
+    a = _pass(x, scale, shift, act, negative_slope, dropout_p, seed)
     y, stats = _k().bn_act_conv_fwd(a, weight, None, None, stride=stride, padding=padding, act="identity",
                                     bias=bias, residual=residual, compute_stats=compute_stats,
                                     allow_tf32=allow_tf32)
     bump("bn_act_conv_fwd")
-    return (*_with_stats(y, stats, weight.shape[0]), a)
+    return (*_with_stats(y, stats, weight.shape[0]), a if route == "two_pass" else x.new_empty((0,)))
+
+
+def _fake_a(x, route):
+    if route == "two_pass":
+        return torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=output_memory_format(x))
+    return x.new_empty((0,))
 
 
 @_two_pass_op.register_fake
 def _(x, weight, scale, shift, bias, residual, seed, stride, padding, act, negative_slope, dropout_p, compute_stats,
-      allow_tf32):
-    a = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=output_memory_format(x))
-    return (*_fake_fwd(x, weight, stride, padding, compute_stats), a)
+      allow_tf32, route="two_pass"):
+    return (*_fake_fwd(x, weight, stride, padding, compute_stats), _fake_a(x, route))
 
 
 def _two_pass_setup_context(ctx, inputs, output):
     (x, weight, scale, shift, bias, residual, seed, stride, padding, act, negative_slope, dropout_p,
-     compute_stats, allow_tf32) = inputs
-    ctx.save_for_backward(x, output[4], weight, scale, shift, seed)
+     compute_stats, allow_tf32, *rest) = inputs
+    ctx.route = rest[0] if rest else "two_pass"
+    ctx.save_for_backward(x, output[4] if ctx.route == "two_pass" else None, weight, scale, shift, seed)
     ctx.mark_non_differentiable(*output[1:])
     _save_conf(ctx, weight, bias, residual, stride, padding, act, negative_slope, dropout_p, allow_tf32)
 
 
 def _two_pass_backward(ctx, grad_y, grad_mean, grad_m2, grad_count, grad_a):
     """dgrad fused as in the one-kernel path (act' and the mask recomputed from x in its
-    epilogue, with the BN affine gradients); wgrad on the saved activation, no prologue."""
+    epilogue, with the BN affine gradients); wgrad on the saved activation (two_pass), on
+    the pass's output written again (pass_fwd_wgrad) or fused on x (pass_fwd)."""
     x, a, weight, scale, shift, seed = ctx.saved_tensors
     nig = ctx.needs_input_grad
     if grad_y is None:
-        return (None,) * 14
+        return (None,) * 15
     gx, gw, gsc, gsh = _conv_grads(grad_y, x, a, weight, scale, shift, seed, None, ctx.conf, nig[0], nig[1],
-                                   nig[2] or nig[3])
+                                   nig[2] or nig[3], ctx.route)
     gb, gr = _bias_residual_grads(ctx, grad_y, nig[4], nig[5])
-    return (gx, gw, gsc if nig[2] else None, gsh if nig[3] else None, gb, gr) + (None,) * 8
+    return (gx, gw, gsc if nig[2] else None, gsh if nig[3] else None, gb, gr) + (None,) * 9
 
 
 torch.library.register_autograd("wrn_fast::bn_act_conv_two_pass", _two_pass_backward,
@@ -280,33 +324,32 @@ def _bn_batch_act_conv_op(
     bn_weight: Optional[Tensor], bn_bias: Optional[Tensor], eps: float, bias: Optional[Tensor],
     residual: Optional[Tensor], seed: Optional[Tensor], keep_bits: Optional[Tensor], stride: int,
     padding: List[int], act: str, negative_slope: float, dropout_p: float, compute_stats: bool, allow_tf32: bool,
-    two_pass: bool,
+    route: str,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """bn_act_conv (one kernel, or two with ``two_pass``) whose scale / shift are
+    """bn_act_conv (one kernel, or the pass and the GEMM: ``route``) whose scale / shift are
     ``bn_finalize(mean, var, bn_weight, bn_bias, eps)`` of x's batch statistics (given,
     computed without autograd); differentiable w.r.t. x (statistics included), weight,
     bn_weight, bn_bias, bias, residual. Returns (y, mean_p, m2_p, count_p, a); ``a`` is the
-    two-pass activation kept for wgrad (empty otherwise)."""
-    if two_pass:
+    activation kept for wgrad by route two_pass (empty otherwise)."""
+    if route != "fused":
         return _two_pass_fwd(x, weight, scale, shift, bias, residual, seed, stride, padding, act, negative_slope,
-                             dropout_p, compute_stats, allow_tf32)
+                             dropout_p, compute_stats, allow_tf32, route)
     return (*_one_pass_fwd(x, weight, scale, shift, bias, residual, seed, keep_bits, stride, padding, act,
                            negative_slope, dropout_p, compute_stats, allow_tf32), x.new_empty((0,)))
 
 
 @_bn_batch_act_conv_op.register_fake
 def _(x, weight, scale, shift, mean, var, bn_weight, bn_bias, eps, bias, residual, seed, keep_bits, stride, padding,
-      act, negative_slope, dropout_p, compute_stats, allow_tf32, two_pass):
-    a = (torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=output_memory_format(x)) if two_pass
-         else x.new_empty((0,)))
-    return (*_fake_fwd(x, weight, stride, padding, compute_stats), a)
+      act, negative_slope, dropout_p, compute_stats, allow_tf32, route):
+    return (*_fake_fwd(x, weight, stride, padding, compute_stats), _fake_a(x, route))
 
 
 def _bn_batch_setup_context(ctx, inputs, output):
     (x, weight, scale, shift, mean, var, bn_weight, bn_bias, eps, bias, residual, seed, keep_bits, stride, padding,
-     act, negative_slope, dropout_p, compute_stats, allow_tf32, two_pass) = inputs
-    ctx.save_for_backward(x, output[4] if two_pass else None, weight, scale, shift, mean, var, bn_weight, seed,
-                          keep_bits)
+     act, negative_slope, dropout_p, compute_stats, allow_tf32, route) = inputs
+    ctx.route = route
+    ctx.save_for_backward(x, output[4] if route == "two_pass" else None, weight, scale, shift, mean, var, bn_weight,
+                          seed, keep_bits)
     ctx.mark_non_differentiable(*output[1:])
     _save_conf(ctx, weight, bias, residual, stride, padding, act, negative_slope, dropout_p, allow_tf32)
     ctx.eps = float(eps)
@@ -320,7 +363,7 @@ def _bn_batch_backward(ctx, grad_y, grad_mean_p, grad_m2_p, grad_count_p, grad_a
         return (None,) * 21
     need_bn = bool(nig[0] or nig[6] or nig[7])
     gx, gw, gsc, gsh = _conv_grads(grad_y, x, a, weight, scale, shift, seed, keep_bits, ctx.conf, nig[0], nig[1],
-                                   need_bn)
+                                   need_bn, ctx.route)
     g_bn_w = g_bn_b = None
     if need_bn:
         from . import ext  # the C++ ops: the BatchNorm backward formula (csrc/bn_backward_formula.h)
@@ -358,7 +401,8 @@ def bn_act_conv(x: Tensor, weight: Tensor, scale: Optional[Tensor] = None, shift
                 bias: Optional[Tensor] = None, residual: Optional[Tensor] = None, seed: Optional[Tensor] = None,
                 *, stride: int = 1, padding=(1, 1, 1, 1), act: str = "identity", negative_slope: float = 0.0,
                 dropout_p: float = 0.0, compute_stats: bool = False, allow_tf32: Optional[bool] = None,
-                two_pass: Optional[bool] = None, batch_bn: Optional[BatchBN] = None):
+                two_pass: Optional[bool] = None, route: Optional[str] = None,
+                batch_bn: Optional[BatchBN] = None):
     """y = conv2d(zero_pad(dropout(act(x*scale + shift))), weight) (+ bias) (+ residual).
 
     padding: int, (ph, pw) or (top, bottom, left, right) (TF-SAME stride 2 is (0, 1, 0, 1)).
@@ -367,11 +411,14 @@ def bn_act_conv(x: Tensor, weight: Tensor, scale: Optional[Tensor] = None, shift
     Returns ``(y, mean_p, m2_p, count_p)``: the partial statistics of y (see
     ``kernels.bn_act_conv.bn_act_conv_fwd``) when ``compute_stats``, else empty tensors.
     Differentiable w.r.t. x, weight, scale, shift, bias and residual.
-    two_pass (only with scale/shift): run BN-act-dropout as its own elementwise kernel
-    writing the activation, then the convolution without a prologue (its wgrad reads the
-    saved activation; dgrad stays fused). None = ``kernels.bn_act_conv.two_pass_layer``
-    decides from dtype and widths (narrow 16-bit layers on the GPU). Same results, same
-    dropout mask.
+    route (only with scale/shift): how the BN-act-dropout reaches the convolution, one of
+    ``kernels.bn_act_conv.ROUTES``: 'fused' (the conv's prologue), 'two_pass' (an
+    elementwise kernel writes the activation, the convolution and its wgrad read it, kept
+    for backward), 'pass_fwd' (the elementwise kernel for the forward only, the activation
+    freed after it), 'pass_fwd_wgrad' (as pass_fwd, and the backward writes it again for
+    wgrad); dgrad is fused on x in every route. None = ``kernels.bn_act_conv.conv_route``
+    decides from dtype, widths and dropout (16-bit on the GPU). ``two_pass`` True / False is
+    route 'two_pass' / 'fused'. Same results, same dropout mask.
     batch_bn (with scale/shift, which must then not require grad): scale / shift are a
     training BN's affine from x's batch statistics; the backward then also carries the
     statistics' gradient to x, bn weight and bias, summed into grad_x in one pass
@@ -383,19 +430,25 @@ def bn_act_conv(x: Tensor, weight: Tensor, scale: Optional[Tensor] = None, shift
         allow_tf32 = torch.backends.cudnn.allow_tf32
     if batch_bn is not None and scale is None:
         raise ValueError("batch_bn needs scale and shift (the BN's affine)")
+    if two_pass is not None:
+        if route is not None and route != ("two_pass" if two_pass else "fused"):
+            raise ValueError(f"two_pass={two_pass} contradicts route={route!r}")
+        route = "two_pass" if two_pass else "fused"
+    if route is not None:
+        _check_route(route)
     prologue = scale is not None and isinstance(x, Tensor) and isinstance(weight, Tensor) and weight.dim() == 4
-    if prologue and two_pass is None:
-        two_pass = _k().two_pass_layer(x.dtype, int(weight.shape[1]), int(weight.shape[0]),
-                                        int(weight.shape[2]) * int(weight.shape[3]), int(stride))
-    two_pass = bool(prologue and two_pass)
+    if prologue and route is None:
+        route = _k().conv_route(x.dtype, int(weight.shape[1]), int(weight.shape[0]),
+                                int(weight.shape[2]) * int(weight.shape[3]), int(stride), dropout=dropout_p > 0)
+    route = route if prologue else "fused"
     conf = (int(stride), pads, act, float(negative_slope), float(dropout_p), bool(compute_stats), bool(allow_tf32))
-    if two_pass and batch_bn is None:
-        return _two_pass_op(x, weight, scale, shift, bias, residual, seed, *conf)[:4]
+    if route != "fused" and batch_bn is None:
+        return _two_pass_op(x, weight, scale, shift, bias, residual, seed, *conf, route)[:4]
     keep_bits = None
-    if not two_pass and dropout_p > 0 and isinstance(seed, Tensor) and isinstance(x, Tensor) and x.dim() == 4:
+    if route == "fused" and dropout_p > 0 and isinstance(seed, Tensor) and isinstance(x, Tensor) and x.dim() == 4:
         keep_bits = _dropout_bits_op(seed, list(x.shape), float(dropout_p))
     if batch_bn is not None:
         return _bn_batch_act_conv_op(x, weight, scale, shift, batch_bn.mean, batch_bn.var, batch_bn.weight,
                                      batch_bn.bias, float(batch_bn.eps), bias, residual, seed, keep_bits, *conf,
-                                     two_pass)[:4]
+                                     route)[:4]
     return _bn_act_conv_op(x, weight, scale, shift, bias, residual, seed, keep_bits, *conf)
