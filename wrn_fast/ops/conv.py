@@ -258,6 +258,8 @@ def _two_pass_fwd(x, weight, scale, shift, bias, residual, seed, stride, padding
                   compute_stats, allow_tf32, route="two_pass"):
     # every argument checked before the first launch (as the one-kernel launcher does)
     _check_route(route)
+    if route == "fused":
+        raise ValueError("bn_act_conv_two_pass runs the pass routes; route 'fused' is wrn_fast::bn_act_conv")
     _k()._check_common(x, weight.shape, scale, shift, stride, padding, act, dropout_p, seed, None, weight=weight)
     a = _pass(x, scale, shift, act, negative_slope, dropout_p, seed)
     y, stats = _k().bn_act_conv_fwd(a, weight, None, None, stride=stride, padding=padding, act="identity",
