@@ -2,8 +2,10 @@
 
 Each distinct convolution of WRN-28-10 at batch 128 (``LAYER_MODEL``), fused ``fwd`` / ``dgrad`` /
 ``wgrad`` with the fusion of its place in the block (BN-ReLU prologue, dropout, residual,
-statistics; no dgrad for the stem), against cuDNN's plain convolution of the same shape
-(F.conv2d / aten.convolution_backward). Both are validated against a float32 (TF32 off; float64
+statistics; no dgrad for the stem) on the route the model runs it (``route`` in each row,
+kernels.bn_act_conv.conv_route: on a pass route the forward is the elementwise pass + the
+prologue-free GEMM, and so is its roofline prediction), against cuDNN's plain convolution of
+the same shape (F.conv2d / aten.convolution_backward). Both are validated against a float32 (TF32 off; float64
 on CPU) reference with the op contract's dropout mask, then timed A/B interleaved; the fused rows
 carry the roofline prediction of bench/roofline.py where its JSON is there.
 """
@@ -48,15 +50,34 @@ def load_roofline(results_dir: str, model: str = LAYER_MODEL[0], device_kind: st
         return {}, None
     name, depth, k, batch, res = LAYER_MODEL
     specs = dict(wrn_cifar_named_convs(depth, k, batch, res))
-    out: Dict[tuple, float] = {}
+    per_layer: Dict[str, Dict[str, float]] = {}  # layer -> pass -> ms (a layer's kernels summed)
     for kern in kernels:
-        what = str(kern.get("what", "")).split()
-        if kern.get("impl") != "fused" or what[:1] != ["bn_act_conv"] or len(what) < 2 or what[1] not in PASSES:
+        q = _roofline_pass(str(kern.get("what", "")))
+        if kern.get("impl") != "fused" or q is None or kern.get("time_s") is None:
             continue
-        spec = specs.get(kern.get("layer"))
-        if spec is not None and kern.get("time_s") is not None:
-            out.setdefault((what[1], spec), 1e3 * float(kern["time_s"]))
+        times = per_layer.setdefault(kern.get("layer"), {})
+        times[q] = times.get(q, 0.0) + 1e3 * float(kern["time_s"])
+    out: Dict[tuple, float] = {}
+    for layer, times in per_layer.items():  # the first layer of each shape (they are equal)
+        spec = specs.get(layer)
+        if spec is not None:
+            for q, ms in times.items():
+                out.setdefault((q, spec), ms)
     return out, os.path.relpath(paths[-1], common.REPO) if out else None
+
+
+def _roofline_pass(what: str) -> Optional[str]:
+    """The table pass a roofline kernel belongs to: the conv kernels ("bn_act_conv fwd|dgrad|wgrad
+    ..."), and on a pass route ("<route>: ...", bench.roofline_model) the elementwise pass the
+    forward runs ("bn_act_dropout fwd ...") or the backward runs again for wgrad ("... again for
+    wgrad"); None for anything else (the dropout bits, timed outside the rows)."""
+    words = what.split()
+    if words[:1] == ["bn_act_conv"] and len(words) > 1 and words[1] in PASSES:
+        return words[1]
+    route, _, rest = what.partition(": ")
+    if route in ("two-pass", "pass-fwd", "pass-fwd-wgrad") and rest.startswith("bn_act_dropout fwd"):
+        return "wgrad" if "again for wgrad" in rest else "fwd"
+    return None
 
 
 # ----------------------------------------------------------------------------- per-layer rows
@@ -95,13 +116,28 @@ def _layer_sets(K, spec, dt, device, memory_format, p: float, n_sets: int):
     return sets
 
 
-def _layer_fns(K, spec, p: float):
-    """{pass: (fused(s), cudnn(s))}: the fused kernel with the fusion of the conv's role, and
-    cuDNN's plain convolution of the same shape."""
+def layer_route(K, spec, dt, p: float) -> str:
+    """The route the model runs this conv on (kernels.bn_act_conv.conv_route; 'fused' for a conv
+    without the BN-act prologue, or kernels that predate routes)."""
+    prologue = ROLE_CONFIG[spec.role][0]
+    decide = getattr(K, "conv_route", None)
+    if not prologue or decide is None:
+        return "fused"
+    return decide(dt, spec.Cin, spec.Cout, spec.k * spec.k, spec.stride, dropout=p > 0)
+
+
+def _layer_fns(K, spec, p: float, route: str = "fused"):
+    """{pass: (fused(s), cudnn(s))}: the fused kernels of the conv's role on its ``route`` (as
+    the model runs it: on a pass route the forward is the elementwise bn_act_dropout pass + the
+    prologue-free GEMM, wgrad reads the activation: the forward's kept one (two_pass) or one the
+    pass writes again (pass_fwd_wgrad, timed with it)), and cuDNN's plain convolution of the
+    same shape."""
 
     prologue, _, has_res, stats = ROLE_CONFIG[spec.role]
     pad, stride = spec.pad, spec.stride
     kw = dict(stride=stride, padding=(pad,) * 4, act="relu" if prologue else "identity", dropout_p=p)
+    plain = dict(stride=stride, padding=(pad,) * 4, act="identity")
+    split = prologue and route != "fused"
 
     def aff(s):
         return (s["scale"], s["shift"]) if prologue else (None, None)
@@ -111,14 +147,27 @@ def _layer_fns(K, spec, p: float):
             return {"seed": None}
         return {"keep_bits": s["keep_bits"]} if "keep_bits" in s else {"seed": s["seed"]}
 
+    def activation(s):  # the pass: a = dropout(relu(x*scale + shift)), its mask from the seed
+        from wrn_fast.kernels import bn_act_dropout as KB
+        return KB.bn_act_dropout_fwd(s["x"], s["scale"], s["shift"], act="relu", dropout_p=p,
+                                     seed=s["seed"] if p > 0 else None)
+
     def fused_fwd(s):
-        return K.bn_act_conv_fwd(s["x"], s["w"], *aff(s), residual=s["res"] if has_res else None,
-                                 compute_stats=stats, **mask(s), **kw)[0]
+        res = s["res"] if has_res else None
+        if split:
+            return K.bn_act_conv_fwd(activation(s), s["w"], None, None, residual=res, compute_stats=stats,
+                                     **plain)[0]
+        return K.bn_act_conv_fwd(s["x"], s["w"], *aff(s), residual=res, compute_stats=stats, **mask(s), **kw)[0]
 
     def fused_dgrad(s):
         return K.bn_act_conv_dgrad(s["gy"], s["w"], s["x"], *aff(s), **mask(s), **kw)[0]
 
     def fused_wgrad(s):
+        if split and route in ("two_pass", "pass_fwd_wgrad"):
+            if route == "two_pass" and "a" not in s:
+                s["a"] = activation(s)  # kept from the forward: not part of wgrad's time
+            a = s["a"] if route == "two_pass" else activation(s)
+            return K.bn_act_conv_wgrad(s["gy"], a, None, None, weight_shape=tuple(s["w"].shape), **plain)
         return K.bn_act_conv_wgrad(s["gy"], s["x"], *aff(s), weight_shape=tuple(s["w"].shape), **mask(s), **kw)
 
     def cudnn_bwd(s, mask):
@@ -186,7 +235,8 @@ def layer_rows(t, spec, source: str) -> None:
         sets = _layer_sets(K, spec, dt, dev, t.memory_format, p, n_sets)
         if "keep_bits" in sets[0]:
             base["dropout_mask"] = "keep_bits, evaluated once per set outside the timed calls"
-        fns = _layer_fns(K, spec, p)
+        base["route"] = layer_route(K, spec, dt, p)
+        fns = _layer_fns(K, spec, p, base["route"])
         refs = _layer_refs(spec, sets[0], p, dev)
     except Skip as e:
         record_all(STATUS_SKIPPED, str(e))
@@ -260,7 +310,7 @@ def warm_layers(tiny: bool, dropout: float, device: torch.device, dt: torch.dtyp
         p = dropout if ROLE_CONFIG[spec.role][1] else 0.0
         s = _layer_sets(K, spec, dt, device, memory_format, p, 1)[0]
         t0 = time.monotonic()
-        for fused, _ in _layer_fns(K, spec, p).values():
+        for fused, _ in _layer_fns(K, spec, p, layer_route(K, spec, dt, p)).values():
             fused(s)
         common.sync(device)
         print(f"[warm] layer {spec.label}: {time.monotonic() - t0:.1f} s", flush=True)

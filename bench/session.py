@@ -204,6 +204,8 @@ def summarize(work_dir: str) -> str:
                   ("peak_mem_bytes", "{:.3g} B peak"), ("tflops", "{:.1f} TFLOP/s"), ("gbs", "{:.0f} GB/s"))
         for r in rows:
             what = r.get("what") or (f"{r.get('model')} b{r.get('batch')}" if r.get("model") else r.get("shape_label"))
+            if r.get("route") not in (None, "fused"):  # a layer row timed on its pass route
+                what = f"{what} [{r['route']}]"
             figs = ", ".join(fmt.format(r[k]) for k, fmt in labels if isinstance(r.get(k), (int, float)))
             med = r.get("median_ms")
             lines.append(f"| {r.get('section')} | {what} | {r.get('pass') or r.get('mode') or ''} | "

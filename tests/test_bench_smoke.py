@@ -181,3 +181,47 @@ def test_roofline_predictions_join_the_layer_rows(tmp_path):
     spec = dict(wrn_cifar_named_convs(28, 10, 128, 32))["g1.b0.conv2"]
     assert (spec.role, spec.Cin, spec.Cout, spec.H) == ("conv2", 160, 160, 32)
     assert got == {("fwd", spec): 1.0, ("wgrad", spec): 2.0} and src.endswith("roofline_x_bf16.json")
+    # a layer on a pass route: its elementwise pass counts with the forward, the pass written
+    # again in backward with wgrad, the dropout bits with neither; the first layer of a shape wins
+    route = "pass-fwd-wgrad: "
+    kernels = [dict(k, layer="g1.b1.conv2") for k in kernels[:2]] + kernels
+    kernels[:0] = [
+        {"impl": "fused", "phase": "fwd", "layer": "g1.b1.conv2", "what": route + "bn_act_dropout fwd (read x)",
+         "time_s": 0.5e-3},
+        {"impl": "fused", "phase": "bwd", "layer": "g1.b1.conv2",
+         "what": route + "bn_act_dropout fwd again for wgrad (read x, write a)", "time_s": 0.25e-3},
+        {"impl": "fused", "phase": "bwd", "layer": "g1.b1.conv2", "what": route + "dropout keep bits in backward",
+         "time_s": 9.0}]
+    (tmp_path / "roofline_x_bf16.json").write_text(json.dumps({"models": {"wrn-28-10": {"h200": {"kernels": kernels}}}}))
+    got, _ = gpu_table.load_roofline(str(tmp_path))
+    assert got == {("fwd", spec): 1.5, ("wgrad", spec): 2.25}
+
+
+@pytest.mark.parametrize("route", ["fused", "two_pass", "pass_fwd", "pass_fwd_wgrad"])
+def test_layer_rows_time_the_route_the_model_runs(route, monkeypatch):
+    """bench.gpu_layers times each layer on the route kernels.bn_act_conv.conv_route gives it (on
+    a pass route: the elementwise pass + the prologue-free GEMM; wgrad on the activation where
+    the route says so), and those kernels give the reference's results (interpreter, toy shape
+    with dropout and residual); the counters of the elementwise kernel show the pass ran."""
+    from bench import gpu_layers
+    from bench.shapes import wrn_cifar_named_convs
+    from wrn_fast.kernels import bn_act_conv as K
+    from wrn_fast.kernels import bn_act_dropout as KB
+
+    monkeypatch.setattr(K, "conv_route", lambda dtype, cin, cout, taps, stride, dropout=False: route)
+    calls = []
+    real = KB.bn_act_dropout_fwd
+    monkeypatch.setattr(KB, "bn_act_dropout_fwd", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    spec = dict(wrn_cifar_named_convs(10, 1, 2, 8))["g1.b0.conv2"]
+    dt, p = torch.float32, 0.3
+    assert gpu_layers.layer_route(K, spec, dt, p) == route
+    s = gpu_layers._layer_sets(K, spec, dt, torch.device("cpu"), torch.channels_last, p, 1)[0]
+    fns = gpu_layers._layer_fns(K, spec, p, route)
+    refs = gpu_layers._layer_refs(spec, s, p, torch.device("cpu"))
+    for q, (fused, _) in fns.items():
+        out = fused(s)
+        err = ((out.double() - refs["wrn_fast"][q].double()).norm() / refs["wrn_fast"][q].double().norm()).item()
+        assert err < 1e-5, (route, q, err)  # fp32 vs the float64 reference
+    # passes: the forward's on every pass route, wgrad's own on pass_fwd_wgrad, the kept one
+    # (made once, outside wgrad's time) on two_pass
+    assert len(calls) == {"fused": 0, "two_pass": 2, "pass_fwd": 1, "pass_fwd_wgrad": 2}[route]
