@@ -224,10 +224,14 @@ def _summarise(v, compiled, ptxas, tools, ptxas_logs):
         regs, spill_st, spill_ld, stack = (rep["registers"], rep["spill_store_bytes"], rep["spill_load_bytes"],
                                            rep["stack_bytes"])
         taps = consts.get("TAPS")  # the tap-stacked wgrad: M = TAPS x BLOCK_C rows
-        bm = consts.get("BLOCK_M") if taps is None else taps * consts.get("BLOCK_C", 0)
-        tile = (bm, consts.get("BLOCK_N"), consts.get("BLOCK_K"))
+        sw = consts.get("SW")  # the tap-grid wgrad: M = SW x BLOCK_C rows, N = KH x BLOCK_CO columns
+        bm = (taps * consts.get("BLOCK_C", 0) if taps else sw * consts.get("BLOCK_C", 0) if sw
+              else consts.get("BLOCK_M"))
+        bn = consts.get("KH", 0) * consts.get("BLOCK_CO", 0) if sw else consts.get("BLOCK_N")
+        tile = (bm, bn, consts.get("BLOCK_K"))
         tile = tile if all(isinstance(t, int) for t in tile) else None
-        config = [tile[0], tile[1], tile[2], md.num_stages, warps] + ([taps] if taps else []) if tile else None
+        extra = [taps] if taps else [f"SW{sw}"] if sw else []
+        config = [tile[0], tile[1], tile[2], md.num_stages, warps] + extra if tile else None
         k = {"name": name, "main_gemm": via_forced, "warps": warps, "stages": md.num_stages,
              "constexprs": {c: consts[c] for c in sorted(consts) if c.isupper()},
              "config": config,

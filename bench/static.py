@@ -339,7 +339,10 @@ def tile_fill(v, config):
     kh*kw*Cin below 16 channels, the stem); dgrad M = N*H*W, N = Cin, K = Cout per tap;
     wgrad M = Cout, N = Cin (kh*kw*Cin below 16 channels; its K, the pixels, comes in whole
     chunks); the tap-stacked wgrad (a 6th config entry, TAPS: M = TAPS x BLOCK_C rows of
-    (tap, c)) fills its groups of taps (9 taps in 2s: 90%), Cin over BLOCK_C and Cout over N."""
+    (tap, c)) fills its groups of taps (9 taps in 2s: 90%), Cin over BLOCK_C and Cout over N;
+    the tap-grid wgrad (6th entry "SW<n>": M = SW x BLOCK_C rows of (kw, c), N = kh x
+    BLOCK_CO columns of (kh, co)) fills its groups of w-shifts (3 in 2s or 4s: 75%), Cin over
+    BLOCK_C and Cout over BLOCK_CO."""
     bm, bn, bk = config[:3]
 
     def fill(size, block):
@@ -351,6 +354,9 @@ def tile_fill(v, config):
         return fill(v.n * ho * ho, bm) * fill(v.cout, bn) * k
     if v.kind == "dgrad":
         return fill(v.n * v.hw * v.hw, bm) * fill(v.cin, bn) * fill(v.cout, bk)
+    if len(config) > 5 and str(config[5]).startswith("SW"):  # the tap-grid wgrad
+        sw = int(str(config[5])[2:])
+        return fill(v.ksize, sw) * fill(v.cin, bm // sw) * fill(v.cout, bn // v.ksize)
     if len(config) > 5:  # the tap-stacked wgrad
         taps = config[5]
         return fill(v.ksize * v.ksize, taps) * fill(v.cin, bm // taps) * fill(v.cout, bn)

@@ -387,9 +387,10 @@ def wgrad_taps(dtype: torch.dtype, cin: int, cout: int, taps: int):
     wgrad on the saved activation) should stack taps along the GEMM's M, else None: 16-bit
     on the GPU, 16 <= Cin <= 32 (2 taps x 32 or 4 x 16 channels fill wgmma's 64 rows, where
     Cout on M pads Cout = 32 to 64), at least 2 taps. The launcher also requires dense
-    pixels at stride 1 (its LINEAR offsets). bf16 sm_90a, WRN-28-2 (N = 960), useful issue
-    ceiling (SASS ceiling x tile fill): 32 -> 32 0.33 (64x32x128 with Cout on M: 0.66 x 50%)
-    -> 0.42 (2 taps: 0.47 x 9/10), 16 -> 32 0.19 -> 0.35 (4 taps: 0.47 x 9/12)."""
+    pixels at stride 1 (its LINEAR offsets), and takes ``wgrad_tapgrid`` first where it
+    applies (Cout <= 32, 3x3). bf16 sm_90a, WRN-28-2 (N = 960), useful issue ceiling (SASS
+    ceiling x tile fill): 32 -> 32 0.33 (64x32x128 with Cout on M: 0.66 x 50%) -> 0.49
+    (2 taps: 0.54 x 9/10), 16 -> 32 0.19 -> 0.40 (4 taps: 0.53 x 9/12); 32 -> 64: 0.96 x 9/10."""
     if not (_GPU_TILES and dtype in (torch.float16, torch.bfloat16) and 16 <= cin <= 32 and taps >= 2):
         return None
     block_c = 16 if cin <= 16 else 32
@@ -407,6 +408,42 @@ def launch_taps(kernel, grid, args, consts, cout):
     else:
         (bn, bk), stages = _INTERPRET_TAPS, 1
     kernel.fn[grid](*args, **consts, BLOCK_N=bn, BLOCK_K=bk, num_stages=stages, num_warps=4)
+
+
+# The tap-grid wgrad (conv_wgrad._wgrad_tapgrid_kernel: narrow Cin and Cout, no prologue,
+# dense pixels at stride 1): SW w-shifts x BLOCK_C channels = 64 rows on M, KH x BLOCK_CO on
+# N, BLOCK_K pixels per step.
+TAPGRID_CONFIGS = [triton.Config({"BLOCK_K": bk}, num_stages=st, num_warps=4)
+                   for bk, st in ((64, 3), (128, 3), (64, 4), (32, 4))]
+_INTERPRET_TAPGRID_K = 32
+TAPGRID_KEY = ["Cin", "Cout", "H", "W", "KH", "KW", "PT", "PL", "SW", "BLOCK_C", "BLOCK_CO", "K_CHUNK", "IN_PREC"]
+
+
+def wgrad_tapgrid(dtype: torch.dtype, cin: int, cout: int, kh: int, kw: int):
+    """(SW, BLOCK_C, BLOCK_CO) when the weight gradient of a prologue-free 3x3 conv (the
+    two-pass path's wgrad on the saved activation) should factor its taps over both sides of
+    the GEMM (conv_wgrad._wgrad_tapgrid_kernel), else None: 16-bit on the GPU, 16 <= Cin <= 32
+    (2 w-shifts x 32 or 4 x 16 channels on wgmma's 64 rows; 3 of 4 w-slots used), Cout <= 32
+    (columns 3 h-shifts x 32 = 96, 64 + 32). Where Cout >= 64 the tap-stacked kernel's own N
+    side is wide enough (wgrad_taps: 32 -> 64 issue ceiling 0.96 x 90% of its tap slots).
+    bf16 sm_90a, WRN-28-2 (N = 960), useful issue ceiling (SASS ceiling x tile fill):
+    32 -> 32 0.49 (taps stacked: 0.54 x 9/10) -> 0.70 (0.93 x 3/4), 16 -> 32 0.40 (0.53 x
+    9/12) -> 0.70; fp16 alike, no spills."""
+    if not (_GPU_TILES and dtype in (torch.float16, torch.bfloat16) and 16 <= cin <= 32 and cout <= 32
+            and kh == 3 and kw == 3):
+        return None
+    block_c = 16 if cin <= 16 else 32
+    return 64 // block_c, block_c, 32 if cout > 16 else 16
+
+
+def launch_tapgrid(kernel, grid, args, consts):
+    """Launch the tap-grid wgrad: autotuned, or its default (64 pixels per step, 3 stages;
+    the interpreter's 32)."""
+    if AUTOTUNE and _GPU_TILES:
+        kernel[grid](*args, **consts)
+        return
+    bk, stages = (64, 3) if _GPU_TILES else (_INTERPRET_TAPGRID_K, 1)
+    kernel.fn[grid](*args, **consts, BLOCK_K=bk, num_stages=stages, num_warps=4)
 
 
 def min_block_m(kind, dtype, cin, cout, dropout, stride=1):

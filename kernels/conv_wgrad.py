@@ -247,6 +247,88 @@ def _wgrad_taps_kernel(
     tl.store(base + rco[None, :] * (Cin * KK) + (cj * KK + tj)[:, None], acc, mask=j_ok[:, None] & co_ok[None, :])
 
 
+@triton.autotune(configs=conv_config.TAPGRID_CONFIGS, key=conv_config.TAPGRID_KEY,
+                 cache_results=not conv_config.INTERPRET)
+@triton.heuristics({"EVEN_R": conv_config.even_rows})
+@triton.jit
+def _wgrad_tapgrid_kernel(
+    gy_ptr,         # [N, Cout, Ho, Wo], pixels dense (stride sgw per pixel), channel stride sgc
+    x_ptr,          # [N, Cin, H, W] the conv's input a (no prologue), pixels dense (sxw), channel stride sxc
+    part_ptr,       # [SPLIT, Cout, Cin*KH*KW] contiguous partial grad_w (fp32)
+    Cin, H, W, Cout, M, K_CHUNK, LOG2_WO,
+    sgw, sgc, sxw, sxc,
+    KH: tl.constexpr, KW: tl.constexpr, PT: tl.constexpr, PL: tl.constexpr, SW: tl.constexpr,
+    OFFS_64: tl.constexpr, IN_PREC: tl.constexpr, UPCAST: tl.constexpr, EVEN_R: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_CO: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """grad_w of a plain stride-1 conv over narrow Cin and Cout (<= 32) with the taps
+    factored over both sides of one GEMM: with q = p + dh*W, tap (dh, dw) of
+    gw = sum_p gy[p] a[p + dh*W + dw] is sum_q gy[q - dh*W] a[q + dw], so rows (kw, c) take
+    a shifted along w, columns (kh, co) take gy shifted along h, and block (kw, kh) of
+    acc[(kw, c), (kh, co)] is tap (kh, kw): SW w-shifts x BLOCK_C = 64 rows, KH x BLOCK_CO
+    columns (96 = 64 + 32 as two accumulators), K = pixels (split-K). Each loaded element
+    feeds KH x BLOCK_CO (or SW x BLOCK_C) products where the tap-stacked kernel's feed
+    Cout = 32, and each side's padding test is one shift's (a: 0 <= w + dw < W; gy:
+    0 <= h - dh < H, which also keeps p in q's image)."""
+    pid_w = tl.program_id(0)          # group of SW w-shifts
+    pid_n = tl.program_id(1)          # Cout tile
+    pid_k = tl.program_id(2)          # split-K chunk of the N*H*W reduction
+    KK: tl.constexpr = KH * KW
+    # rows j = (i, c): kw = pid_w * SW + i
+    rj = tl.arange(0, SW * BLOCK_C)
+    kwj = pid_w * SW + rj // BLOCK_C
+    cj = rj % BLOCK_C
+    dw = kwj - PL
+    j_ok = (cj < Cin) & (kwj < KW)
+    # columns l = (kh, co), as two parts when KH * BLOCK_CO is not a power of two
+    NL: tl.constexpr = KH * BLOCK_CO
+    NL0: tl.constexpr = _first_part(NL)
+    NL1: tl.constexpr = NL - NL0 if NL0 < NL else NL  # (unused when NL0 == NL)
+    l0 = tl.arange(0, NL0)
+    l1 = NL0 + tl.arange(0, NL1)
+    kh0 = l0 // BLOCK_CO
+    kh1 = l1 // BLOCK_CO
+    co0 = pid_n * BLOCK_CO + l0 % BLOCK_CO
+    co1 = pid_n * BLOCK_CO + l1 % BLOCK_CO
+    dh0 = kh0 - PT
+    dh1 = kh1 - PT
+    l0_ok = co0 < Cout
+    l1_ok = (co1 < Cout) & (kh1 < KH)
+    rk = tl.arange(0, BLOCK_K)
+    k_lo = pid_k * K_CHUNK
+    k_hi = tl.minimum(k_lo + K_CHUNK, M)
+    k_lo_w = k_lo.to(tl.int64) if OFFS_64 else k_lo
+    x_ptrs = x_ptr + (k_lo_w * sxw + rk * sxw)[None, :] + (dw * sxw + cj * sxc)[:, None]
+    g_ptrs0 = gy_ptr + (k_lo_w * sgw + rk * sgw)[:, None] + (co0 * sgc - dh0 * W * sgw)[None, :]
+    g_ptrs1 = gy_ptr + (k_lo_w * sgw + rk * sgw)[:, None] + (co1 * sgc - dh1 * W * sgw)[None, :]
+    acc0 = tl.zeros((SW * BLOCK_C, NL0), dtype=tl.float32)
+    acc1 = tl.zeros((SW * BLOCK_C, NL1), dtype=tl.float32)
+    for r0 in range(k_lo, k_hi, BLOCK_K):
+        q = r0 + rk
+        r_ok = tl.full([BLOCK_K], 1, tl.int1) if EVEN_R else q < k_hi
+        qh = (q >> LOG2_WO) & (H - 1)
+        qw = q & (W - 1)
+        # one unsigned compare per bound: a negative wraps past H / W
+        a = tl.load(x_ptrs, mask=j_ok[:, None] & (r_ok[None, :] & ((qw[None, :] + dw[:, None]).to(tl.uint32) < W)),
+                    other=0.0)
+        g0 = tl.load(g_ptrs0, mask=(r_ok[:, None] & ((qh[:, None] - dh0[None, :]).to(tl.uint32) < H))
+                     & l0_ok[None, :], other=0.0)
+        acc0 = _mma(a, g0, acc0, IN_PREC, UPCAST)
+        if NL0 < NL:
+            g1 = tl.load(g_ptrs1, mask=(r_ok[:, None] & ((qh[:, None] - dh1[None, :]).to(tl.uint32) < H))
+                         & l1_ok[None, :], other=0.0)
+            acc1 = _mma(a, g1, acc1, IN_PREC, UPCAST)
+        x_ptrs += BLOCK_K * sxw
+        g_ptrs0 += BLOCK_K * sgw
+        g_ptrs1 += BLOCK_K * sgw
+    # acc[(kw, c), (kh, co)] -> part[pid_k, co, c*KK + kh*KW + kw]
+    base = part_ptr + pid_k.to(tl.int64) * Cout * (Cin * KK)
+    rows = (cj * KK + kwj)[:, None]
+    tl.store(base + rows + (co0 * (Cin * KK) + kh0 * KW)[None, :], acc0, mask=j_ok[:, None] & l0_ok[None, :])
+    if NL0 < NL:
+        tl.store(base + rows + (co1 * (Cin * KK) + kh1 * KW)[None, :], acc1, mask=j_ok[:, None] & l1_ok[None, :])
+
+
 def _pixels_linear(grad_y, x, stride, ho, wo):
     """Whether pixel (n, h, w) of grad_y and of x sits at r * (stride of w), r = (n*H + h)*W + w,
     in both (dense pixels, e.g. channels_last contiguous) and the conv keeps the spatial
@@ -288,9 +370,22 @@ def bn_act_conv_wgrad(grad_y, x, scale=None, shift=None, *, weight_shape, stride
 
     pow2_out = _is_pow2(ho) and _is_pow2(wo)
     linear = pow2_out and _pixels_linear(grad_y, x, stride, ho, wo)
-    taps = conv_config.wgrad_taps(x.dtype, cin, cout, kh * kw) if scale is None and linear else None
+    tapgrid = conv_config.wgrad_tapgrid(x.dtype, cin, cout, kh, kw) if scale is None and linear else None
+    taps = (conv_config.wgrad_taps(x.dtype, cin, cout, kh * kw) if scale is None and linear and tapgrid is None
+            else None)
     with launch_device(x):
         part = torch.empty((split, cout, cin * kh * kw), device=dev, dtype=acc_dtype)
+        if tapgrid is not None:  # narrow Cin and Cout, no prologue: taps over both sides (_wgrad_tapgrid_kernel)
+            n_sw, block_c, block_co = tapgrid
+            in_prec, upcast = conv_config._dot_modes(x.dtype, allow_tf32)
+            grid = (triton.cdiv(kw, n_sw), triton.cdiv(cout, block_co), split)
+            conv_config.launch_tapgrid(_wgrad_tapgrid_kernel, grid, (
+                grad_y, x, part, cin, h, w, cout, m_rows, chunk, wo.bit_length() - 1,
+                grad_y.stride(3), grad_y.stride(1), x.stride(3), x.stride(1),
+            ), dict(KH=kh, KW=kw, PT=pt, PL=pl, SW=n_sw, OFFS_64=_needs_int64(grad_y, x),
+                    IN_PREC=in_prec, UPCAST=upcast, BLOCK_C=block_c, BLOCK_CO=block_co))
+            gw = part[0] if split == 1 else part.sum(0)
+            return gw.view(cout, cin, kh, kw).to(out_dtype)
         if taps is not None:  # narrow Cin, no prologue: taps stacked along M (see _wgrad_taps_kernel)
             n_taps, block_c = taps
             in_prec, upcast = conv_config._dot_modes(x.dtype, allow_tf32)

@@ -84,8 +84,8 @@ for dtype in (torch.float32, torch.bfloat16, torch.float16):
         # dgrad with its epilogue) and the two-pass wgrad under a wide Cout
         (64, 32, 3, 1, (1, 1, 1, 1), "relu", 0.3, False),     # dgrad 256x64x32 + dropout epilogue
         (32, 64, 3, 1, (1, 1, 1, 1), None, 0.0, False),       # fwd 256x64x32, dgrad 256x32, no prologue
-        (32, 32, 3, 1, (1, 1, 1, 1), None, 0.0, False),       # fwd, dgrad 256x32x32 (K side of 32 channels)
-        (16, 128, 3, 1, (1, 1, 1, 1), None, 0.0, False),      # wgrad 128x32, no prologue
+        (32, 32, 3, 1, (1, 1, 1, 1), None, 0.0, False),       # fwd, dgrad 256x32x32; wgrad: the tap grid
+        (16, 128, 3, 1, (1, 1, 1, 1), None, 0.0, False),      # wgrad: taps stacked (4 x 16 rows), no prologue
     ):
         if dtype == torch.float32 and (cin, cout) in ((64, 32), (32, 64), (32, 32), (16, 128)):
             continue  # the narrow cases exercise 16-bit tiles (fp32's list is covered above)

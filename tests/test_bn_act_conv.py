@@ -210,6 +210,33 @@ def test_every_gpu_tile_config(kernel, dtype):
         tuner.cache.clear()
 
 
+@pytest.mark.skipif(DEV != "cuda", reason="the interpreter has one config; GPU configs are compiled by "
+                    "test_triton_gpu_compile.py --all-configs")
+@pytest.mark.parametrize("cin,cout,kernel", [(32, 32, "_wgrad_tapgrid_kernel"), (16, 32, "_wgrad_tapgrid_kernel"),
+                                             (32, 64, "_wgrad_taps_kernel")])
+def test_every_narrow_wgrad_config_on_the_gpu(cin, cout, kernel, monkeypatch):
+    """Each autotune config of the narrow prologue-free wgrads (tap grid at Cout <= 32, taps
+    stacked at Cout = 64), forced alone, gives conv2d_weight's result in bf16 (the suite
+    otherwise runs their default config)."""
+    monkeypatch.setattr(conv_config, "AUTOTUNE", True)
+    tuner = getattr(conv_wgrad, kernel)
+    saved = tuner.configs
+    torch.manual_seed(0)
+    x = torch.randn(4, cin, 16, 16, device=DEV).to(torch.bfloat16, memory_format=torch.channels_last)
+    gy = torch.randn(4, cout, 16, 16, device=DEV).to(torch.bfloat16, memory_format=torch.channels_last)
+    ref = torch.nn.grad.conv2d_weight(x.double(), (cout, cin, 3, 3), gy.double(), padding=1)
+    try:
+        for cfg in list(saved):
+            tuner.configs = [cfg]
+            tuner.cache.clear()
+            gw = K.bn_act_conv_wgrad(gy, x, weight_shape=(cout, cin, 3, 3), padding=(1, 1, 1, 1))
+            # bf16 products exact in fp32, fp32 sums over 1024 pixels, one bf16 rounding of the result
+            assert rel_err(gw, ref) < 1e-2, (kernel, cfg)
+    finally:
+        tuner.configs = saved
+        tuner.cache.clear()
+
+
 @pytest.mark.parametrize("name", FP64_CASES)
 @poison_outputs
 def test_grid_fp64(name):
@@ -550,6 +577,22 @@ def test_conv_route_decision(monkeypatch):
     assert K.default_config("fwd", torch.bfloat16, 640, 640, prologue=False)[:2] == (128, 128)
     assert K.default_config("wgrad", torch.bfloat16, 160, 160, prologue=False)[:3] == (192, 32, 128)
     assert K.default_config("wgrad", torch.bfloat16, 160, 160)[:3] == (256, 32, 128)
+
+
+def test_narrow_wgrad_kernel_choice(monkeypatch):
+    """Prologue-free wgrads at narrow widths on the GPU: taps over both GEMM sides where
+    Cout <= 32 (3x3), taps stacked on M where Cout is wider; neither in fp32 or the interpreter."""
+    assert conv_config.wgrad_tapgrid(torch.bfloat16, 32, 32, 3, 3) is None  # interpreter
+    monkeypatch.setattr(conv_config, "_GPU_TILES", True)
+    for dt in (torch.bfloat16, torch.float16):
+        assert conv_config.wgrad_tapgrid(dt, 32, 32, 3, 3) == (2, 32, 32)   # WRN-28-2 width 32
+        assert conv_config.wgrad_tapgrid(dt, 16, 32, 3, 3) == (4, 16, 32)   # WRN-28-2 g1.b0.conv1
+        assert conv_config.wgrad_tapgrid(dt, 16, 16, 3, 3) == (4, 16, 16)
+        assert conv_config.wgrad_tapgrid(dt, 32, 64, 3, 3) is None          # taps stacked: N = 64 wide
+        assert conv_config.wgrad_taps(dt, 32, 64, 9) == (2, 32)
+    assert conv_config.wgrad_tapgrid(torch.float32, 32, 32, 3, 3) is None
+    assert conv_config.wgrad_tapgrid(torch.bfloat16, 64, 32, 3, 3) is None
+    assert conv_config.wgrad_tapgrid(torch.bfloat16, 32, 32, 1, 1) is None
 
 
 def test_bad_route_before_any_launch():
@@ -1003,4 +1046,34 @@ def test_wgrad_taps_stacked_in_interpreter(monkeypatch, cin, taps, block_c):
     gw = K.bn_act_conv_wgrad(gy, x, weight_shape=w.shape, padding=(1, 1, 1, 1))
     ref = torch.nn.grad.conv2d_weight(x.double(), w.shape, gy.double(), padding=1)
     assert ran == [taps]
+    assert rel_err(gw, ref) < 1e-5  # fp32 products exact ("ieee"), fp32 sums over 64 pixels
+
+
+@pytest.mark.parametrize("cin,cout,sw,block_c,block_co", [(12, 12, 2, 16, 16), (20, 20, 4, 32, 16),
+                                                           (16, 40, 1, 16, 32)])
+@pytest.mark.parametrize("padding", [(1, 1, 1, 1), (0, 2, 2, 0)])
+def test_wgrad_tapgrid_in_interpreter(monkeypatch, cin, cout, sw, block_c, block_co, padding):
+    """The prologue-free wgrad with the taps factored over both sides of the GEMM (the
+    two-pass path's wgrad at narrow Cin and Cout on the GPU): rows (kw, c) of the activation
+    shifted along w, columns (kh, co) of grad_y shifted along h; w-shift groups partly past
+    KW, Cin short of BLOCK_C, Cout over one or two BLOCK_CO tiles, columns as one accumulator
+    (KH x 16 = 48: 32 + 16) or two (3 x 32 = 96: 64 + 32), both paddings that keep a 3x3
+    conv's size (8x4 image: every border case); against the reference, and the kernel is
+    proven to be the one that ran."""
+    monkeypatch.setattr(conv_config, "wgrad_tapgrid", lambda dtype, ci, co, kh, kw: (sw, block_c, block_co))
+    ran = []
+    real = conv_wgrad._wgrad_tapgrid_kernel.fn.run
+
+    def spy(*args, **kwargs):
+        ran.append(kwargs["SW"])
+        return real(*args, **kwargs)
+    monkeypatch.setattr(conv_wgrad._wgrad_tapgrid_kernel.fn, "run", spy)
+    torch.manual_seed(0)
+    x = torch.randn(2, cin, 8, 4, device=DEV).to(memory_format=torch.channels_last)
+    w = torch.randn(cout, cin, 3, 3, device=DEV)
+    gy = torch.randn(2, cout, 8, 4, device=DEV).to(memory_format=torch.channels_last)
+    gw = K.bn_act_conv_wgrad(gy, x, weight_shape=w.shape, padding=padding)
+    pt, pb, pl, pr = padding
+    ref = torch.nn.grad.conv2d_weight(F.pad(x.double(), (pl, pr, pt, pb)), w.shape, gy.double())
+    assert ran == [sw]
     assert rel_err(gw, ref) < 1e-5  # fp32 products exact ("ieee"), fp32 sums over 64 pixels

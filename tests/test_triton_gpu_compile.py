@@ -38,8 +38,8 @@ def test_triton_kernels_compile_for_gpu_target(cap, extra):
 
 
 def _check_all_compiled(stdout):
-    for name in ("_fwd_kernel", "_dgrad_kernel", "_wgrad_kernel", "dropout_bits_kernel",
-                 "_bn_act_dropout_fwd_kernel", "_bn_act_dropout_bwd_kernel"):
+    for name in ("_fwd_kernel", "_dgrad_kernel", "_wgrad_kernel", "_wgrad_taps_kernel", "_wgrad_tapgrid_kernel",
+                 "dropout_bits_kernel", "_bn_act_dropout_fwd_kernel", "_bn_act_dropout_bwd_kernel"):
         assert name in stdout, stdout
 
 
