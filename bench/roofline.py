@@ -119,7 +119,8 @@ def _layer_table(model, dev, ks, peak, bw, summ, missing):
             return sum(k.time(peak, bw)[0] for k in mine if k.impl in (impl, "both") and k.phase == phase)
         gf = sum(k.flops for k in mine if k.impl == "eager" and k.phase == "fwd") / 1e9
         ceils = " / ".join(f"{k.ceiling:.2f}" for k in mine if k.impl == "fused" and k.tc_flops)
-        routes = [r for r in ("two-pass", "pass-fwd-wgrad", "pass-fwd") if any(k.what.startswith(r + ":") for k in mine)]
+        routes = [r for r in ("two-pass", "pass-fwd-wgrad", "pass-fwd")
+                  if any(k.what.startswith(r + ":") for k in mine)]
         route = routes[0] if routes else "fused" if any(k.impl == "fused" and k.tc_flops for k in mine) else "-"
         L.append(f"| {layer} | {route} | {gf:.1f} | {_ms(t('eager', 'fwd'))} | {_ms(t('eager', 'bwd') + t('eager', 'step'))} | "
                  f"{_ms(t('fused', 'fwd'))} | {_ms(t('fused', 'bwd') + t('fused', 'step'))} | {ceils or '-'} |")

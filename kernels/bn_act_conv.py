@@ -48,4 +48,5 @@ from .conv_fwd import _fwd_kernel, bn_act_conv_fwd  # noqa: F401
 from .conv_wgrad import _wgrad_kernel, bn_act_conv_wgrad  # noqa: F401
 
 __all__ = ["ALL_CONFIGS", "ROUTES", "STATS_M", "TWO_PASS_MAX_COUT", "bn_act_conv_dgrad", "bn_act_conv_fwd",
-           "bn_act_conv_wgrad", "conv_route", "default_config", "dropout_bits", "max_batch", "stats_rows", "two_pass_layer"]
+           "bn_act_conv_wgrad", "conv_route", "default_config", "dropout_bits", "max_batch", "stats_rows",
+           "two_pass_layer"]

@@ -86,11 +86,12 @@ ALL_CONFIGS = {k: _CONFIGS_16[k] + _CONFIGS_32[k] for k in ("fwd", "dgrad", "wgr
 # 16-bit tiles the default chooses between, with the issue ceiling their K loop reaches
 # in the sm_90a SASS (WRN-28-10 shapes): (with a ReLU prologue, the same with dropout,
 # without a prologue: the routes that read a written activation, see ``conv_route``,
-# measured at WRN-28-10 / WRN-28-2 shapes; None = not measured, not chosen there). The prologue costs instructions per element
-# of the x operand, so its ceiling grows with the other side of the tile (BLOCK_N = Cout
-# for fwd, BLOCK_M = Cout for wgrad). Non-power-of-two sides run as two accumulators
-# (see the kernels): fwd 128x160 fills Cout = 160 / 320 (a 256-wide tile: 62.5%), wgrad
-# 320 rows fill Cout = 320 / 640, 192 rows (128 + 64) 83% of Cout = 160 (256: 62.5%).
+# measured at WRN-28-10 / WRN-28-2 shapes; None = not measured, not chosen there). The
+# prologue costs instructions per element of the x operand, so its ceiling grows with the
+# other side of the tile (BLOCK_N = Cout for fwd, BLOCK_M = Cout for wgrad). Non-power-of-
+# two sides run as two accumulators (see the kernels): fwd 128x160 fills Cout = 160 / 320
+# (a 256-wide tile: 62.5%), wgrad 320 rows fill Cout = 320 / 640, 192 rows (128 + 64) 83%
+# of Cout = 160 (256: 62.5%).
 _WIDE_16 = {
     "fwd": [((128, 256, 64, 3, 8), (1.0, 1.0, 1.0)), ((128, 128, 64, 3, 8), (0.65, 0.65, 1.0)),
             ((128, 160, 64, 3, 8), (0.79, 0.65, 1.0)), ((128, 160, 32, 4, 8), (0.68, 0.57, 1.0))],
@@ -294,8 +295,9 @@ def conv_route(dtype: torch.dtype, cin: int, cout: int, taps: int = 9, stride: i
     pass's (PASS_COST_PER_BYTE x elsize / (taps x Cout)). bf16, WRN-28-10 widths: 160
     channels fwd 0.68 / 0.57 (dropout) -> 1.00 with 128x160x32, wgrad 0.62 / 0.49 -> 0.79
     (192x32x128: 0.95 x 160/192): pass_fwd_wgrad; 320 fwd 0.79 / 0.65 -> 1.00, its wgrad
-    is 1.00 either way: pass_fwd; 640 (128x256, 83% of N either way): fused. Narrow layers
-    (``two_pass_layer``): two_pass. Only 16-bit on the GPU, 3x3-or-larger stride-1 convs
+    is 1.00 either way: pass_fwd; 640 fwd 0.83 (128x256 with the prologue) -> 1.00 (128x128
+    without): pass_fwd; WRN-70-16's 256-1024 (128x256 fills them at 1.00): fused. Narrow
+    layers (``two_pass_layer``): two_pass. Only 16-bit on the GPU, 3x3-or-larger stride-1 convs
     (the pass's cost per FLOP is 9x and 4x higher at 1x1 and stride 2); 'fused' in the
     interpreter, whose tests choose routes explicitly."""
     if two_pass_layer(dtype, cin, cout, taps, stride):

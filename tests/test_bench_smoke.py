@@ -192,7 +192,8 @@ def test_roofline_predictions_join_the_layer_rows(tmp_path):
          "what": route + "bn_act_dropout fwd again for wgrad (read x, write a)", "time_s": 0.25e-3},
         {"impl": "fused", "phase": "bwd", "layer": "g1.b1.conv2", "what": route + "dropout keep bits in backward",
          "time_s": 9.0}]
-    (tmp_path / "roofline_x_bf16.json").write_text(json.dumps({"models": {"wrn-28-10": {"h200": {"kernels": kernels}}}}))
+    models = {"wrn-28-10": {"h200": {"kernels": kernels}}}
+    (tmp_path / "roofline_x_bf16.json").write_text(json.dumps({"models": models}))
     got, _ = gpu_table.load_roofline(str(tmp_path))
     assert got == {("fwd", spec): 1.5, ("wgrad", spec): 2.25}
 
