@@ -1,6 +1,7 @@
-"""CI guard of issue 13: the DEFAULT bf16 configs of representative WRN-28-10 convolutions,
-compiled for sm_90a without a GPU (bench/sass.py), use wgmma in the main loop, do not
-spill, fit in shared memory, and reach the issue-ceiling target, both as the SASS allows
+"""CI guard of issue 13: the DEFAULT bf16 configs of representative WRN-28-10 convolutions
+(and WRN-28-2's narrow wgrad), compiled for sm_90a without a GPU (bench/sass.py), use
+wgmma in the main loop, do not spill, fit in shared memory, and reach the issue-ceiling
+target, both as the SASS allows
 it ('ceiling') and as useful work ('useful_ceiling': the SASS ceiling x the share of the
 tile's tensor-core FMAs that fall inside the GEMM, bench.static.tile_fill; a
 256-wide tile over 160 channels issues at 1.0 but does 62.5% useful work).
@@ -10,7 +11,7 @@ configs known to break each rule. A rule a DEFAULT config does not meet yet is
 xfail(strict=True) with the measured value (NOT_YET_MET): the day the kernel meets it the
 xfail turns into a failure and the entry is removed; every other rule is asserted hard.
 Compiles go through bench.sass's disk cache (keyed on the kernel sources), so a rerun is
-fast; a clean run compiles 10 kernels (a few minutes on 2 idle cores).
+fast; a clean run compiles 11 kernels (a few minutes on 2 idle cores).
 """
 import dataclasses
 
@@ -37,12 +38,14 @@ REPRESENTATIVE = {
     "g2_conv2_wgrad_dropout": Variant("wgrad", "bf16", 128, 320, 320, 16, act="relu", dropout=0.3),
     # group 3: 128 x 128 tiles over Cout = 640 (the prologue's 128x256: 83% of N)
     "g3_conv1_fwd": Variant("fwd", "bf16", 128, 640, 640, 8, act="identity", stats=True),
+    # WRN-28-2 (batch 960) width 32, routed two_pass: the tap-grid wgrad on the kept activation
+    "wrn28_2_wgrad": Variant("wgrad", "bf16", 960, 32, 32, 32, act="identity"),
 }
 # the model layer each representative stands for (its kernel kind from the name)
 LAYERS = {"conv1_fwd": "g1.b1.conv1", "conv2_fwd_residual": "g1.b1.conv2", "conv1_dgrad": "g1.b1.conv1",
           "conv2_dgrad_dropout": "g1.b1.conv2", "conv_wgrad": "g1.b1.conv2",
           "g2_conv2_fwd_residual": "g2.b1.conv2", "g2_conv2_wgrad_dropout": "g2.b1.conv2",
-          "g3_conv1_fwd": "g3.b1.conv1"}
+          "g3_conv1_fwd": "g3.b1.conv1", "wrn28_2_wgrad": ("wrn-28-2", "g1.b1.conv2")}
 CHECKS = ("wgmma", "no_spills", "smem_fits", "ceiling", "useful_ceiling")  # bench.sass.verdict's + tile fill
 # Rules a DEFAULT config breaks today, with the measured value (bench.sass at that commit).
 # Each is xfail(strict=True): the day the kernel meets the rule the test fails, and its
@@ -51,6 +54,8 @@ NOT_YET_MET = {
     # e.g. ("conv1_fwd", "no_spills"): "76 B spill stores (128x256x64/3/8, 255 registers) at 3e8fe81"
     # wgmma's rows come in 64s: Cout = 160 on M takes 192 (a 64-row part masked by half)
     ("conv_wgrad", "useful_ceiling"): "0.79 (192x32x128/3/8: 0.95 x 160/192 of M)",
+    # 3 w-shifts in groups of 2 on M: 3 of 4 row groups useful
+    ("wrn28_2_wgrad", "useful_ceiling"): "0.70 (tap grid 64x96x64/3/4 SW2: 0.93 x 3/4)",
 }
 # Configs that break a rule, each on a variant above: (variant, config, the rules it breaks)
 BAD = {
@@ -110,9 +115,12 @@ def test_representatives_are_what_the_route_runs():
     """Each representative is the variant its WRN-28-10 layer runs on the GPU's route
     (bench.static.model_layers asks kernels.bn_act_conv.conv_route as a GPU run would)."""
     from bench import static
-    layers = {L.name: L for L in static.model_layers("wrn-28-10", "bf16") if isinstance(L, static.ConvLayer)}
+    layers = {}
     for name, v in REPRESENTATIVE.items():
-        layer = layers[LAYERS[name]]
+        model, layer_name = LAYERS[name] if isinstance(LAYERS[name], tuple) else ("wrn-28-10", LAYERS[name])
+        if model not in layers:
+            layers[model] = {L.name: L for L in static.model_layers(model, "bf16") if isinstance(L, static.ConvLayer)}
+        layer = layers[model][layer_name]
         want = layer.variant(v.kind, "bf16")
         if not v.dropout:
             want = dataclasses.replace(want, dropout=0.0)  # the same layer trained without dropout
