@@ -1024,6 +1024,19 @@ def test_torch_compile_fullgraph_with_the_fused_bn_backward():
         assert torch.equal(bc, be) if not bc.is_floating_point() else rel_err(bc, be) < 1e-6, name
 
 
+def _record_launches(monkeypatch, tuner, const):
+    """The list that each launch of the autotuned ``tuner``'s jit function appends its
+    constexpr ``const`` to (proof of which kernel ran, with what)."""
+    ran = []
+    real = tuner.fn.run
+
+    def spy(*args, **kwargs):
+        ran.append(kwargs[const])
+        return real(*args, **kwargs)
+    monkeypatch.setattr(tuner.fn, "run", spy)
+    return ran
+
+
 @pytest.mark.parametrize("cin,taps,block_c", [(20, 2, 32), (16, 4, 16)])
 @poison_outputs
 def test_wgrad_taps_stacked_in_interpreter(monkeypatch, cin, taps, block_c):
@@ -1032,13 +1045,7 @@ def test_wgrad_taps_stacked_in_interpreter(monkeypatch, cin, taps, block_c):
     past KH*KW, Cin short of BLOCK_C, every padding case of a 3x3 conv (8x4 image); against
     the reference, and the kernel is proven to be the one that ran."""
     monkeypatch.setattr(conv_config, "wgrad_taps", lambda dtype, ci, co, kk: (taps, block_c))
-    ran = []
-    real = conv_wgrad._wgrad_taps_kernel.fn.run
-
-    def spy(*args, **kwargs):
-        ran.append(kwargs["TAPS"])
-        return real(*args, **kwargs)
-    monkeypatch.setattr(conv_wgrad._wgrad_taps_kernel.fn, "run", spy)
+    ran = _record_launches(monkeypatch, conv_wgrad._wgrad_taps_kernel, "TAPS")
     torch.manual_seed(0)
     x = torch.randn(2, cin, 8, 4, device=DEV).to(memory_format=torch.channels_last)
     w = torch.randn(12, cin, 3, 3, device=DEV)
@@ -1061,13 +1068,7 @@ def test_wgrad_tapgrid_in_interpreter(monkeypatch, cin, cout, sw, block_c, block
     conv's size (8x4 image: every border case); against the reference, and the kernel is
     proven to be the one that ran."""
     monkeypatch.setattr(conv_config, "wgrad_tapgrid", lambda dtype, ci, co, kh, kw: (sw, block_c, block_co))
-    ran = []
-    real = conv_wgrad._wgrad_tapgrid_kernel.fn.run
-
-    def spy(*args, **kwargs):
-        ran.append(kwargs["SW"])
-        return real(*args, **kwargs)
-    monkeypatch.setattr(conv_wgrad._wgrad_tapgrid_kernel.fn, "run", spy)
+    ran = _record_launches(monkeypatch, conv_wgrad._wgrad_tapgrid_kernel, "SW")
     torch.manual_seed(0)
     x = torch.randn(2, cin, 8, 4, device=DEV).to(memory_format=torch.channels_last)
     w = torch.randn(cout, cin, 3, 3, device=DEV)
