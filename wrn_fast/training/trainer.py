@@ -463,6 +463,11 @@ class Trainer:
             result["plot"] = None if not os.path.exists(self.plot_path) else self.plot_path
         result["seconds"] = time.perf_counter() - self.started
         result["history"] = self.history
+        # Every rank's last collective (the evaluation's all_reduce) is released by gloo's
+        # worker thread, which takes the GIL to drop the Python tensor; a rank that exits
+        # right after it races interpreter shutdown (std::terminate, SIGABRT at exit, seen in
+        # 2-rank CPU runs). Waiting at a barrier hands that thread the GIL first.
+        dist.barrier()
         return result
 
     def _abort_message(self, what: str, while_updating: bool = False) -> None:
