@@ -214,7 +214,7 @@ def test_every_gpu_tile_config(kernel, dtype):
                     "test_triton_gpu_compile.py --all-configs")
 @pytest.mark.parametrize("cin,cout,kernel", [(32, 32, "_wgrad_tapgrid_kernel"), (16, 32, "_wgrad_tapgrid_kernel"),
                                              (32, 64, "_wgrad_taps_kernel")])
-def test_every_narrow_wgrad_config_on_the_gpu(cin, cout, kernel, monkeypatch):
+def test_every_gpu_tile_config_of_the_narrow_wgrads(cin, cout, kernel, monkeypatch):
     """Each autotune config of the narrow prologue-free wgrads (tap grid at Cout <= 32, taps
     stacked at Cout = 64), forced alone, gives conv2d_weight's result in bf16 (the suite
     otherwise runs their default config)."""
