@@ -9,7 +9,7 @@ import json
 import os
 
 from bench import sass, static
-from bench.static import tile_fill  # noqa: F401 (re-exported: the roofline's useful ceilings)
+from bench.static import row_fill, tile_fill  # noqa: F401 (tile_fill re-exported: the roofline's useful ceilings)
 
 
 DEVICES = {  # dense bf16/fp16 tensor-core FLOP/s, copy bandwidth B/s, SMs
@@ -322,7 +322,7 @@ def load_ceilings(path, dtype, model):
             if loop and r["dtype"] == dtype:
                 v = sass.Variant(**r["variant"])
                 cfg = r.get("default_config") or r["default"].get("config")
-                useful = loop["issue_ceiling"] * (tile_fill(v, cfg) if cfg else 1.0)
+                useful = loop["issue_ceiling"] * (row_fill(r, cfg) if cfg else 1.0)
                 table.setdefault(v, (useful, loop["issue_ceiling"], r["model"]))
                 if r["model"] == model:
                     table[v] = (useful, loop["issue_ceiling"], r["model"])

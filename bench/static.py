@@ -291,6 +291,7 @@ def run(models, dtypes, all_config_models, processes, rev=None, log=print):
         res = sass.analyze_many(jobs, processes=processes, src_root=src_root, progress=progress)
         config_results = dict(zip(jobs, res))
     rows = []
+    phased = dgrad_phased(src_root)
     for (model, dtype), vs in per_model.items():
         for v, layer_names in vs.items():
             d = default_of[v]
@@ -299,6 +300,8 @@ def run(models, dtypes, all_config_models, processes, rev=None, log=print):
                      "route": _route_of(layer_names),
                      "layers": layer_names, "default_config": list(dcfg) if dcfg else None,
                      "default": _slim(d), "configs": []}
+            if v.kind == "dgrad":
+                entry["dgrad_phased"] = phased
             if v.kind in sass.CONV_KINDS:
                 entry["considered_configs"] = [list(c) for c in lists.get(v, [])]
                 entry["default_in_considered"] = dcfg in lists.get(v, [])
@@ -333,7 +336,20 @@ def _slim(r):
 
 # --------------------------------------------------------------------------- report
 
-def tile_fill(v, config):
+def dgrad_phased(src_root=None):
+    """Whether the dgrad kernel under ``src_root`` (default: this checkout) runs a strided
+    dgrad phase by phase (kernels/conv_dgrad.py launches a grid axis per phase), each K loop
+    holding only the taps that reach its pixels; before, every tap ran over every pixel and
+    the tensor cores did 1/stride^2 useful work (bench.static.tile_fill)."""
+    path = os.path.join(src_root or sass.ROOT, "kernels", "conv_dgrad.py")
+    try:
+        with open(path) as f:
+            return "tl.program_id(2)" in f.read()
+    except OSError:
+        return False
+
+
+def tile_fill(v, config, phased=True):
     """Share of a tile's tensor-core FMAs inside the GEMM of variant ``v`` under ``config``
     (BLOCK_M, BLOCK_N, BLOCK_K, ...): fwd M = N*Ho*Wo, N = Cout, K = Cin per tap (the flat
     kh*kw*Cin below 16 channels, the stem); dgrad M = N*H*W, N = Cin, K = Cout per tap;
@@ -342,7 +358,9 @@ def tile_fill(v, config):
     (tap, c)) fills its groups of taps (9 taps in 2s: 90%), Cin over BLOCK_C and Cout over N;
     the tap-grid wgrad (6th entry "SW<n>": M = SW x BLOCK_C rows of (kw, c), N = kh x
     BLOCK_CO columns of (kh, co)) fills its groups of w-shifts (3 in 2s or 4s: 75%), Cin over
-    BLOCK_C and Cout over BLOCK_CO."""
+    BLOCK_C and Cout over BLOCK_CO. A strided dgrad not run by phases (``phased`` False,
+    see ``dgrad_phased``) gathers every tap for every input pixel, of which a tap reaches
+    1 in stride^2: that share of its rows is useful."""
     bm, bn, bk = config[:3]
 
     def fill(size, block):
@@ -353,7 +371,8 @@ def tile_fill(v, config):
         k = fill(v.ksize * v.ksize * v.cin, bk) if v.cin < 16 else fill(v.cin, bk)
         return fill(v.n * ho * ho, bm) * fill(v.cout, bn) * k
     if v.kind == "dgrad":
-        return fill(v.n * v.hw * v.hw, bm) * fill(v.cin, bn) * fill(v.cout, bk)
+        taps = 1.0 if phased else 1.0 / (v.stride * v.stride)
+        return fill(v.n * v.hw * v.hw, bm) * fill(v.cin, bn) * fill(v.cout, bk) * taps
     if len(config) > 5 and str(config[5]).startswith("SW"):  # the tap-grid wgrad
         sw = int(str(config[5])[2:])
         return fill(v.ksize, sw) * fill(v.cin, bm // sw) * fill(v.cout, bn // v.ksize)
@@ -370,7 +389,13 @@ def _useful(r, dcfg):
     loop = r["default"].get("main_loop") if "default" in r else None
     if not loop or not dcfg:
         return None
-    return loop["issue_ceiling"] * tile_fill(sass.Variant(**r["variant"]), dcfg)
+    return loop["issue_ceiling"] * row_fill(r, dcfg)
+
+
+def row_fill(r, config):
+    """tile_fill of a report row's variant under ``config``, with the row's kernels' strided
+    dgrad (``dgrad_phased``: reports written before the phases lack it, and were not)."""
+    return tile_fill(sass.Variant(**r["variant"]), config, r.get("dgrad_phased", False))
 
 
 _SHORT = {"int": "int", "fp32": "fp32", "uniform": "uni", "convert": "cvt", "move_pred": "mov", "shared_mem": "smem",
@@ -458,7 +483,7 @@ def write_report(rows, meta, out_base):
             lay = names[0] + (f" (+{len(names) - 1})" if len(names) > 1 else "")
             cells = _row_cells(r["default"], kind not in sass.CONV_KINDS)
             u = _useful(r, r["default_config"]) if kind in sass.CONV_KINDS else None
-            fill = (f"{tile_fill(sass.Variant(**r['variant']), r['default_config']):.0%}"
+            fill = (f"{row_fill(r, r['default_config']):.0%}"
                     if u is not None else "-")
             cells = cells[:-1] + [fill, f"**{u:.2f}**" if u is not None else "-", cells[-1]]
             L.append("| " + " | ".join([r["model"], r["label"].split(" ", 1)[1], r.get("route", "fused"), lay,

@@ -106,10 +106,11 @@ def _k_step_channels(c0, kh, kw, rk, C, KW: tl.constexpr, EVEN_K: tl.constexpr):
 
 
 @triton.jit
-def _next_k_step(c0, kh, kw, C, KW: tl.constexpr, BLOCK_K: tl.constexpr):
+def _next_k_step(c0, kh, kw, C, KW, BLOCK_K: tl.constexpr):
     """The K loops' step over (tap (kh, kw), channel chunk c0): the next chunk, else the
     next tap's first. Scalar, loop-carried (from ``_k_step_start``): no division by the
-    chunk count per step."""
+    chunk count per step. ``KW``: taps per row, a constant or (the strided dgrad's phases)
+    a runtime count."""
     c0 = c0 + BLOCK_K
     wrap = c0 >= C
     c0 = tl.where(wrap, 0, c0)

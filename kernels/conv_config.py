@@ -71,7 +71,7 @@ _CONFIGS_16["dgrad"] = list(_CONFIGS_16["fwd"])
 # BLOCK_M = 256 + 64 over Cout = 320 / 640 and 128 + 64 over Cout = 160, in its list above).
 _CONFIGS_16["fwd"] += [_cfg(128, 160, 64, 3, 8), _cfg(128, 160, 32, 4, 8), _cfg(128, 160, 16, 3, 8),
                        _cfg(64, 32, 32, 4, 4)]  # (the stem: K = 27 in one 32-deep step)
-_CONFIGS_16["dgrad"] += [_cfg(128, 160, 64, 3, 8), _cfg(128, 160, 32, 4, 8)]
+_CONFIGS_16["dgrad"] += [_cfg(128, 160, 64, 3, 8), _cfg(128, 160, 32, 4, 8), _cfg(256, 32, 64, 3, 4)]
 _CONFIGS_32 = {
     "fwd": [_cfg(128, 64, 32, 3, 8), _cfg(64, 128, 32, 3, 8), _cfg(64, 64, 32, 3, 4), _cfg(128, 32, 32, 3, 4),
             _cfg(64, 32, 32, 4, 4)],
@@ -101,15 +101,14 @@ _WIDE_16 = {
               # for prologue-free wgrads at Cout = 160 (with the prologue and dropout 0.59 x 83%:
               # no better than 256x64x64's 0.94 x 62.5% x 83%, left to it)
               ((192, 32, 128, 3, 8), (None, None, 0.95))],
-    # dgrad (stride 1, hoisted plain loop; the score also counts the K steps' fill, Cout
-    # per tap over BLOCK_K): 256x64 first, ties go to it (fp16's 128x128 epilogue spills
-    # 8 B); 128x160 (128 + 32 columns) fills Cin = 160. dgrad has no prologue: one
-    # ceiling serves every route.
+    # dgrad (hoisted plain loop, at stride > 1 per phase; the score also counts the K
+    # steps' fill, Cout per tap over BLOCK_K): 256x64 first, ties go to it (fp16's 128x128
+    # epilogue spills 8 B, at stride 2 too); 128x160 (128 + 32 columns) fills Cin = 160,
+    # 64 deep where Cout per tap fills it (the 160 -> 320 stride-2 dgrad: 128x160x32 spills
+    # 24 B there). dgrad has no prologue: one ceiling serves every route.
     "dgrad": [((256, 64, 64, 3, 8), (1.0, 1.0, 1.0)), ((128, 128, 64, 3, 8), (1.0, 1.0, 1.0)),
-              ((256, 64, 32, 4, 8), (1.0, 1.0, 1.0)), ((128, 160, 32, 4, 8), (1.0, 1.0, 1.0))],
-    # strided dgrad (its gather is not hoisted: 256x64x64 falls to 0.74 there); 128x160
-    # with dropout not compiled for it (no WRN layer has one)
-    "dgrad_strided": [((128, 128, 64, 3, 8), (1.0, 1.0, 1.0)), ((128, 160, 64, 3, 8), (1.0, 0.0, 1.0))],
+              ((256, 64, 32, 4, 8), (1.0, 1.0, 1.0)), ((128, 160, 64, 3, 8), (1.0, 1.0, 1.0)),
+              ((128, 160, 32, 4, 8), (1.0, 1.0, 1.0))],
 }
 
 
@@ -130,10 +129,10 @@ def default_config(kind: str, dtype: torch.dtype, cin: int, cout: int, *, dropou
     e.g. fwd (Cout along N, Cin per tap along K): 160 channels take 128x160x32 (0.68 / 0.57
     x 100%; 128x256x64: 1.0 x 62.5% x 83%), 320 128x160x64 (0.79 / 0.65 x 100%; 128x256:
     62.5%), 640 128x256x64 (83%; 128x160: 0.79 / 0.65), 128 128x128x64 (0.65 x 100%);
-    dgrad at stride 1 also scores the K steps' fill (Cout per tap over BLOCK_K): 160
-    channels take 128x160x32 (1.0 x 100%; 256x64x32: 83% of N), 320 and 640 256x64x64
-    (100% x 100%); a strided dgrad (its gather is not hoisted: 256x64x64 0.74) 128x160x64
-    over Cin = 160 / 320 (100% / 100%; 128x128: 62.5% / 83%), else 128x128x64; wgrad (Cout
+    dgrad also scores the K steps' fill (Cout per tap over BLOCK_K): 160 channels take
+    128x160x32 (1.0 x 100%; 256x64x32: 83% of N), 320 and 640 256x64x64 (100% x 100%),
+    at stride 2 alike (its K loop runs per phase, as hoisted as at stride 1; 160 -> 320
+    128x160x64, 100% x 100%); wgrad (Cout
     along M, Cin along N): 320 and 640 channels take 320x64x64 (1.0 / 1.0 x 100%; 256x64: 62.5% / 83%), 160
     256x32x128 without dropout (1.0 x 62.5% x 100%), 256x64x64 with it (0.94 x 62.5% x 83%;
     256x32x128: 0.74). Without the prologue (``prologue=False``: the pass routes of
@@ -148,7 +147,8 @@ def default_config(kind: str, dtype: torch.dtype, cin: int, cout: int, *, dropou
     256x32x32 on 4 warps (0.80-0.84; on 8 warps 0.54-0.58: the per-iteration fixed cost of
     the pipelined loop is spread over half the rows), BLOCK_K = 32 when the K side (Cin
     for fwd, Cout for dgrad) has <= 32 channels per tap (a 64-deep K step would be half
-    masked). dgrad with Cin = 16: a 16-wide tile, 512x16x32 on 4 warps (0.54; the former
+    masked), a 32-wide dgrad with a deeper K side 256x32x64 on 4 warps (WRN-28-2's 32 -> 64
+    stride-2 dgrad: 0.98; on 8 warps 0.77). dgrad with Cin = 16: a 16-wide tile, 512x16x32 on 4 warps (0.54; the former
     64x32x64 reached 0.47 on a half-masked tile). wgrad without the prologue (the two-pass
     path, 3x3 stride 1: pointers advanced by 128 pixels per K step): 64x64x128 from 64
     channels (0.90), 64x32x128 at 32 (0.66, wgmma's 64 rows over Cout = 32), Cin = 16
@@ -188,7 +188,7 @@ def _wide_choice(kind, cin, cout, prologue, dropout, stride=1):
     """(config, useful ceiling) of the best ``_WIDE_16`` tile for a wide 16-bit GEMM: the
     highest issue ceiling (with the prologue, without / with dropout, or without a
     prologue) x the share of the tile that falls inside the GEMM."""
-    table = _WIDE_16["dgrad_strided" if kind == "dgrad" and stride > 1 else kind]
+    table = _WIDE_16[kind]
 
     def fill(size, block):
         return size / (triton.cdiv(size, block) * block)
@@ -218,6 +218,8 @@ def _tile_16(kind, cin, cout, n, prologue, fill, stride, dropout):
         k_side = cin if kind == "fwd" else cout  # channels per tap along K
         if k_side <= 32:  # BLOCK_K = 64 would leave half of each K step masked
             return (256, 64, 32, 4, 8) if n >= 64 else (256, 32, 32, 4, 4)
+        if n < 64 and kind == "dgrad":  # 32 wide: 4 warps (the 32 -> 64 stride-2 dgrad: 0.77 -> 0.98)
+            return (256, 32, 64, 3, 4)
         return (256, 64 if n >= 64 else 32, 64, 3, 8)
     if kind == "dgrad" and n <= 16:
         return (512, 16, 32, 3, 4)  # Cin = 16: a 16-wide tile (a 32-wide one is half masked)

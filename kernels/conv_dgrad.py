@@ -2,7 +2,8 @@
 
   g_a[n,c,ih,iw] = sum_{co,kh,kw} gy[n,co,oh,ow] * w[co,c,kh,kw], oh = (ih + pt - kh) / s
                    when divisible and in range (gather form);
-  GEMM M = N*H*W, N = Cin, K = kh*kw*Cout. Epilogue with BN: g_z = g_a * keep/(1-p) *
+  GEMM M = N*H*W, N = Cin, K = kh*kw*Cout; at stride s > 1 one GEMM per phase
+  (ih % s, iw % s), whose K holds only the taps that divide (ceil(kh/s)*ceil(kw/s) at most). Epilogue with BN: g_z = g_a * keep/(1-p) *
   act'(z), z = x*scale+shift recomputed, grad_x = g_z*scale, per-(M tile, channel)
   partial sums of g_z and g_z*x (grad_shift, grad_scale).
 """
@@ -32,6 +33,7 @@ def _dgrad_kernel(
     gx_ptr,         # [N, Cin, H, W] strides (sdn, sdc, sdh, sdw)
     psc_ptr,        # [PM, Cin] partial sum(g_z * x) per M-tile (HAS_AFFINE), zero-initialised
     psh_ptr,        # [PM, Cin] partial sum(g_z) per M-tile (HAS_AFFINE), zero-initialised
+                    # (stride > 1: per phase and M-tile of the largest phase)
     Nb, Cin, H, W, Cout, Ho, Wo, M, CW,
     sgn, sgc, sgh, sgw,
     sxn, sxc, sxh, sxw,
@@ -50,17 +52,61 @@ def _dgrad_kernel(
     BN1: tl.constexpr = BLOCK_N - BN0 if BN0 < BLOCK_N else BLOCK_N  # (unused when BN0 == BLOCK_N)
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
-    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)   # input pixels (n, ih, iw)
     rn = pid_n * BLOCK_N + tl.arange(0, BN0)       # input channels c
     rn1 = pid_n * BLOCK_N + BN0 + tl.arange(0, BN1)
     rk = tl.arange(0, BLOCK_K)                     # output channels co (within a tap)
-    m_ok = rm < M
     n_ok = rn < Cin
     n_ok1 = rn1 < Cin
-    rmc = tl.where(m_ok, rm, 0)
-    nb, ih, iw = _pixel_of_row(rmc, H * W, W)
+    if STRIDE == 1:
+        # rows: every input pixel (n, ih, iw); every tap reaches every row (but the padding)
+        rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        m_ok = rm < M
+        rmc = tl.where(m_ok, rm, 0)
+        nb, ih, iw = _pixel_of_row(rmc, H * W, W)
+        pix = rmc
+        prow = pid_m
+        oh0 = ih + PT  # output pixel of tap (0, 0); tap (a, b) reaches (oh0 - a, ow0 - b)
+        ow0 = iw + PL
+        kh0 = 0
+        kw0 = 0
+        NA = KH
+        NB = KW
+    else:
+        # Strided: the input pixels of one phase (ih % STRIDE, iw % STRIDE) = (ph, pw) per
+        # program (grid axis 2), so that its K loop runs only the taps that reach them:
+        # kh = kh0 + STRIDE*a with kh0 = (ph + PT) % STRIDE, whose output row is
+        # (ih + PT - kh) / STRIDE = oh0 - a exactly. A loop over every tap would mask the
+        # other taps' rows: 3/4 of the tensor work at stride 2 (a 3x3 tap reaches a
+        # quarter of the pixels), as a 1x1 stride-2 conv's 3 of 4 empty phases now do none.
+        phase = tl.program_id(2)
+        ph = phase // STRIDE
+        pw = phase - ph * STRIDE
+        hp = (H - ph + STRIDE - 1) // STRIDE  # this phase's rows and columns per image
+        wp = (W - pw + STRIDE - 1) // STRIDE
+        rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        m_ok = rm < Nb * hp * wp
+        rmc = tl.where(m_ok, rm, 0)
+        nb, i, j = _pixel_of_row(rmc, hp * wp, wp)
+        ih = ph + STRIDE * i
+        iw = pw + STRIDE * j
+        pix = (nb * H + ih) * W + iw
+        # partial-sums rows: phase-major, tiles of the largest phase (phase 0) per phase
+        prow = phase * tl.cdiv(Nb * tl.cdiv(H, STRIDE) * tl.cdiv(W, STRIDE), BLOCK_M) + pid_m
+        kh0 = (ph + PT) % STRIDE
+        kw0 = (pw + PL) % STRIDE
+        oh0 = i + (ph + PT) // STRIDE
+        ow0 = j + (pw + PL) // STRIDE
+        NA = (KH - kh0 + STRIDE - 1) // STRIDE  # this phase's taps along h, w (0 if kh0 >= KH)
+        NB = (KW - kw0 + STRIDE - 1) // STRIDE
     nb64 = (nb.to(tl.int64) if OFFS_64 else nb)
     g_row = nb64 * sgn
+    # Per row, once: the offset of the phase's first tap's output pixel and which taps'
+    # pixels lie in the output (bit a*KWS + b); a step subtracts the tap's (uniform)
+    # offset and tests one bit per row.
+    KHS: tl.constexpr = (KH + STRIDE - 1) // STRIDE
+    KWS: tl.constexpr = (KW + STRIDE - 1) // STRIDE
+    g_base = g_row + oh0 * sgh + ow0 * sgw
+    taps_in = _taps_inside(oh0, ow0, m_ok, Ho, Wo, KHS, KWS, -1)
     if IS_FP64:
         acc = tl.zeros((BLOCK_M, BN0), dtype=tl.float64)
         acc1 = tl.zeros((BLOCK_M, BN1), dtype=tl.float64)
@@ -68,51 +114,35 @@ def _dgrad_kernel(
         acc = tl.zeros((BLOCK_M, BN0), dtype=tl.float32)
         acc1 = tl.zeros((BLOCK_M, BN1), dtype=tl.float32)
 
-    if STRIDE == 1:
-        # Per row, once: the offset of tap (0, 0)'s output pixel (ih + PT, iw + PL) and
-        # which taps' pixels (ih + PT - kh, iw + PL - kw) lie in the output; a step
-        # subtracts the tap's (uniform) offset and tests one bit per row.
-        g_base = g_row + (ih + PT) * sgh + (iw + PL) * sgw
-        taps_in = _taps_inside(ih + PT, iw + PL, m_ok, Ho, Wo, KH, KW, -1)
-    c0, kh, kw = _k_step_start()
-    for ks in range(0, KH * KW * tl.cdiv(Cout, BLOCK_K)):
-        tap, co, co_ok = _k_step_channels(c0, kh, kw, rk, Cout, KW, EVEN_K)
-        if STRIDE == 1:
-            r_ok = (taps_in & (1 << tap)) != 0
-            g_off = g_base - (kh * sgh + kw * sgw - c0 * sgc)
-        else:
-            ohn = ih + PT - kh
-            own = iw + PL - kw
-            pos = (ohn >= 0) & (own >= 0)
-            ohn = tl.where(pos, ohn, 0)
-            own = tl.where(pos, own, 0)
-            oh = ohn // STRIDE
-            ow = own // STRIDE
-            r_ok = m_ok & pos & (oh * STRIDE == ohn) & (ow * STRIDE == own) & (oh < Ho) & (ow < Wo)
-            g_off = g_row + oh * sgh + ow * sgw + c0 * sgc
+    c0, a, b = _k_step_start()
+    for ks in range(0, NA * NB * tl.cdiv(Cout, BLOCK_K)):
+        bit, co, co_ok = _k_step_channels(c0, a, b, rk, Cout, KWS, EVEN_K)
+        r_ok = (taps_in & (1 << bit)) != 0
+        g_off = g_base - (a * sgh + b * sgw - c0 * sgc)
         g = tl.load(gy_ptr + g_off[:, None] + rk[None, :] * sgc, mask=r_ok[:, None] & co_ok[None, :], other=0.0)
+        tap = (kh0 + STRIDE * a) * KW + kw0 + STRIDE * b
         w_rows = (tap * Cout + co)[:, None] * Cin
         w = tl.load(w_ptr + w_rows + rn[None, :], mask=co_ok[:, None] & n_ok[None, :], other=0.0)
         acc = _mma(g, w, acc, IN_PREC, UPCAST)
         if BN0 < BLOCK_N:
             w1 = tl.load(w_ptr + w_rows + rn1[None, :], mask=co_ok[:, None] & n_ok1[None, :], other=0.0)
             acc1 = _mma(g, w1, acc1, IN_PREC, UPCAST)
-        c0, kh, kw = _next_k_step(c0, kh, kw, Cout, KW, BLOCK_K)
+        c0, a, b = _next_k_step(c0, a, b, Cout, NB, BLOCK_K)
 
     col0 = pid_n * BLOCK_N
     # the narrow part first: its epilogue's registers next to the wide accumulator stay few
     # (sm_90a, 128 + 32 with dropout: 20 B of spills the other way round, none this way)
     if BN0 < BLOCK_N:
-        _dgrad_epilogue(acc1, rn1, n_ok1, col0 + BN0, m_ok, rmc, nb64, ih, iw, pid_m, x_ptr, scale_ptr, shift_ptr,
+        _dgrad_epilogue(acc1, rn1, n_ok1, col0 + BN0, m_ok, pix, nb64, ih, iw, prow, x_ptr, scale_ptr, shift_ptr,
                         bits_ptr, gx_ptr, psc_ptr, psh_ptr, Cin, CW, sxn, sxc, sxh, sxw, sdn, sdc, sdh, sdw, slope,
                         inv_keep, ACT, HAS_AFFINE, HAS_DROPOUT, GX_LIKE_X, BN1)
-    _dgrad_epilogue(acc, rn, n_ok, col0, m_ok, rmc, nb64, ih, iw, pid_m, x_ptr, scale_ptr, shift_ptr, bits_ptr,
+    _dgrad_epilogue(acc, rn, n_ok, col0, m_ok, pix, nb64, ih, iw, prow, x_ptr, scale_ptr, shift_ptr, bits_ptr,
                     gx_ptr, psc_ptr, psh_ptr, Cin, CW, sxn, sxc, sxh, sxw, sdn, sdc, sdh, sdw, slope, inv_keep,
                     ACT, HAS_AFFINE, HAS_DROPOUT, GX_LIKE_X, BN0)
 
 
 @triton.jit
-def _dgrad_epilogue(acc, rn, n_ok, col0, m_ok, rmc, nb64, ih, iw, pid_m, x_ptr, scale_ptr, shift_ptr, bits_ptr,
+def _dgrad_epilogue(acc, rn, n_ok, col0, m_ok, pix, nb64, ih, iw, prow, x_ptr, scale_ptr, shift_ptr, bits_ptr,
                     gx_ptr, psc_ptr, psh_ptr, Cin, CW, sxn, sxc, sxh, sxw, sdn, sdc, sdh, sdw, slope, inv_keep,
                     ACT: tl.constexpr, HAS_AFFINE: tl.constexpr, HAS_DROPOUT: tl.constexpr,
                     GX_LIKE_X: tl.constexpr, BLOCK_N: tl.constexpr):
@@ -138,18 +168,18 @@ def _dgrad_epilogue(acc, rn, n_ok, col0, m_ok, rmc, nb64, ih, iw, pid_m, x_ptr, 
                 cols = tl.arange(0, BLOCK_N)
                 sel = 1 << (cols % 32)
                 for j in tl.static_range(BLOCK_N // 32):
-                    wj = tl.load(bits_ptr + rmc * CW + (col0 // 32 + j), mask=m_ok & (col0 // 32 + j < CW), other=0)
+                    wj = tl.load(bits_ptr + pix * CW + (col0 // 32 + j), mask=m_ok & (col0 // 32 + j < CW), other=0)
                     gz = tl.where((cols // 32 == j)[None, :] & ((wj[:, None] & sel[None, :]) == 0), 0.0, gz)
                 gz = gz * inv_keep
             else:
-                keep = keep_from_bits(bits_ptr, rmc * CW, m_ok, col0, tl.arange(0, BLOCK_N), CW, BLOCK_N)
+                keep = keep_from_bits(bits_ptr, pix * CW, m_ok, col0, tl.arange(0, BLOCK_N), CW, BLOCK_N)
                 gz = tl.where(keep, gz * inv_keep, 0.0)
         # Out-of-range rows / channels need no select: acc is 0 there (masked operand
         # loads) and act'(z) is finite for the zero-loaded x, scale, shift (a non-finite
         # shift makes the whole column non-finite anyway); under dropout they have no bits.
         tl.store(gx_ptrs, (gz * sc[None, :]).to(gx_ptr.dtype.element_ty), mask=out_mask)
-        tl.store(psh_ptr + pid_m * Cin + rn, tl.sum(gz, axis=0), mask=n_ok)
-        tl.store(psc_ptr + pid_m * Cin + rn, tl.sum(gz * xv, axis=0), mask=n_ok)
+        tl.store(psh_ptr + prow * Cin + rn, tl.sum(gz, axis=0), mask=n_ok)
+        tl.store(psc_ptr + prow * Cin + rn, tl.sum(gz * xv, axis=0), mask=n_ok)
     else:
         tl.store(gx_ptrs, acc.to(gx_ptr.dtype.element_ty), mask=out_mask)
 
@@ -174,7 +204,12 @@ def bn_act_conv_dgrad(grad_y, weight, x, scale=None, shift=None, *, stride=1, pa
     acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     m_rows = nb * h * w
     p_on = float(dropout_p) > 0
-    pm = triton.cdiv(m_rows, conv_config.min_block_m("dgrad", x.dtype, cin, cout, p_on, stride)) if has_affine else 0
+    # rows per grid row: every input pixel, or at stride > 1 those of the largest phase
+    # (one phase per grid layer, see the kernel); partial sums: one row per M tile
+    phases = stride * stride
+    m_grid = m_rows if stride == 1 else nb * triton.cdiv(h, stride) * triton.cdiv(w, stride)
+    pm = (phases * triton.cdiv(m_grid, conv_config.min_block_m("dgrad", x.dtype, cin, cout, p_on, stride))
+          if has_affine else 0)
     if grad_x.numel() == 0:
         z = torch.zeros(cin, device=dev, dtype=scale.dtype) if has_affine else None
         return grad_x, z, (z.clone() if has_affine else None)
@@ -185,7 +220,8 @@ def bn_act_conv_dgrad(grad_y, weight, x, scale=None, shift=None, *, stride=1, pa
         w_d = weight.permute(2, 3, 0, 1).reshape(kh * kw * cout, cin).contiguous()
         sc, sh, slope, p, inv_keep, bits, cw, in_prec, upcast = _prologue_args(
             x, scale, shift, negative_slope, dropout_p, seed, keep_bits, allow_tf32)
-        grid = lambda META: (triton.cdiv(m_rows, META["BLOCK_M"]), triton.cdiv(cin, META["BLOCK_N"]))  # noqa: E731
+        grid = lambda META: (triton.cdiv(m_grid, META["BLOCK_M"]), triton.cdiv(cin, META["BLOCK_N"]),  # noqa: E731
+                             phases)
         conv_config.launch(_dgrad_kernel, grid, (
             grad_y, w_d, x, sc, sh, bits, grad_x, psc, psh,
             nb, cin, h, w, cout, ho, wo, m_rows, cw,

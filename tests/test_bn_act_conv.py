@@ -110,6 +110,10 @@ CASES = {
     # channels a multiple of BLOCK_K (fwd / dgrad EVEN_K: no channel mask) and power-of-two
     # spatial sizes at stride 1 in channels_last (wgrad's LINEAR pixel offsets, EVEN_R rows)
     "relu3x3-c32-pow2-drop-res-cl": (2, 32, 32, 8, 4, 3, 1, (1, 1, 1, 1), "relu", "cl", 0.3, False, True),
+    # the strided dgrad's phases: stride 3 (9 phases of unequal sizes: H = 10, W = 8) with
+    # asymmetric padding; 5x5 at stride 2 (phases with 3 or 2 taps per axis)
+    "relu3x3-s3-asym-drop-cl": (2, 12, 20, 10, 8, 3, 3, (2, 0, 1, 1), "relu", "cl", 0.3, False, False),
+    "leaky5x5-s2-res-nchw": (1, 12, 12, 9, 8, 5, 2, (2, 2, 2, 2), "leaky_relu", "nchw", 0.0, False, True),
 }
 FP64_CASES = ["relu3x3-s1-res-cl", "leaky3x3-s2-tfsame-drop-n1-cl", "stem-cin3-relu-s2-tfsame-drop",
               "all-silu3x3-drop-bias-res-cl", "plain1x1-s2-res-noncontig"]
@@ -736,8 +740,10 @@ def test_default_config_heuristic(kind, dtype, monkeypatch):
     # dgrad by ceiling x fill of Cin (N) and of Cout per tap (K)
     assert K.default_config("dgrad", torch.bfloat16, 320, 320) == (256, 64, 64, 3, 8)
     assert K.default_config("dgrad", torch.bfloat16, 640, 640) == (256, 64, 64, 3, 8)  # (ties: 256x64)
+    # strided dgrads run per phase, as hoisted as at stride 1: the same tiles
     assert K.default_config("dgrad", torch.bfloat16, 160, 320, stride=2) == (128, 160, 64, 3, 8)  # 1.0 x 100%
-    assert K.default_config("dgrad", torch.bfloat16, 256, 512, stride=2) == (128, 128, 64, 3, 8)
+    assert K.default_config("dgrad", torch.float16, 256, 512, stride=2) == (256, 64, 64, 3, 8)  # 128x128 spills 8 B
+    assert K.default_config("dgrad", torch.bfloat16, 32, 64, stride=2) == (256, 32, 64, 3, 4)  # 0.98 (8 warps 0.77)
     assert K.default_config("fwd", torch.bfloat16, 32, 32) == (64, 32, 64, 4, 4)
     assert K.default_config("dgrad", torch.float16, 64, 64) == (256, 64, 64, 3, 8)
     assert K.default_config("wgrad", torch.bfloat16, 16, 160, prologue=False) == (128, 16, 128, 3, 4)

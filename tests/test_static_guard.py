@@ -236,3 +236,12 @@ def test_roofline_counts_masked_tile_lanes_as_lost_work():
     assert roofline.tile_fill(Variant("wgrad", "bf16", 128, 160, 160, 32), (320, 64, 64)) == 0.5 * (160 / 192)
     assert roofline.tile_fill(Variant("wgrad", "bf16", 960, 32, 32, 32), (64, 32, 128, 3, 4, 2)) == 0.9
     assert roofline.tile_fill(Variant("wgrad", "bf16", 960, 16, 32, 32), (64, 32, 128, 3, 4, 4)) == 0.75
+    # a strided dgrad that gathers every tap for every pixel: a tap reaches 1 pixel in 4 at
+    # stride 2; run by phases (the kernels now), each phase's K loop holds its taps only
+    strided = Variant("dgrad", "bf16", 128, 160, 320, 32, stride=2)
+    assert roofline.tile_fill(strided, (128, 160, 64), phased=False) == 0.25
+    assert roofline.tile_fill(strided, (128, 160, 64)) == 1.0
+    from bench.static import dgrad_phased, row_fill
+    assert dgrad_phased()  # this checkout's kernels
+    row = {"variant": dataclasses.asdict(strided)}  # a report row from before the phases
+    assert row_fill(row, (128, 160, 64)) == 0.25 and row_fill(dict(row, dgrad_phased=True), (128, 160, 64)) == 1.0
