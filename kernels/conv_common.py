@@ -3,8 +3,9 @@
   jit helpers   _first_part (a non-power-of-two tile side as two accumulators),
                 _mma (tl.dot with the interpreter's bf16 workaround), _prologue
                 (a = dropout(act(x*scale+shift)) with padding), _pixel_of_row
-                (GEMM row -> (n, h, w)), _taps_inside (per-row padding bits of every
-                tap), _next_k_step (K-loop step over (tap, channel chunk))
+                (GEMM row -> (n, h, w)), _taps_inside / _tap_ok (per-row padding bits
+                of every tap, and a step's test), _next_k_step (K-loop step over (tap,
+                channel chunk))
   checks        _check_common (the arguments the launchers share), _check_grad_y,
                 max_batch (the int32 index bound), _check_tensor
   launch args   dropout_bits (the keep bitmask), _prologue_args (the scalars, bitmask
@@ -75,19 +76,47 @@ def _first_part(n):
 
 @triton.jit
 def _taps_inside(h0, w0, row_ok, H, W, KH: tl.constexpr, KW: tl.constexpr, SIGN: tl.constexpr):
-    """Per row, an int32 bitmask of the taps whose pixel (h0 + SIGN*kh, w0 + SIGN*kw) lies
-    in the H x W image: bit kh*KW + kw (KH*KW <= 31); 0 where not ``row_ok``. Computed
-    once before a K loop over taps, so that each step tests one bit per row instead of
-    four bounds (the padding), see ``_next_k_step``."""
-    bits = tl.zeros_like(h0)
-    for kh in tl.static_range(KH):
-        h = h0 + SIGN * kh
-        h_ok = row_ok & (h >= 0) & (h < H)
-        for kw in tl.static_range(KW):
-            w = w0 + SIGN * kw
-            ok = h_ok & (w >= 0) & (w < W)
-            bits = bits | tl.where(ok, 1 << (kh * KW + kw), 0)
+    """Per row, a bitmask of the taps whose pixel (h0 + SIGN*kh, w0 + SIGN*kw) lies in the
+    H x W image: bit kh*KW + kw, int32 up to 31 taps (3x3, 5x5), int64 up to 63 (7x7);
+    0 where not ``row_ok``. Computed once before a K loop over taps, so that each step
+    tests one bit per row instead of four bounds (the padding), see ``_tap_ok``. Over 63
+    taps: zeros, unused (``_tap_ok`` tests the bounds)."""
+    if KH * KW <= 31:
+        bits = tl.zeros_like(h0)
+        for kh in tl.static_range(KH):
+            h = h0 + SIGN * kh
+            h_ok = row_ok & (h >= 0) & (h < H)
+            for kw in tl.static_range(KW):
+                w = w0 + SIGN * kw
+                ok = h_ok & (w >= 0) & (w < W)
+                bits = bits | tl.where(ok, 1 << (kh * KW + kw), 0)
+    else:
+        bits = tl.zeros_like(h0).to(tl.int64)
+        if KH * KW <= 63:
+            one = tl.full([], 1, tl.int64)
+            for kh in tl.static_range(KH):
+                h = h0 + SIGN * kh
+                h_ok = row_ok & (h >= 0) & (h < H)
+                for kw in tl.static_range(KW):
+                    w = w0 + SIGN * kw
+                    ok = h_ok & (w >= 0) & (w < W)
+                    bits = bits | tl.where(ok, one << (kh * KW + kw), 0)
     return bits
+
+
+@triton.jit
+def _tap_ok(taps_in, tap, kh, kw, h0, w0, row_ok, H, W, KH: tl.constexpr, KW: tl.constexpr,
+            SIGN: tl.constexpr):
+    """Per row, whether tap (kh, kw) (= bit ``tap`` of ``_taps_inside``'s mask) reaches a
+    pixel inside the image; over 63 taps, from the bounds."""
+    if KH * KW <= 31:
+        return (taps_in & (1 << tap)) != 0
+    elif KH * KW <= 63:
+        return ((taps_in >> tap.to(tl.int64)) & 1) != 0
+    else:
+        h = h0 + SIGN * kh
+        w = w0 + SIGN * kw
+        return row_ok & (h >= 0) & (h < H) & (w >= 0) & (w < W)
 
 
 @triton.jit

@@ -15,7 +15,8 @@ from . import conv_config
 from ._common import act_grad, keep_from_bits, launch_device
 from .contract import output_memory_format
 from .conv_common import (_check_grad_y, _check_with_weight, _first_part, _k_step_channels, _k_step_start, _mma,
-                          _needs_int64, _next_k_step, _pixel_of_row, _prologue_args, _taps_inside)
+                          _needs_int64, _next_k_step, _pixel_of_row, _prologue_args, _tap_ok,
+                          _taps_inside)
 
 
 @triton.autotune(configs=conv_config.ALL_CONFIGS["dgrad"], key=conv_config.AUTOTUNE_KEY,
@@ -117,7 +118,7 @@ def _dgrad_kernel(
     c0, a, b = _k_step_start()
     for ks in range(0, NA * NB * tl.cdiv(Cout, BLOCK_K)):
         bit, co, co_ok = _k_step_channels(c0, a, b, rk, Cout, KWS, EVEN_K)
-        r_ok = (taps_in & (1 << bit)) != 0
+        r_ok = _tap_ok(taps_in, bit, a, b, oh0, ow0, m_ok, Ho, Wo, KHS, KWS, -1)
         g_off = g_base - (a * sgh + b * sgw - c0 * sgc)
         g = tl.load(gy_ptr + g_off[:, None] + rk[None, :] * sgc, mask=r_ok[:, None] & co_ok[None, :], other=0.0)
         tap = (kh0 + STRIDE * a) * KW + kw0 + STRIDE * b

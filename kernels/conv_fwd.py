@@ -15,7 +15,7 @@ from ._common import apply_act, keep_from_bits, launch_device
 from .contract import output_memory_format, stats_dtype
 from .conv_common import (_check_tensor, _check_with_weight, _first_part, _k_step_channels, _k_step_start,
                           _keep_mul, _mma, _needs_int64, _next_k_step, _pixel_of_row, _prologue, _prologue_args,
-                          _taps_inside, stats_rows)
+                          _tap_ok, _taps_inside, stats_rows)
 
 
 @triton.autotune(configs=conv_config.ALL_CONFIGS["fwd"],
@@ -124,7 +124,7 @@ def _fwd_kernel(
         c0, kh, kw = _k_step_start()
         for ks in range(0, KH * KW * tl.cdiv(Cin, BLOCK_K)):
             tap, c, c_ok = _k_step_channels(c0, kh, kw, rk, Cin, KW, EVEN_K)
-            r_ok = (taps_in & (1 << tap)) != 0
+            r_ok = _tap_ok(taps_in, tap, kh, kw, ih0, iw0, m_ok, H, W, KH, KW, 1)
             # the step's uniform offset (tap, first channel) added per row, the lanes' rk*sxc after
             xv = tl.load(x_ptr + (x_base + (kh * sxh + kw * sxw + c0 * sxc))[:, None] + rk[None, :] * sxc,
                          mask=r_ok[:, None] & c_ok[None, :], other=0.0)

@@ -114,6 +114,9 @@ CASES = {
     # asymmetric padding; 5x5 at stride 2 (phases with 3 or 2 taps per axis)
     "relu3x3-s3-asym-drop-cl": (2, 12, 20, 10, 8, 3, 3, (2, 0, 1, 1), "relu", "cl", 0.3, False, False),
     "leaky5x5-s2-res-nchw": (1, 12, 12, 9, 8, 5, 2, (2, 2, 2, 2), "leaky_relu", "nchw", 0.0, False, True),
+    # more taps than an int32 padding bitmask holds: 7x7 (int64 bits), 9x9 (bounds per step)
+    "relu7x7-s1-cin16-drop-cl": (1, 16, 12, 8, 9, 7, 1, (3, 3, 3, 3), "relu", "cl", 0.3, False, False),
+    "plain9x9-s1-cin16-cl": (1, 16, 8, 6, 7, 9, 1, (4, 4, 4, 4), "identity", "cl", 0.0, False, False),
 }
 FP64_CASES = ["relu3x3-s1-res-cl", "leaky3x3-s2-tfsame-drop-n1-cl", "stem-cin3-relu-s2-tfsame-drop",
               "all-silu3x3-drop-bias-res-cl", "plain1x1-s2-res-noncontig"]
