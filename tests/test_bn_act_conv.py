@@ -724,9 +724,11 @@ def test_default_config_heuristic(kind, dtype, monkeypatch):
                     assert cfg in [c for c, _ in K._WIDE_16[kind]], (n, cfg)
     assert K.default_config("fwd", torch.float32, 160, 160)[1] == 64
     # the score: issue ceiling (without / with dropout) x share of the tile inside the GEMM
-    assert K.default_config("fwd", torch.bfloat16, 320, 320)[:3] == (128, 160, 64)  # 0.79 x 100% > 1.0 x 62.5%
+    assert K.default_config("fwd", torch.bfloat16, 320, 320)[:3] == (64, 320, 32)  # 0.84 x 100% > 1.0 x 62.5%
+    assert K.default_config("fwd", torch.bfloat16, 160, 320, stride=2)[:3] == (64, 320, 32)  # (0.79: 128x160)
     assert K.default_config("fwd", torch.bfloat16, 160, 160)[:3] == (128, 160, 32)  # 0.68 x 100% > 1.0 x 52%
-    assert K.default_config("fwd", torch.bfloat16, 640, 640)[:2] == (128, 256)   # 1.0 x 83% > 0.79 x 100%
+    assert K.default_config("fwd", torch.bfloat16, 640, 640)[:2] == (64, 320)   # 0.84 x 100% > 1.0 x 83%
+    assert K.default_config("fwd", torch.bfloat16, 512, 512)[:2] == (128, 256)   # 1.0 x 100%
     assert K.default_config("fwd", torch.bfloat16, 128, 128)[:2] == (128, 128)   # 0.65 x 100% > 1.0 x 50%
     assert K.default_config("wgrad", torch.bfloat16, 640, 640)[:2] == (320, 64)  # 1.0 x 100% > 1.0 x 83%
     assert K.default_config("wgrad", torch.bfloat16, 320, 320)[:2] == (320, 64)
