@@ -124,6 +124,30 @@ def _layer_table(model, dev, ks, peak, bw, summ, missing):
         route = routes[0] if routes else "fused" if any(k.impl == "fused" and k.tc_flops for k in mine) else "-"
         L.append(f"| {layer} | {route} | {gf:.1f} | {_ms(t('eager', 'fwd'))} | {_ms(t('eager', 'bwd') + t('eager', 'step'))} | "
                  f"{_ms(t('fused', 'fwd'))} | {_ms(t('fused', 'bwd') + t('fused', 'step'))} | {ceils or '-'} |")
+    return L + [""] + _ceiling_costs(model, ks, peak, bw)
+
+
+def _ceiling_costs(model, ks, peak, bw, top=8):
+    """Which fused conv variants' issue ceilings cost step time: per variant (summed over
+    the layers that run it), the time above what its memory traffic or the tensor-core peak
+    allows (time at its useful ceiling - time at ceiling 1). A variant whose memory time
+    binds loses nothing to its ceiling, however low."""
+    lost, runs = {}, {}
+    for k in ks:
+        if k.impl != "fused" or not k.tc_flops:
+            continue
+        t, _, t_mem = k.time(peak, bw)
+        at_1 = max(t_mem, k.tc_flops / peak)
+        lost[k.variant] = lost.get(k.variant, 0.0) + (t - at_1)
+        runs.setdefault(k.variant, []).append(k.ceiling)
+    total = sum(lost.values())
+    rows = sorted(((v, d) for v, d in lost.items() if d > 0), key=lambda r: -r[1])
+    L = [f"Where the fused convs' issue ceilings cost time ({model}): {_ms(total)} ms of the step in all "
+         f"(time at the useful ceiling - time at ceiling 1, memory-bound kernels lose nothing); the "
+         f"{min(top, len(rows))} largest of {len(rows)} variants that lose any:", "",
+         "| variant | layers | useful ceiling | ms lost per step |", "|---|---|---|---|"]
+    for v, d in rows[:top]:
+        L.append(f"| {v} | {len(runs[v])} | {min(runs[v]):.2f} | {_ms(d)} |")
     return L
 
 
