@@ -160,11 +160,16 @@ def default_config(kind: str, dtype: torch.dtype, cin: int, cout: int, *, dropou
     (1x1 shortcut 16->160: 0.51, the former 64x32x64 0.35 on a half-masked tile). fwd / dgrad
     with 16 channels per tap along K: BLOCK_K = 16 (fwd 16->160 3x3 128x256: 204 -> 84
     instructions per iteration, ceiling 1.00 either way but 3/4 of the 64-deep step was
-    masked, i.e. 0.25 of useful work). With the
-    prologue (whose cost per element does not shrink with more rows) and for the other wgrads:
-    64x64x64 on 4 warps from 64 channels, else 64x32x64. fp32 (TF32 or exact) / fp64:
-    smaller, spill-free tiles, 64 wide when that fills >= 80% of N. The WRN stem (Cin < 16,
-    Cout < 64): 64x32x32, its K = 27 (tap, c) in one step. ``dropout``: whether
+    masked, i.e. 0.25 of useful work). With the prologue (whose cost per element does not
+    shrink with more rows; WRN-28-2's downsampling convs, every considered config compiled):
+    the forward over Cin <= 32 256 rows 32 deep (32 -> 64 stride 2: 256x64x32 on 8 warps,
+    useful 0.18 -> 0.40; 1x1 16 -> 32 256x32x16, 0.12 -> 0.21), the wgrad one M tile over
+    Cout = 128 (64 -> 128 stride 2: 128x64x64 on 4 warps, 0.40 -> 0.65) and 128 pixels per
+    step under 64 channels (32 -> 64: 64x32x128, 0.29 -> 0.32); otherwise 64x64x64 on 4
+    warps from 64 channels, else 64x32x64. fp32 (TF32 or exact) / fp64: smaller,
+    spill-free tiles, 64 wide when that fills >= 80% of N. The WRN stem (Cin < 16): Cout
+    <= 16 512x16x16, its K = 27 (tap, c) in two steps (64x32x32: half its columns masked,
+    useful 0.05 -> 0.10), else 64x32x32, K in one step. ``dropout``: whether
     the layer has dropout (its bitmask costs more under some tiles than others).
     """
     if kind not in ("fwd", "dgrad", "wgrad"):
@@ -227,7 +232,9 @@ def _tile_16(kind, cin, cout, n, prologue, fill, stride, dropout):
         return (256, 64 if n >= 64 else 32, 64, 3, 8)
     if kind == "dgrad" and n <= 16:
         return (512, 16, 32, 3, 4)  # Cin = 16: a 16-wide tile (a 32-wide one is half masked)
-    if kind == "fwd" and cin < 16 and n < 64:  # the WRN stem (3 -> 16): K = (tap, c) = 27 in one 32-deep step
+    if kind == "fwd" and cin < 16 and n <= 16:  # the WRN stem (3 -> 16): K = (tap, c) = 27 in two 16-deep steps
+        return (512, 16, 16, 3, 4)  # (64x32x32: half the columns masked, useful 0.05 -> 0.10)
+    if kind == "fwd" and cin < 16 and n < 64:  # K = (tap, c) in one 32-deep step
         return (64, 32, 32, 4, 4)  # (64-deep: 42% of the step useful and fp16 spills 36 B)
     if kind == "wgrad" and n < 16:  # the stem: N = (tap, c) flattened (27 columns at 3x3, Cin = 3)
         return (64, 32, 128, 3, 4)
@@ -235,6 +242,13 @@ def _tile_16(kind, cin, cout, n, prologue, fill, stride, dropout):
         return (128 if cout >= 128 else 64, 16, 128, 3, 4)
     if kind == "wgrad" and not prologue:  # the two-pass path (3x3 stride 1): 128 pixels per K step
         return (64, 64 if n >= 64 else 32, 128, 3, 4)
+    if kind == "wgrad":  # with the prologue (WRN-28-2's downsampling convs, every config compiled):
+        if cout >= 128 and n >= 64:  # one M tile over Cout = 128: the prologue once (64 -> 128 s2: 0.40 -> 0.65)
+            return (128, 64, 64, 3, 4)
+        if n < 64:  # 128 pixels per step (32 -> 64 s2: 0.29 -> 0.32)
+            return (64, 32, 128, 3, 4)
+    if kind == "fwd" and cin <= 32:  # 256 rows, BLOCK_K = 32 (a 64-deep step is half masked over Cin = 32):
+        return (256, 64, 32, 4, 8) if n >= 64 else (256, 32, 32, 4, 4)  # 32 -> 64 s2 0.18 -> 0.40, 1x1 16 -> 32 0.21
     if n >= 64:
         return (64, 64, 64, 4, 4)
     return (64, 32, 64, 4, 4)

@@ -713,8 +713,9 @@ def test_default_config_heuristic(kind, dtype, monkeypatch):
                     assert n / (triton.cdiv(n, bn) * bn) >= 0.8, (n, cfg)
             else:
                 k_side = cin if kind == "fwd" else cout
-                short_k = kind == "dgrad" and (n >= 32 and k_side <= 32 or n <= 16)  # 32-deep steps
-                long_k = kind == "wgrad" and n <= 16  # 16-wide wgrad: 128 pixels per step
+                short_k = ((kind == "dgrad" and (n >= 32 and k_side <= 32 or n <= 16))
+                           or (kind == "fwd" and n >= 32 and k_side <= 32))  # 32-deep steps
+                long_k = kind == "wgrad" and n < 64  # 16 / 32-wide wgrad: 128 pixels per step
                 k16 = kind != "wgrad" and k_side <= 16  # 16 channels per tap: 16-deep steps
                 # BLOCK_K 32 or 64, whichever fills the channels per tap (dgrad: Cout; fwd: Cin)
                 wide_k = kind in ("dgrad", "fwd") and n >= 128 and k_side > 16
@@ -749,14 +750,21 @@ def test_default_config_heuristic(kind, dtype, monkeypatch):
     assert K.default_config("dgrad", torch.bfloat16, 160, 320, stride=2) == (128, 160, 64, 3, 8)  # 1.0 x 100%
     assert K.default_config("dgrad", torch.float16, 256, 512, stride=2) == (256, 64, 64, 3, 8)  # 128x128 spills 8 B
     assert K.default_config("dgrad", torch.bfloat16, 32, 64, stride=2) == (256, 32, 64, 3, 4)  # 0.98 (8 warps 0.77)
-    assert K.default_config("fwd", torch.bfloat16, 32, 32) == (64, 32, 64, 4, 4)
+    # narrow layers with the prologue (WRN-28-2's downsampling convs): 256 rows 32 deep over Cin = 32,
+    # the wgrad one M tile over Cout = 128 (the prologue once per element)
+    assert K.default_config("fwd", torch.bfloat16, 32, 32) == (256, 32, 32, 4, 4)
+    assert K.default_config("fwd", torch.bfloat16, 32, 64, stride=2) == (256, 64, 32, 4, 8)
+    assert K.default_config("fwd", torch.bfloat16, 16, 32) == (256, 32, 16, 4, 4)
+    assert K.default_config("wgrad", torch.bfloat16, 64, 128, stride=2) == (128, 64, 64, 3, 4)
+    assert K.default_config("wgrad", torch.bfloat16, 32, 64, stride=2) == (64, 32, 128, 3, 4)
+    assert K.default_config("fwd", torch.bfloat16, 3, 16) == (512, 16, 16, 3, 4)  # the stem: 27 = 2 x 16 deep
     assert K.default_config("dgrad", torch.float16, 64, 64) == (256, 64, 64, 3, 8)
     assert K.default_config("wgrad", torch.bfloat16, 16, 160, prologue=False) == (128, 16, 128, 3, 4)
     assert K.default_config("wgrad", torch.bfloat16, 32, 32, prologue=False) == (64, 32, 128, 3, 4)
     assert K.default_config("wgrad", torch.bfloat16, 16, 160) == (128, 16, 128, 3, 4)
     assert K.default_config("fwd", torch.bfloat16, 16, 160, prologue=False) == (128, 160, 16, 3, 8)  # 0.91 x 100%
     assert K.default_config("fwd", torch.bfloat16, 16, 160) == (128, 256, 16, 3, 8)  # 0.96 x 62.5% > 0.50 x 100%
-    assert K.default_config("fwd", torch.bfloat16, 3, 16, prologue=False) == (64, 32, 32, 4, 4)  # the stem: K = 27
+    assert K.default_config("fwd", torch.bfloat16, 3, 16, prologue=False) == (512, 16, 16, 3, 4)  # the stem: K = 27
     with pytest.raises(ValueError, match="kind must be"):
         K.default_config("bwd", torch.bfloat16, 16, 16)
 
