@@ -83,24 +83,18 @@ def _taps_inside(h0, w0, row_ok, H, W, KH: tl.constexpr, KW: tl.constexpr, SIGN:
     taps: zeros, unused (``_tap_ok`` tests the bounds)."""
     if KH * KW <= 31:
         bits = tl.zeros_like(h0)
+        one = tl.full([], 1, tl.int32)
+    else:
+        bits = tl.zeros_like(h0).to(tl.int64)
+        one = tl.full([], 1, tl.int64)
+    if KH * KW <= 63:
         for kh in tl.static_range(KH):
             h = h0 + SIGN * kh
             h_ok = row_ok & (h >= 0) & (h < H)
             for kw in tl.static_range(KW):
                 w = w0 + SIGN * kw
                 ok = h_ok & (w >= 0) & (w < W)
-                bits = bits | tl.where(ok, 1 << (kh * KW + kw), 0)
-    else:
-        bits = tl.zeros_like(h0).to(tl.int64)
-        if KH * KW <= 63:
-            one = tl.full([], 1, tl.int64)
-            for kh in tl.static_range(KH):
-                h = h0 + SIGN * kh
-                h_ok = row_ok & (h >= 0) & (h < H)
-                for kw in tl.static_range(KW):
-                    w = w0 + SIGN * kw
-                    ok = h_ok & (w >= 0) & (w < W)
-                    bits = bits | tl.where(ok, one << (kh * KW + kw), 0)
+                bits = bits | tl.where(ok, one << (kh * KW + kw), 0)
     return bits
 
 
