@@ -58,9 +58,9 @@ def _dgrad_kernel(
     rk = tl.arange(0, BLOCK_K)                     # output channels co (within a tap)
     n_ok = rn < Cin
     n_ok1 = rn1 < Cin
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     if STRIDE == 1:
         # rows: every input pixel (n, ih, iw); every tap reaches every row (but the padding)
-        rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         m_ok = rm < M
         rmc = tl.where(m_ok, rm, 0)
         nb, ih, iw = _pixel_of_row(rmc, H * W, W)
@@ -84,7 +84,6 @@ def _dgrad_kernel(
         pw = phase - ph * STRIDE
         hp = (H - ph + STRIDE - 1) // STRIDE  # this phase's rows and columns per image
         wp = (W - pw + STRIDE - 1) // STRIDE
-        rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         m_ok = rm < Nb * hp * wp
         rmc = tl.where(m_ok, rm, 0)
         nb, i, j = _pixel_of_row(rmc, hp * wp, wp)
